@@ -1,0 +1,12 @@
+//! The FVD (Fast Virtual Disk) image engine.
+//!
+//! The engine sees storage only through [`BlockDevice`] and sees time, randomness, background
+//! tasks and progress reporting only through [`Env`]. It owns no I/O, clock, thread or RNG, so the
+//! same code runs on the deterministic simulator (`fvd-sim`) and on real files (`fvd-scenarios`'
+//! host module). See `ARCHITECTURE.md` for the map and `docs/format.md` for the byte layout.
+
+pub mod device;
+pub mod env;
+
+pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
+pub use env::{Env, Join, LocalFuture, Progress, ProgressPoint, ready};
