@@ -13,3 +13,13 @@ pub mod log;
 
 pub use executor::{EventSink, Halt, HaltCause, JoinHandle, RunError, Sim, SimHandle, SimOptions, StallReport, TaskId, WaitLabel};
 pub use log::{Event, EventKind, EventLog, FaultKind};
+pub mod disk;
+
+pub use disk::content::{ContentSource, ProceduralContent};
+pub use disk::crash::{AtomicUnit, CrashPlan, CrashRecord, CrashStrategy, WriteFate};
+pub use disk::fault::{FaultEffect, FaultOp, FaultPlan, FaultRule};
+pub use disk::profile::{Contention, DeviceProfile, LatencyRange};
+pub use disk::{DiskConfig, DiskStats, SimDisk};
+pub mod env;
+
+pub use env::SimEnv;

@@ -1,0 +1,742 @@
+//! `SimDisk`: the simulated disk, blksim's successor.
+//!
+//! Every request goes through two phases, as in blksim: it *executes* at a time drawn from the
+//! device profile after submission (its data lands in the volatile cache and becomes visible to
+//! reads), and its *completion* is delivered at a random later time. Submission, execution and
+//! completion orders all differ. Executed writes stay volatile until a flush executes (or they
+//! were FUA); [`SimDisk::crash`] resolves them into a crash state (see [`crash`]). Faults come from
+//! the [`FaultPlan`]. Every phase is logged to the world's event log.
+//!
+//! # Volatile-cache bookkeeping
+//!
+//! `store` always holds the *visible* image (durable data plus every executed write). For each
+//! page touched by an unflushed write, `shadow` keeps that page's *durable* content (or `None`
+//! for a page never written) and how many unflushed writes touch it; `pending` keeps the unflushed
+//! writes with their data, in execution order. A crash restores the shadow pages and re-applies
+//! the surviving units of `pending` in order. Invariant: a page is in `shadow` iff some entry of
+//! `pending` touches it, and its count is the number of such entries.
+
+pub mod content;
+pub mod crash;
+pub mod fault;
+pub mod profile;
+pub mod store;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use fvd_engine::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
+
+use crate::executor::{EventSink, SimHandle, WaitLabel};
+use crate::log::{Event, EventKind, FaultKind};
+use crate::rng::SimRng;
+use content::ContentSource;
+use crash::{CrashPlan, CrashRecord, UnitFate, WriteFate, choose_fates, fate_letter, unit_pieces};
+use fault::{FaultEffect, FaultOp, FaultPlan};
+use profile::{DeviceProfile, LatencyRange};
+use store::{PAGE_BYTES, Page, SparseStore};
+
+/// Configuration of one simulated disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Timing model.
+    pub profile: DeviceProfile,
+    /// Faults to inject.
+    pub faults: FaultPlan,
+    /// Refuse writes and length changes (a base image).
+    pub read_only: bool,
+}
+
+impl DiskConfig {
+    /// A writable disk with `profile` and no faults.
+    pub fn new(profile: DeviceProfile) -> DiskConfig {
+        DiskConfig { profile, faults: FaultPlan::default(), read_only: false }
+    }
+}
+
+/// Counters of one disk, for benchmarks and reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    /// Requests submitted, by kind.
+    pub reads: u64,
+    /// Writes submitted.
+    pub writes: u64,
+    /// Flushes submitted.
+    pub flushes: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Writes destaged by cache pressure.
+    pub destaged_writes: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Crashes applied.
+    pub crashes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Queued,
+    InService,
+    Executed,
+    Done,
+}
+
+struct Request {
+    kind: IoKind,
+    offset_bytes: u64,
+    len_bytes: u64,
+    /// Write data (from submission) or read result (from execution).
+    data: Vec<u8>,
+    fua: bool,
+    fault: Option<FaultEffect>,
+    phase: Phase,
+    result: Result<(), DeviceError>,
+    waker: Option<Waker>,
+    abandoned: bool,
+}
+
+struct PendingWrite {
+    request: u64,
+    offset_bytes: u64,
+    data: Vec<u8>,
+    /// Already durable (FUA): always kept at a crash.
+    forced: bool,
+}
+
+impl PendingWrite {
+    fn pages(&self) -> std::ops::RangeInclusive<u64> {
+        page_span(self.offset_bytes, self.data.len() as u64)
+    }
+}
+
+fn page_span(offset_bytes: u64, len_bytes: u64) -> std::ops::RangeInclusive<u64> {
+    debug_assert!(len_bytes > 0);
+    offset_bytes / PAGE_BYTES as u64..=(offset_bytes + len_bytes - 1) / PAGE_BYTES as u64
+}
+
+struct ShadowPage {
+    durable: Option<Box<Page>>,
+    writers: u32,
+}
+
+struct ContentionState {
+    phase_end_ns: u64,
+    slowdown_per_mille: u64,
+    rng: SimRng,
+}
+
+struct DiskState {
+    store: SparseStore,
+    len_bytes: u64,
+    durable_len_bytes: u64,
+    timing: SimRng,
+    faults_rng: SimRng,
+    crash_rng: SimRng,
+    requests: BTreeMap<u64, Request>,
+    next_request: u64,
+    in_service: u32,
+    waiting: Vec<u64>,
+    bandwidth_free_at_ns: u64,
+    pending: VecDeque<PendingWrite>,
+    pending_bytes: u64,
+    shadow: BTreeMap<u64, ShadowPage>,
+    latent: BTreeSet<u64>,
+    contention: ContentionState,
+    stats: DiskStats,
+}
+
+struct DiskInner {
+    name: Rc<str>,
+    sim: SimHandle,
+    sink: Cell<u32>,
+    config: RefCell<DiskConfig>,
+    content: Option<Rc<dyn ContentSource>>,
+    state: RefCell<DiskState>,
+}
+
+/// A simulated disk. Cloning gives another handle on the same disk.
+#[derive(Clone)]
+pub struct SimDisk {
+    inner: Rc<DiskInner>,
+}
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimDisk").field("name", &self.inner.name).field("len_bytes", &self.inner.state.borrow().len_bytes).finish()
+    }
+}
+
+const EXECUTE: u64 = 0;
+const COMPLETE: u64 = 1;
+
+impl SimDisk {
+    /// A zero-filled disk of `len_bytes` named `name` in the world of `sim`. Its random streams
+    /// are `disk/<name>`, `faults/<name>`, `crash/<name>` and `contention/<name>`.
+    ///
+    /// Panics if the profile is invalid (validate profiles from user input first).
+    pub fn new(sim: &SimHandle, name: &str, len_bytes: u64, config: DiskConfig) -> SimDisk {
+        SimDisk::build(sim, name, len_bytes, config, None)
+    }
+
+    /// A read-only disk of `len_bytes` whose bytes come from `content` (a base image too large
+    /// to store).
+    pub fn with_content(sim: &SimHandle, name: &str, len_bytes: u64, mut config: DiskConfig, content: Rc<dyn ContentSource>) -> SimDisk {
+        config.read_only = true;
+        SimDisk::build(sim, name, len_bytes, config, Some(content))
+    }
+
+    fn build(sim: &SimHandle, name: &str, len_bytes: u64, config: DiskConfig, content: Option<Rc<dyn ContentSource>>) -> SimDisk {
+        if let Err(message) = config.profile.validate() {
+            panic!("invalid device profile for {name}: {message}");
+        }
+        let mut contention_rng = sim.stream(&format!("contention/{name}"));
+        let first_phase = draw_phase(&config.profile, &mut contention_rng, 0);
+        let state = DiskState {
+            store: SparseStore::new(),
+            len_bytes,
+            durable_len_bytes: len_bytes,
+            timing: sim.stream(&format!("disk/{name}")),
+            faults_rng: sim.stream(&format!("faults/{name}")),
+            crash_rng: sim.stream(&format!("crash/{name}")),
+            requests: BTreeMap::new(),
+            next_request: 0,
+            in_service: 0,
+            waiting: Vec::new(),
+            bandwidth_free_at_ns: 0,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            shadow: BTreeMap::new(),
+            latent: config.faults.latent_sectors.iter().copied().collect(),
+            contention: ContentionState { phase_end_ns: first_phase.0, slowdown_per_mille: first_phase.1, rng: contention_rng },
+            stats: DiskStats::default(),
+        };
+        let inner = Rc::new(DiskInner { name: Rc::from(name), sim: sim.clone(), sink: Cell::new(0), config: RefCell::new(config), content, state: RefCell::new(state) });
+        let weak: std::rc::Weak<dyn EventSink> = Rc::downgrade(&inner) as std::rc::Weak<dyn EventSink>;
+        inner.sink.set(sim.register_sink(weak));
+        SimDisk { inner }
+    }
+
+    /// Replaces the fault plan (for example to run recovery without faults).
+    pub fn set_faults(&self, faults: FaultPlan) {
+        self.inner.state.borrow_mut().latent.extend(faults.latent_sectors.iter().copied());
+        self.inner.config.borrow_mut().faults = faults;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DiskStats {
+        self.inner.state.borrow().stats
+    }
+
+    /// Bytes of memory held by written pages and the volatile-cache bookkeeping.
+    pub fn resident_bytes(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        state.store.resident_bytes() + state.pending_bytes + state.shadow.len() as u64 * PAGE_BYTES as u64
+    }
+
+    /// Bytes of unflushed writes in the volatile cache.
+    pub fn unflushed_bytes(&self) -> u64 {
+        self.inner.state.borrow().pending_bytes
+    }
+
+    /// Requests submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.inner.state.borrow().requests.values().filter(|r| r.phase != Phase::Done).count()
+    }
+
+    /// The visible bytes at `offset_bytes` right now, bypassing timing and faults (for oracles
+    /// and checks, never for the engine).
+    pub fn peek(&self, offset_bytes: u64, buf: &mut [u8]) {
+        let state = self.inner.state.borrow();
+        state.store.read(offset_bytes, buf, self.inner.content.as_deref());
+    }
+
+    /// The durable bytes at `offset_bytes`: what a crash that drops every unflushed write would
+    /// leave.
+    pub fn peek_durable(&self, offset_bytes: u64, buf: &mut [u8]) {
+        let state = self.inner.state.borrow();
+        let content = self.inner.content.as_deref();
+        state.store.read(offset_bytes, buf, content);
+        for page_index in page_span(offset_bytes, buf.len().max(1) as u64) {
+            let Some(shadow) = state.shadow.get(&page_index) else { continue };
+            let page_start = page_index * PAGE_BYTES as u64;
+            let from = offset_bytes.max(page_start);
+            let to = (offset_bytes + buf.len() as u64).min(page_start + PAGE_BYTES as u64);
+            let out = &mut buf[(from - offset_bytes) as usize..(to - offset_bytes) as usize];
+            let in_page = (from - page_start) as usize..(to - page_start) as usize;
+            match &shadow.durable {
+                Some(page) => out.copy_from_slice(&page[in_page]),
+                None => match content {
+                    Some(content) => content.fill(from, out),
+                    None => out.fill(0),
+                },
+            }
+        }
+    }
+
+    /// A hash of the visible image (every written page, in address order, and the length).
+    pub fn image_hash(&self) -> u64 {
+        let state = self.inner.state.borrow();
+        let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ state.len_bytes;
+        for page_index in state.store.page_indices() {
+            let page = state.store.page(page_index).expect("listed pages exist");
+            hash = (hash ^ page_index).wrapping_mul(0x0100_0000_01b3);
+            for word in page.chunks_exact(8) {
+                hash = (hash ^ u64::from_le_bytes(word.try_into().expect("8-byte chunk"))).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    /// Power loss: resolves every unflushed and in-flight write per `plan`, forgets every
+    /// outstanding request (their futures fail with [`DeviceError::Crashed`]), and leaves the
+    /// disk holding the crash state, ready for reopening. Drop the world's tasks
+    /// ([`crate::Sim::abort_all_tasks`]) alongside.
+    pub fn crash(&self, plan: CrashPlan) -> CrashRecord {
+        let inner = &self.inner;
+        let now = inner.sim.now_ns();
+        let mut guard = inner.state.borrow_mut();
+        let state = &mut *guard;
+        let content = inner.content.as_deref();
+        // Candidates: executed unflushed writes in execution order, then writes still in flight in
+        // submission order.
+        let mut candidates: Vec<PendingWrite> = state.pending.drain(..).collect();
+        let executed_count = candidates.len();
+        let requests = std::mem::take(&mut state.requests);
+        for (number, request) in requests {
+            if request.kind == IoKind::Write && matches!(request.phase, Phase::Queued | Phase::InService) && request.fault.is_none() {
+                candidates.push(PendingWrite { request: number, offset_bytes: request.offset_bytes, data: request.data, forced: false });
+            }
+        }
+        // Back to the durable image.
+        for (page_index, shadow) in std::mem::take(&mut state.shadow) {
+            state.store.replace_page(page_index, shadow.durable);
+        }
+        let unit = plan.atomic_unit;
+        let pieces: Vec<Vec<(u64, u64)>> = candidates.iter().map(|w| unit_pieces(w.offset_bytes, w.data.len() as u64, unit).collect()).collect();
+        let counts: Vec<usize> = pieces.iter().map(Vec::len).collect();
+        let forced: Vec<bool> = candidates.iter().map(|w| w.forced).collect();
+        let fates = choose_fates(plan, &mut state.crash_rng, &counts, &forced, &|write, piece| pieces[write][piece].1);
+        let mut record_writes = Vec::with_capacity(candidates.len());
+        for (index, write) in candidates.iter().enumerate() {
+            for (&(start, len), fate) in pieces[index].iter().zip(&fates[index]) {
+                let from = (start - write.offset_bytes) as usize;
+                let keep_len = match *fate {
+                    UnitFate::Kept => len as usize,
+                    UnitFate::Dropped => 0,
+                    UnitFate::TornPrefix { new_prefix_bytes } => new_prefix_bytes as usize,
+                };
+                if keep_len > 0 && start < state.len_bytes {
+                    state.store.write(start, &write.data[from..from + keep_len], content);
+                }
+            }
+            record_writes.push(WriteFate {
+                request: write.request,
+                offset_bytes: write.offset_bytes,
+                len_bytes: write.data.len() as u64,
+                executed: index < executed_count,
+                units: fates[index].iter().map(|f| fate_letter(*f)).collect(),
+            });
+        }
+        let len_bytes_before = state.len_bytes;
+        let keep_length = match plan.strategy {
+            crash::CrashStrategy::Clean => true,
+            crash::CrashStrategy::Prefix => fates.iter().flatten().all(|f| *f == UnitFate::Kept),
+            crash::CrashStrategy::RandomSubset { .. } => state.durable_len_bytes == state.len_bytes || state.crash_rng.ratio(1, 2),
+        };
+        if !keep_length {
+            if state.durable_len_bytes < state.len_bytes {
+                state.store.discard_from(state.durable_len_bytes);
+            }
+            state.len_bytes = state.durable_len_bytes;
+        }
+        state.durable_len_bytes = state.len_bytes;
+        state.pending_bytes = 0;
+        state.in_service = 0;
+        state.waiting.clear();
+        state.bandwidth_free_at_ns = now;
+        state.stats.crashes += 1;
+        let record = CrashRecord { device: inner.name.to_string(), at_ns: now, plan, len_bytes_before, len_bytes_after: state.len_bytes, writes: record_writes };
+        drop(guard);
+        inner.log(EventKind::Crash, 0, 0, record.writes.len() as u64);
+        record
+    }
+}
+
+/// Draws the next contention phase starting at `start_ns`: `(end_ns, slowdown_per_mille)`.
+fn draw_phase(profile: &DeviceProfile, rng: &mut SimRng, start_ns: u64) -> (u64, u64) {
+    let contention = &profile.contention;
+    let length = rng.range_inclusive(contention.phase_min_ns, contention.phase_max_ns);
+    let slowdown = u64::from(*rng.pick(&contention.slowdown_per_mille));
+    (start_ns.saturating_add(length), slowdown)
+}
+
+fn sample(rng: &mut SimRng, range: LatencyRange) -> u64 {
+    rng.range_inclusive(range.min_ns, range.max_ns)
+}
+
+impl DiskInner {
+    fn log(&self, kind: EventKind, request: u64, offset_bytes: u64, len_bytes: u64) {
+        self.sim.log(Event { at_ns: self.sim.now_ns(), source: Rc::clone(&self.name), kind, request, offset_bytes, len_bytes });
+    }
+
+    fn error(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64) -> DeviceError {
+        DeviceError::Media { device: self.name.to_string(), kind, offset_bytes, len_bytes }
+    }
+
+    /// Validates and submits a request; returns its number.
+    fn submit(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64, data: Vec<u8>, fua: bool) -> Result<u64, DeviceError> {
+        let config = self.config.borrow();
+        let mut state = self.state.borrow_mut();
+        if config.read_only && matches!(kind, IoKind::Write | IoKind::SetLen) {
+            return Err(DeviceError::ReadOnly { device: self.name.to_string(), kind, offset_bytes });
+        }
+        if matches!(kind, IoKind::Read | IoKind::Write) && offset_bytes.checked_add(len_bytes).is_none_or(|end| end > state.len_bytes) {
+            return Err(DeviceError::OutOfRange { device: self.name.to_string(), kind, offset_bytes, len_bytes, device_len_bytes: state.len_bytes });
+        }
+        let number = state.next_request;
+        state.next_request += 1;
+        let fault_op = match kind {
+            IoKind::Read => Some(FaultOp::Read),
+            IoKind::Write => Some(FaultOp::Write),
+            IoKind::Flush => Some(FaultOp::Flush),
+            IoKind::SetLen => None,
+        };
+        let fault = fault_op.and_then(|op| config.faults.decide(&mut state.faults_rng, op, number, offset_bytes, len_bytes));
+        match kind {
+            IoKind::Read => {
+                state.stats.reads += 1;
+                state.stats.read_bytes += len_bytes;
+            }
+            IoKind::Write => {
+                state.stats.writes += 1;
+                state.stats.write_bytes += len_bytes;
+            }
+            IoKind::Flush => state.stats.flushes += 1,
+            IoKind::SetLen => {}
+        }
+        state.requests.insert(number, Request { kind, offset_bytes, len_bytes, data, fua, fault, phase: Phase::Queued, result: Ok(()), waker: None, abandoned: false });
+        let start_now = state.in_service < config.profile.queue_depth;
+        if !start_now {
+            state.waiting.push(number);
+        }
+        drop(state);
+        drop(config);
+        self.log(EventKind::Submit(kind), number, offset_bytes, len_bytes);
+        if start_now {
+            self.start(number);
+        }
+        Ok(number)
+    }
+
+    /// Puts a request in service and schedules its execution.
+    fn start(&self, number: u64) {
+        let config = self.config.borrow();
+        let profile = &config.profile;
+        let now = self.sim.now_ns();
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        while now >= state.contention.phase_end_ns {
+            let (end, slowdown) = draw_phase(profile, &mut state.contention.rng, state.contention.phase_end_ns);
+            state.contention.phase_end_ns = end;
+            state.contention.slowdown_per_mille = slowdown;
+        }
+        let slowdown = state.contention.slowdown_per_mille;
+        let request = state.requests.get_mut(&number).expect("a started request exists");
+        debug_assert_eq!(request.phase, Phase::Queued);
+        request.phase = Phase::InService;
+        let (latency, transfer_bytes) = match request.kind {
+            IoKind::Read => (sample(&mut state.timing, profile.read_latency_ns), request.len_bytes),
+            IoKind::Write => (sample(&mut state.timing, profile.write_latency_ns), request.len_bytes),
+            IoKind::Flush | IoKind::SetLen => (sample(&mut state.timing, profile.flush_latency_ns), 0),
+        };
+        let transfer_ns = (u128::from(transfer_bytes) * 1_000_000_000 * u128::from(slowdown) / (u128::from(profile.bandwidth_bytes_per_sec) * 1000)) as u64;
+        let transfer_start = now.max(state.bandwidth_free_at_ns);
+        let transfer_end = transfer_start + transfer_ns;
+        if transfer_ns > 0 {
+            state.bandwidth_free_at_ns = transfer_end;
+        }
+        let execute_at = transfer_end + latency * slowdown / 1000;
+        state.in_service += 1;
+        drop(guard);
+        self.sim.schedule_sink(execute_at, self.sink.get(), number << 1 | EXECUTE);
+    }
+
+    /// The request takes effect.
+    fn execute(&self, number: u64) {
+        let now = self.sim.now_ns();
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        let Some(request) = state.requests.get_mut(&number) else { return };
+        debug_assert_eq!(request.phase, Phase::InService);
+        request.phase = Phase::Executed;
+        let (kind, offset, len, fua, fault) = (request.kind, request.offset_bytes, request.len_bytes, request.fua, request.fault);
+        state.in_service -= 1;
+        let mut faults_logged = Vec::new();
+        match kind {
+            IoKind::Read => {
+                let first_sector = offset / SECTOR_SIZE_BYTES;
+                let end_sector = (offset + len).div_ceil(SECTOR_SIZE_BYTES);
+                let latent_hit = state.latent.range(first_sector..end_sector).next().copied();
+                if fault == Some(FaultEffect::MediaError) {
+                    faults_logged.push((FaultKind::Media(kind), offset, len));
+                    state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, offset, len));
+                } else if let Some(sector) = latent_hit {
+                    faults_logged.push((FaultKind::LatentSector, sector * SECTOR_SIZE_BYTES, SECTOR_SIZE_BYTES));
+                    state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, offset, len));
+                } else {
+                    let mut data = vec![0u8; len as usize];
+                    state.store.read(offset, &mut data, self.content.as_deref());
+                    state.requests.get_mut(&number).expect("request exists").data = data;
+                }
+            }
+            IoKind::Write => {
+                let data = std::mem::take(&mut state.requests.get_mut(&number).expect("request exists").data);
+                match fault {
+                    Some(FaultEffect::MediaError) => {
+                        faults_logged.push((FaultKind::Media(kind), offset, len));
+                        // A failed write lands on some sectors and not others.
+                        for (start, piece_len) in unit_pieces(offset, len, crash::AtomicUnit::Sector) {
+                            if state.faults_rng.ratio(1, 2) {
+                                let from = (start - offset) as usize;
+                                let piece = data[from..from + piece_len as usize].to_vec();
+                                self.land(state, number, start, piece, false);
+                            }
+                        }
+                        state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, offset, len));
+                    }
+                    Some(FaultEffect::Misdirect) => {
+                        let sectors = (state.len_bytes - len) / SECTOR_SIZE_BYTES;
+                        let target = state.faults_rng.range_inclusive(0, sectors) * SECTOR_SIZE_BYTES;
+                        faults_logged.push((FaultKind::Misdirected, target, len));
+                        self.land(state, number, target, data, fua);
+                    }
+                    Some(FaultEffect::LatentSector) => {
+                        let sector = offset / SECTOR_SIZE_BYTES + state.faults_rng.below(len.div_ceil(SECTOR_SIZE_BYTES));
+                        self.land(state, number, offset, data, fua);
+                        state.latent.insert(sector);
+                        faults_logged.push((FaultKind::LatentSectorCreated, sector * SECTOR_SIZE_BYTES, SECTOR_SIZE_BYTES));
+                    }
+                    None => self.land(state, number, offset, data, fua),
+                }
+            }
+            IoKind::Flush => {
+                if fault == Some(FaultEffect::MediaError) {
+                    faults_logged.push((FaultKind::Media(kind), 0, 0));
+                    state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, 0, 0));
+                } else {
+                    state.pending.clear();
+                    state.pending_bytes = 0;
+                    state.shadow.clear();
+                    state.durable_len_bytes = state.len_bytes;
+                }
+            }
+            IoKind::SetLen => {
+                let new_len = offset;
+                if new_len < state.len_bytes {
+                    state.store.discard_from(new_len);
+                    state.latent.retain(|sector| sector * SECTOR_SIZE_BYTES < new_len);
+                    // A shrink is durable at once (see the BlockDevice contract).
+                    state.durable_len_bytes = state.durable_len_bytes.min(new_len);
+                }
+                state.len_bytes = new_len;
+            }
+        }
+        state.stats.faults += faults_logged.len() as u64;
+        let delay = state.timing.range_inclusive(0, self.config.borrow().profile.completion_delay_max_ns);
+        let next = if state.waiting.is_empty() {
+            None
+        } else {
+            let index = state.timing.below(state.waiting.len() as u64) as usize;
+            Some(state.waiting.swap_remove(index))
+        };
+        drop(guard);
+        self.log(EventKind::Execute(kind), number, offset, len);
+        for (fault, at, fault_len) in faults_logged {
+            self.log(EventKind::Fault(fault), number, at, fault_len);
+        }
+        self.sim.schedule_sink(now + delay, self.sink.get(), number << 1 | COMPLETE);
+        if let Some(next) = next {
+            self.start(next);
+        }
+        self.destage_over_capacity();
+    }
+
+    /// Lands write data in the volatile cache (visible now, durable later).
+    fn land(&self, state: &mut DiskState, request: u64, offset_bytes: u64, data: Vec<u8>, fua: bool) {
+        let len = data.len() as u64;
+        let pages = page_span(offset_bytes, len);
+        let content = self.content.as_deref();
+        let first_full = offset_bytes.div_ceil(SECTOR_SIZE_BYTES);
+        let end_full = (offset_bytes + len) / SECTOR_SIZE_BYTES;
+        if first_full < end_full {
+            let rewritten: Vec<u64> = state.latent.range(first_full..end_full).copied().collect();
+            for sector in rewritten {
+                state.latent.remove(&sector);
+            }
+        }
+        let touches_unflushed = pages.clone().any(|page| state.shadow.contains_key(&page));
+        if fua && !touches_unflushed {
+            // Durable at once and no unflushed write shares its pages: nothing to track.
+            state.store.write(offset_bytes, &data, content);
+            return;
+        }
+        for page in pages {
+            let shadow = state.shadow.entry(page).or_insert_with(|| ShadowPage { durable: state.store.page(page).map(|p| Box::new(*p)), writers: 0 });
+            shadow.writers += 1;
+        }
+        state.store.write(offset_bytes, &data, content);
+        state.pending_bytes += len;
+        state.pending.push_back(PendingWrite { request, offset_bytes, data, forced: fua });
+    }
+
+    /// Makes the oldest unflushed writes durable while the cache is over capacity.
+    fn destage_over_capacity(&self) {
+        let capacity = self.config.borrow().profile.cache_bytes;
+        loop {
+            let mut guard = self.state.borrow_mut();
+            let state = &mut *guard;
+            if state.pending_bytes <= capacity {
+                return;
+            }
+            let write = state.pending.pop_front().expect("pending bytes imply a pending write");
+            state.pending_bytes -= write.data.len() as u64;
+            state.stats.destaged_writes += 1;
+            let content = self.content.as_deref();
+            for page_index in write.pages() {
+                let shadow = state.shadow.get_mut(&page_index).expect("every pending page has a shadow");
+                shadow.writers -= 1;
+                if shadow.writers == 0 {
+                    // No unflushed write touches the page: its visible content is durable.
+                    state.shadow.remove(&page_index);
+                    continue;
+                }
+                let page_start = page_index * PAGE_BYTES as u64;
+                let from = write.offset_bytes.max(page_start);
+                let to = (write.offset_bytes + write.data.len() as u64).min(page_start + PAGE_BYTES as u64);
+                let durable = shadow.durable.get_or_insert_with(|| store::blank_page(page_index, content));
+                durable[(from - page_start) as usize..(to - page_start) as usize]
+                    .copy_from_slice(&write.data[(from - write.offset_bytes) as usize..(to - write.offset_bytes) as usize]);
+            }
+            let (request, offset, len) = (write.request, write.offset_bytes, write.data.len() as u64);
+            drop(guard);
+            self.log(EventKind::Destage, request, offset, len);
+        }
+    }
+
+    fn complete(&self, number: u64) {
+        let mut state = self.state.borrow_mut();
+        let Some(request) = state.requests.get_mut(&number) else { return };
+        debug_assert_eq!(request.phase, Phase::Executed);
+        request.phase = Phase::Done;
+        let (kind, offset, len, ok) = (request.kind, request.offset_bytes, request.len_bytes, request.result.is_ok());
+        let waker = request.waker.take();
+        if request.abandoned {
+            state.requests.remove(&number);
+        }
+        drop(state);
+        self.log(if ok { EventKind::Complete(kind) } else { EventKind::Failed(kind) }, number, offset, len);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl EventSink for DiskInner {
+    fn on_timed(&self, token: u64) {
+        match token & 1 {
+            EXECUTE => self.execute(token >> 1),
+            _ => self.complete(token >> 1),
+        }
+    }
+}
+
+/// The future of one submitted request.
+struct IoWait<'a> {
+    disk: &'a DiskInner,
+    request: u64,
+    kind: IoKind,
+    read_into: Option<&'a mut [u8]>,
+}
+
+impl Future for IoWait<'_> {
+    type Output = Result<(), DeviceError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let disk = self.disk;
+        let mut state = disk.state.borrow_mut();
+        let Some(request) = state.requests.get_mut(&self.request) else {
+            return Poll::Ready(Err(DeviceError::Crashed { device: disk.name.to_string(), kind: self.kind }));
+        };
+        if request.phase != Phase::Done {
+            request.waker = Some(cx.waker().clone());
+            drop(state);
+            disk.sim.note_wait(WaitLabel::Io { device: Rc::clone(&disk.name), request: self.request, kind: self.kind });
+            return Poll::Pending;
+        }
+        let request = state.requests.remove(&self.request).expect("request is present");
+        drop(state);
+        if let (Some(buf), Ok(())) = (self.read_into.as_mut(), &request.result) {
+            buf.copy_from_slice(&request.data);
+        }
+        Poll::Ready(request.result)
+    }
+}
+
+impl Drop for IoWait<'_> {
+    fn drop(&mut self) {
+        let mut state = self.disk.state.borrow_mut();
+        if let Some(request) = state.requests.get_mut(&self.request) {
+            if request.phase == Phase::Done {
+                state.requests.remove(&self.request);
+            } else {
+                request.abandoned = true;
+                request.waker = None;
+            }
+        }
+    }
+}
+
+impl SimDisk {
+    fn wait<'a>(&'a self, submitted: Result<u64, DeviceError>, kind: IoKind, read_into: Option<&'a mut [u8]>) -> IoFuture<'a, ()> {
+        match submitted {
+            Ok(request) => Box::pin(IoWait { disk: &self.inner, request, kind, read_into }),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
+    }
+}
+
+impl BlockDevice for SimDisk {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.inner.state.borrow().len_bytes
+    }
+
+    fn read_at<'a>(&'a self, offset_bytes: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
+        let submitted = self.inner.submit(IoKind::Read, offset_bytes, buf.len() as u64, Vec::new(), false);
+        self.wait(submitted, IoKind::Read, Some(buf))
+    }
+
+    fn write_at<'a>(&'a self, offset_bytes: u64, data: &'a [u8], flags: WriteFlags) -> IoFuture<'a, ()> {
+        let submitted = self.inner.submit(IoKind::Write, offset_bytes, data.len() as u64, data.to_vec(), flags.fua);
+        self.wait(submitted, IoKind::Write, None)
+    }
+
+    fn flush(&self) -> IoFuture<'_, ()> {
+        let submitted = self.inner.submit(IoKind::Flush, 0, 0, Vec::new(), false);
+        self.wait(submitted, IoKind::Flush, None)
+    }
+
+    fn set_len(&self, len_bytes: u64) -> IoFuture<'_, ()> {
+        // The new length travels in the offset field of the request.
+        let submitted = self.inner.submit(IoKind::SetLen, len_bytes, 0, Vec::new(), false);
+        self.wait(submitted, IoKind::SetLen, None)
+    }
+}
