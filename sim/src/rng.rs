@@ -156,8 +156,8 @@ mod tests {
     fn seeds_parse_in_every_documented_form() {
         assert_eq!("12345".parse::<Seed>().unwrap(), Seed(12345));
         assert_eq!("0x3039".parse::<Seed>().unwrap(), Seed(12345));
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        let expected = 0x0123_4567_89ab_cdef ^ 0x0123_4567_89ab_cdef ^ 0x0123_4567;
+        let commit = "0123456789abcdef1111111111111111deadbeef";
+        let expected = 0x0123_4567_89ab_cdef ^ 0x1111_1111_1111_1111 ^ 0xdead_beef;
         assert_eq!(commit.parse::<Seed>().unwrap(), Seed(expected));
         assert!("12x".parse::<Seed>().is_err());
         assert!("0xzz".parse::<Seed>().is_err());
