@@ -1,1 +1,5 @@
+//! Scenarios, the oracle, benchmarks and the `fvdsim` command line.
 
+pub mod bench;
+pub mod demo;
+pub mod host;
