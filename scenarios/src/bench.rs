@@ -37,6 +37,8 @@ impl Default for SimBenchOptions {
 /// The random-write figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct RandomWriteFigures {
+    /// Device size, bytes.
+    pub device_bytes: u64,
     /// 4 KiB writes completed.
     pub writes: u64,
     /// Guest flushes completed.
@@ -76,8 +78,11 @@ pub struct SimBenchReport {
     pub schema_version: u32,
     /// The master seed.
     pub seed: String,
-    /// Random 4 KiB writes with the crash model on.
+    /// Random 4 KiB writes with the crash model on, 64 MiB device (the headline figure).
     pub random_write: RandomWriteFigures,
+    /// The same workload on other device sizes: the rate falls as the store outgrows the CPU
+    /// caches (each write brings 4 KiB of new data into the store).
+    pub random_write_by_device_size: Vec<RandomWriteFigures>,
     /// Crash-plus-reopen cycles on a 64 MiB device.
     pub crash_cycles: CrashCycleFigures,
 }
@@ -87,18 +92,21 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
     SimBenchReport {
         schema_version: BENCH_SCHEMA_VERSION,
         seed: options.seed.to_string(),
-        random_write: random_writes(options),
+        random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes),
+        random_write_by_device_size: [4 << 20, 1 << 30].into_iter().map(|size| random_writes(options, size, options.writes / 2)).collect(),
         crash_cycles: crash_cycles(options),
     }
 }
 
-fn random_writes(options: SimBenchOptions) -> RandomWriteFigures {
-    const DEVICE_BYTES: u64 = 1 << 30;
+/// Device size of the headline figures.
+const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
+
+fn random_writes(options: SimBenchOptions, device_bytes: u64, total_writes: u64) -> RandomWriteFigures {
     let sim = Sim::new(options.seed);
-    let disk = SimDisk::new(&sim.handle(), "image", DEVICE_BYTES, DiskConfig::new(DeviceProfile::nvme()));
+    let disk = SimDisk::new(&sim.handle(), "image", device_bytes, DiskConfig::new(DeviceProfile::nvme()));
     let rng = Rc::new(RefCell::new(sim.stream("workload")));
     let flushes = Rc::new(RefCell::new(0u64));
-    let per_writer = options.writes / options.writers;
+    let per_writer = total_writes / options.writers;
     let handle = sim.handle();
     let started = Instant::now();
     let tasks_disk = disk.clone();
@@ -112,7 +120,7 @@ fn random_writes(options: SimBenchOptions) -> RandomWriteFigures {
                 handle.spawn("writer", async move {
                     let buffer = [writer as u8; 4096];
                     for i in 0..per_writer {
-                        let page = rng.borrow_mut().below(DEVICE_BYTES / 4096);
+                        let page = rng.borrow_mut().below(device_bytes / 4096);
                         disk.write_at(page * 4096, &buffer, WriteFlags::NONE).await.expect("no faults in the benchmark");
                         if (i + 1) % options.writes_per_flush == 0 {
                             disk.flush().await.expect("no faults in the benchmark");
@@ -130,6 +138,7 @@ fn random_writes(options: SimBenchOptions) -> RandomWriteFigures {
     let wall_seconds = started.elapsed().as_secs_f64();
     let writes = per_writer * options.writers;
     RandomWriteFigures {
+        device_bytes,
         writes,
         flushes: *flushes.borrow(),
         wall_seconds,
@@ -141,7 +150,7 @@ fn random_writes(options: SimBenchOptions) -> RandomWriteFigures {
 }
 
 fn crash_cycles(options: SimBenchOptions) -> CrashCycleFigures {
-    const DEVICE_BYTES: u64 = 64 << 20;
+    const DEVICE_BYTES: u64 = HEADLINE_DEVICE_BYTES;
     let sim = Sim::new(options.seed);
     let disk = SimDisk::new(&sim.handle(), "image", DEVICE_BYTES, DiskConfig::new(DeviceProfile::ssd()));
     let mut control = sim.stream("crash-points");
@@ -204,7 +213,7 @@ impl std::fmt::Display for SimBenchReport {
         let w = &self.random_write;
         let c = &self.crash_cycles;
         writeln!(f, "sim benchmark (seed {})", self.seed)?;
-        writeln!(f, "  random 4 KiB writes, crash model on, nvme profile, 1 GiB device")?;
+        writeln!(f, "  random 4 KiB writes, crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer", w.device_bytes >> 20, SimBenchOptions::default().writers, SimBenchOptions::default().writes_per_flush)?;
         writeln!(f, "    writes                 {:>14}", w.writes)?;
         writeln!(f, "    guest flushes          {:>14}", w.flushes)?;
         writeln!(f, "    wall time              {:>14.3} s", w.wall_seconds)?;
@@ -212,6 +221,9 @@ impl std::fmt::Display for SimBenchReport {
         writeln!(f, "    simulated time         {:>14.3} s", w.simulated_seconds)?;
         writeln!(f, "    events logged          {:>14}", w.events)?;
         writeln!(f, "    disk memory            {:>14.1} MiB", w.resident_bytes as f64 / (1024.0 * 1024.0))?;
+        for other in &self.random_write_by_device_size {
+            writeln!(f, "    same on {:>5} MiB device {:>12.0} writes per wall second", other.device_bytes >> 20, other.writes_per_wall_second)?;
+        }
         writeln!(f, "  crash + reopen cycles, ssd profile, {} MiB device", c.device_bytes >> 20)?;
         writeln!(f, "    cycles                 {:>14}", c.cycles)?;
         writeln!(f, "    writes resolved        {:>14}", c.writes_resolved)?;

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use fvd_engine::{IoKind, Progress};
 
-use crate::log::{Event, EventKind, EventLog};
+use crate::log::{Event, EventKind, EventLog, Source};
 use crate::rng::{Seed, SimRng};
 
 /// A task id: slot index in the low 32 bits, slot generation in the high 32.
@@ -249,7 +249,8 @@ struct World {
     time_limit_ns: Cell<Option<u64>>,
     sinks: RefCell<Vec<Weak<dyn EventSink>>>,
     progress_hook: RefCell<Option<ProgressHook>>,
-    engine_source: Rc<str>,
+    engine_source: Source,
+    wake_scratch: RefCell<Vec<TaskId>>,
 }
 
 /// Options of a simulated world.
@@ -318,7 +319,8 @@ impl Sim {
             time_limit_ns: Cell::new(None),
             sinks: RefCell::new(Vec::new()),
             progress_hook: RefCell::new(None),
-            engine_source: Rc::from("engine"),
+            engine_source: Source::new("engine"),
+            wake_scratch: RefCell::new(Vec::new()),
         });
         let handle = SimHandle { world: Rc::downgrade(&world) };
         Sim { world, handle }
@@ -404,13 +406,14 @@ impl Sim {
     }
 
     fn collect_wakes(&self) {
-        let woken: Vec<TaskId> = std::mem::take(&mut *self.world.wake_queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut woken = self.world.wake_scratch.borrow_mut();
+        std::mem::swap(&mut *woken, &mut *self.world.wake_queue.lock().unwrap_or_else(|p| p.into_inner()));
         if woken.is_empty() {
             return;
         }
         let mut slots = self.world.slots.borrow_mut();
         let mut ready = self.world.ready.borrow_mut();
-        for id in woken {
+        for id in woken.drain(..) {
             let Some(slot) = slots.get_mut(id.index()) else { continue };
             if slot.generation != (id.0 >> 32) as u32 {
                 continue;
@@ -453,7 +456,7 @@ impl Sim {
                 }
                 drop(future);
                 drop(entry);
-                let source: Rc<str> = Rc::from(format!("task:{}", id.index()));
+                let source = Source::new(&format!("task:{}", id.index()));
                 self.handle.log(Event {
                     at_ns: self.world.now_ns.get(),
                     source,
@@ -600,7 +603,7 @@ impl SimHandle {
         waker.wake();
         self.log(Event {
             at_ns: world.now_ns.get(),
-            source: Rc::from(format!("task:{index}")),
+            source: Source::new(&format!("task:{index}")),
             kind: EventKind::Spawn,
             request: id.raw(),
             offset_bytes: 0,
@@ -657,7 +660,7 @@ impl SimHandle {
         let now = world.now_ns.get();
         self.log(Event {
             at_ns: now,
-            source: Rc::clone(&world.engine_source),
+            source: world.engine_source.clone(),
             kind: EventKind::Progress(progress.point),
             request: progress.detail,
             offset_bytes: 0,

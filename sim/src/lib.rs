@@ -12,7 +12,7 @@ pub mod executor;
 pub mod log;
 
 pub use executor::{EventSink, Halt, HaltCause, JoinHandle, RunError, Sim, SimHandle, SimOptions, StallReport, TaskId, WaitLabel};
-pub use log::{Event, EventKind, EventLog, FaultKind};
+pub use log::{Event, EventKind, EventLog, FaultKind, Source};
 pub mod disk;
 
 pub use disk::content::{ContentSource, ProceduralContent};

@@ -102,13 +102,38 @@ impl std::fmt::Display for EventKind {
     }
 }
 
+/// Who logged an event: a name and its hash, computed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    name: std::rc::Rc<str>,
+    hash: u64,
+}
+
+impl Source {
+    /// A source called `name`.
+    pub fn new(name: &str) -> Source {
+        Source { name: std::rc::Rc::from(name), hash: hash_str(name) }
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// One logged event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Virtual time in nanoseconds.
     pub at_ns: u64,
     /// Who: a device name or `task:<id>` or `engine`.
-    pub source: std::rc::Rc<str>,
+    pub source: Source,
     /// What happened.
     pub kind: EventKind,
     /// Request number, task id or progress detail.
@@ -125,7 +150,7 @@ impl std::fmt::Display for Event {
             f,
             "{:>15} {:<10} {:<22} #{} off={} len={}",
             self.at_ns,
-            self.source,
+            self.source.name(),
             self.kind.to_string(),
             self.request,
             self.offset_bytes,
@@ -171,7 +196,7 @@ impl EventLog {
     /// Appends `event` and folds it into the hash.
     pub fn push(&mut self, event: Event) {
         let mut hash = mix(self.hash, event.at_ns);
-        hash = mix(hash, hash_str(&event.source));
+        hash = mix(hash, event.source.hash);
         hash = mix(hash, event.kind.code());
         hash = mix(hash, event.request);
         hash = mix(hash, event.offset_bytes);
@@ -214,7 +239,7 @@ mod tests {
     use super::*;
 
     fn event(at_ns: u64, kind: EventKind) -> Event {
-        Event { at_ns, source: "image".into(), kind, request: 1, offset_bytes: 4096, len_bytes: 512 }
+        Event { at_ns, source: Source::new("image"), kind, request: 1, offset_bytes: 4096, len_bytes: 512 }
     }
 
     #[test]

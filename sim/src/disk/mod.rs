@@ -7,23 +7,21 @@
 //! were FUA); [`SimDisk::crash`] resolves them into a crash state (see [`crash`]). Faults come from
 //! the [`FaultPlan`]. Every phase is logged to the world's event log.
 //!
-//! # Volatile-cache bookkeeping
-//!
-//! `store` always holds the *visible* image (durable data plus every executed write). For each
-//! page touched by an unflushed write, `shadow` keeps that page's *durable* content (or `None`
-//! for a page never written) and how many unflushed writes touch it; `pending` keeps the unflushed
-//! writes with their data, in execution order. A crash restores the shadow pages and re-applies
-//! the surviving units of `pending` in order. Invariant: a page is in `shadow` iff some entry of
-//! `pending` touches it, and its count is the number of such entries.
+//! The volatile-cache bookkeeping (what a crash may keep or lose) lives in [`cache`].
 
+mod cache;
 pub mod content;
 pub mod crash;
 pub mod fault;
 pub mod profile;
+mod requests;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
+
+use cache::{VolatileCache, WriteData};
+use requests::RequestTable;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -32,13 +30,13 @@ use std::task::{Context, Poll, Waker};
 use fvd_engine::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
 
 use crate::executor::{EventSink, SimHandle, WaitLabel};
-use crate::log::{Event, EventKind, FaultKind};
+use crate::log::{Event, EventKind, FaultKind, Source};
 use crate::rng::SimRng;
 use content::ContentSource;
-use crash::{CrashPlan, CrashRecord, UnitFate, WriteFate, choose_fates, fate_letter, unit_pieces};
+use crash::{CrashPlan, CrashRecord, unit_pieces};
 use fault::{FaultEffect, FaultOp, FaultPlan};
 use profile::{DeviceProfile, LatencyRange};
-use store::{PAGE_BYTES, Page, SparseStore};
+use store::SparseStore;
 
 /// Configuration of one simulated disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,38 +89,16 @@ struct Request {
     kind: IoKind,
     offset_bytes: u64,
     len_bytes: u64,
-    /// Write data (from submission) or read result (from execution).
-    data: Vec<u8>,
+    /// Write data, copied at submission; taken when the write executes.
+    write: Option<WriteData>,
+    /// Read result, filled when the read executes.
+    read: Vec<u8>,
     fua: bool,
     fault: Option<FaultEffect>,
     phase: Phase,
     result: Result<(), DeviceError>,
     waker: Option<Waker>,
     abandoned: bool,
-}
-
-struct PendingWrite {
-    request: u64,
-    offset_bytes: u64,
-    data: Vec<u8>,
-    /// Already durable (FUA): always kept at a crash.
-    forced: bool,
-}
-
-impl PendingWrite {
-    fn pages(&self) -> std::ops::RangeInclusive<u64> {
-        page_span(self.offset_bytes, self.data.len() as u64)
-    }
-}
-
-fn page_span(offset_bytes: u64, len_bytes: u64) -> std::ops::RangeInclusive<u64> {
-    debug_assert!(len_bytes > 0);
-    offset_bytes / PAGE_BYTES as u64..=(offset_bytes + len_bytes - 1) / PAGE_BYTES as u64
-}
-
-struct ShadowPage {
-    durable: Option<Box<Page>>,
-    writers: u32,
 }
 
 struct ContentionState {
@@ -138,14 +114,12 @@ struct DiskState {
     timing: SimRng,
     faults_rng: SimRng,
     crash_rng: SimRng,
-    requests: BTreeMap<u64, Request>,
+    requests: RequestTable<Request>,
     next_request: u64,
     in_service: u32,
     waiting: Vec<u64>,
     bandwidth_free_at_ns: u64,
-    pending: VecDeque<PendingWrite>,
-    pending_bytes: u64,
-    shadow: BTreeMap<u64, ShadowPage>,
+    cache: VolatileCache,
     latent: BTreeSet<u64>,
     contention: ContentionState,
     stats: DiskStats,
@@ -153,6 +127,7 @@ struct DiskState {
 
 struct DiskInner {
     name: Rc<str>,
+    source: Source,
     sim: SimHandle,
     sink: Cell<u32>,
     config: RefCell<DiskConfig>,
@@ -204,19 +179,17 @@ impl SimDisk {
             timing: sim.stream(&format!("disk/{name}")),
             faults_rng: sim.stream(&format!("faults/{name}")),
             crash_rng: sim.stream(&format!("crash/{name}")),
-            requests: BTreeMap::new(),
+            requests: RequestTable::default(),
             next_request: 0,
             in_service: 0,
             waiting: Vec::new(),
             bandwidth_free_at_ns: 0,
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            shadow: BTreeMap::new(),
+            cache: VolatileCache::default(),
             latent: config.faults.latent_sectors.iter().copied().collect(),
             contention: ContentionState { phase_end_ns: first_phase.0, slowdown_per_mille: first_phase.1, rng: contention_rng },
             stats: DiskStats::default(),
         };
-        let inner = Rc::new(DiskInner { name: Rc::from(name), sim: sim.clone(), sink: Cell::new(0), config: RefCell::new(config), content, state: RefCell::new(state) });
+        let inner = Rc::new(DiskInner { name: Rc::from(name), source: Source::new(name), sim: sim.clone(), sink: Cell::new(0), config: RefCell::new(config), content, state: RefCell::new(state) });
         let weak: std::rc::Weak<dyn EventSink> = Rc::downgrade(&inner) as std::rc::Weak<dyn EventSink>;
         inner.sink.set(sim.register_sink(weak));
         SimDisk { inner }
@@ -236,12 +209,12 @@ impl SimDisk {
     /// Bytes of memory held by written pages and the volatile-cache bookkeeping.
     pub fn resident_bytes(&self) -> u64 {
         let state = self.inner.state.borrow();
-        state.store.resident_bytes() + state.pending_bytes + state.shadow.len() as u64 * PAGE_BYTES as u64
+        state.store.resident_bytes() + state.cache.resident_bytes()
     }
 
     /// Bytes of unflushed writes in the volatile cache.
     pub fn unflushed_bytes(&self) -> u64 {
-        self.inner.state.borrow().pending_bytes
+        self.inner.state.borrow().cache.pending_bytes()
     }
 
     /// Requests submitted and not yet completed.
@@ -262,21 +235,7 @@ impl SimDisk {
         let state = self.inner.state.borrow();
         let content = self.inner.content.as_deref();
         state.store.read(offset_bytes, buf, content);
-        for page_index in page_span(offset_bytes, buf.len().max(1) as u64) {
-            let Some(shadow) = state.shadow.get(&page_index) else { continue };
-            let page_start = page_index * PAGE_BYTES as u64;
-            let from = offset_bytes.max(page_start);
-            let to = (offset_bytes + buf.len() as u64).min(page_start + PAGE_BYTES as u64);
-            let out = &mut buf[(from - offset_bytes) as usize..(to - offset_bytes) as usize];
-            let in_page = (from - page_start) as usize..(to - page_start) as usize;
-            match &shadow.durable {
-                Some(page) => out.copy_from_slice(&page[in_page]),
-                None => match content {
-                    Some(content) => content.fill(from, out),
-                    None => out.fill(0),
-                },
-            }
-        }
+        state.cache.overlay_durable(offset_bytes, buf, content);
     }
 
     /// A hash of the visible image (every written page, in address order, and the length).
@@ -303,50 +262,19 @@ impl SimDisk {
         let mut guard = inner.state.borrow_mut();
         let state = &mut *guard;
         let content = inner.content.as_deref();
-        // Candidates: executed unflushed writes in execution order, then writes still in flight in
-        // submission order.
-        let mut candidates: Vec<PendingWrite> = state.pending.drain(..).collect();
-        let executed_count = candidates.len();
-        let requests = std::mem::take(&mut state.requests);
-        for (number, request) in requests {
-            if request.kind == IoKind::Write && matches!(request.phase, Phase::Queued | Phase::InService) && request.fault.is_none() {
-                candidates.push(PendingWrite { request: number, offset_bytes: request.offset_bytes, data: request.data, forced: false });
-            }
-        }
-        // Back to the durable image.
-        for (page_index, shadow) in std::mem::take(&mut state.shadow) {
-            state.store.replace_page(page_index, shadow.durable);
-        }
-        let unit = plan.atomic_unit;
-        let pieces: Vec<Vec<(u64, u64)>> = candidates.iter().map(|w| unit_pieces(w.offset_bytes, w.data.len() as u64, unit).collect()).collect();
-        let counts: Vec<usize> = pieces.iter().map(Vec::len).collect();
-        let forced: Vec<bool> = candidates.iter().map(|w| w.forced).collect();
-        let fates = choose_fates(plan, &mut state.crash_rng, &counts, &forced, &|write, piece| pieces[write][piece].1);
-        let mut record_writes = Vec::with_capacity(candidates.len());
-        for (index, write) in candidates.iter().enumerate() {
-            for (&(start, len), fate) in pieces[index].iter().zip(&fates[index]) {
-                let from = (start - write.offset_bytes) as usize;
-                let keep_len = match *fate {
-                    UnitFate::Kept => len as usize,
-                    UnitFate::Dropped => 0,
-                    UnitFate::TornPrefix { new_prefix_bytes } => new_prefix_bytes as usize,
-                };
-                if keep_len > 0 && start < state.len_bytes {
-                    state.store.write(start, &write.data[from..from + keep_len], content);
-                }
-            }
-            record_writes.push(WriteFate {
-                request: write.request,
-                offset_bytes: write.offset_bytes,
-                len_bytes: write.data.len() as u64,
-                executed: index < executed_count,
-                units: fates[index].iter().map(|f| fate_letter(*f)).collect(),
-            });
-        }
+        // Writes still in flight (submitted, not executed) may or may not land.
+        let in_flight: Vec<(u64, u64, WriteData)> = state
+            .requests
+            .drain()
+            .filter(|(_, r)| r.kind == IoKind::Write && matches!(r.phase, Phase::Queued | Phase::InService) && r.fault.is_none())
+            .filter_map(|(number, r)| r.write.map(|data| (number, r.offset_bytes, data)))
+            .collect();
+        let outcome = state.cache.crash(&mut state.store, content, plan, &mut state.crash_rng, in_flight);
+        let record_writes = outcome.fates;
         let len_bytes_before = state.len_bytes;
         let keep_length = match plan.strategy {
             crash::CrashStrategy::Clean => true,
-            crash::CrashStrategy::Prefix => fates.iter().flatten().all(|f| *f == UnitFate::Kept),
+            crash::CrashStrategy::Prefix => outcome.all_kept,
             crash::CrashStrategy::RandomSubset { .. } => state.durable_len_bytes == state.len_bytes || state.crash_rng.ratio(1, 2),
         };
         if !keep_length {
@@ -356,7 +284,6 @@ impl SimDisk {
             state.len_bytes = state.durable_len_bytes;
         }
         state.durable_len_bytes = state.len_bytes;
-        state.pending_bytes = 0;
         state.in_service = 0;
         state.waiting.clear();
         state.bandwidth_free_at_ns = now;
@@ -382,7 +309,7 @@ fn sample(rng: &mut SimRng, range: LatencyRange) -> u64 {
 
 impl DiskInner {
     fn log(&self, kind: EventKind, request: u64, offset_bytes: u64, len_bytes: u64) {
-        self.sim.log(Event { at_ns: self.sim.now_ns(), source: Rc::clone(&self.name), kind, request, offset_bytes, len_bytes });
+        self.sim.log(Event { at_ns: self.sim.now_ns(), source: self.source.clone(), kind, request, offset_bytes, len_bytes });
     }
 
     fn error(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64) -> DeviceError {
@@ -390,7 +317,7 @@ impl DiskInner {
     }
 
     /// Validates and submits a request; returns its number.
-    fn submit(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64, data: Vec<u8>, fua: bool) -> Result<u64, DeviceError> {
+    fn submit(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64, write: Option<&[u8]>, fua: bool) -> Result<u64, DeviceError> {
         let config = self.config.borrow();
         let mut state = self.state.borrow_mut();
         if config.read_only && matches!(kind, IoKind::Write | IoKind::SetLen) {
@@ -420,7 +347,8 @@ impl DiskInner {
             IoKind::Flush => state.stats.flushes += 1,
             IoKind::SetLen => {}
         }
-        state.requests.insert(number, Request { kind, offset_bytes, len_bytes, data, fua, fault, phase: Phase::Queued, result: Ok(()), waker: None, abandoned: false });
+        let write = write.map(|data| WriteData::copy_from(offset_bytes, data, &mut state.cache.pool));
+        state.requests.insert(number, Request { kind, offset_bytes, len_bytes, write, read: Vec::new(), fua, fault, phase: Phase::Queued, result: Ok(()), waker: None, abandoned: false });
         let start_now = state.in_service < config.profile.queue_depth;
         if !start_now {
             state.waiting.push(number);
@@ -492,19 +420,18 @@ impl DiskInner {
                 } else {
                     let mut data = vec![0u8; len as usize];
                     state.store.read(offset, &mut data, self.content.as_deref());
-                    state.requests.get_mut(&number).expect("request exists").data = data;
+                    state.requests.get_mut(&number).expect("request exists").read = data;
                 }
             }
             IoKind::Write => {
-                let data = std::mem::take(&mut state.requests.get_mut(&number).expect("request exists").data);
+                let data = state.requests.get_mut(&number).expect("request exists").write.take().expect("a write carries data until it executes");
                 match fault {
                     Some(FaultEffect::MediaError) => {
                         faults_logged.push((FaultKind::Media(kind), offset, len));
                         // A failed write lands on some sectors and not others.
                         for (start, piece_len) in unit_pieces(offset, len, crash::AtomicUnit::Sector) {
                             if state.faults_rng.ratio(1, 2) {
-                                let from = (start - offset) as usize;
-                                let piece = data[from..from + piece_len as usize].to_vec();
+                                let piece = WriteData::Bytes(data.slice(start - offset, piece_len).into_owned());
                                 self.land(state, number, start, piece, false);
                             }
                         }
@@ -514,7 +441,7 @@ impl DiskInner {
                         let sectors = (state.len_bytes - len) / SECTOR_SIZE_BYTES;
                         let target = state.faults_rng.range_inclusive(0, sectors) * SECTOR_SIZE_BYTES;
                         faults_logged.push((FaultKind::Misdirected, target, len));
-                        self.land(state, number, target, data, fua);
+                        self.land(state, number, target, WriteData::Bytes(data.into_bytes()), fua);
                     }
                     Some(FaultEffect::LatentSector) => {
                         let sector = offset / SECTOR_SIZE_BYTES + state.faults_rng.below(len.div_ceil(SECTOR_SIZE_BYTES));
@@ -530,9 +457,7 @@ impl DiskInner {
                     faults_logged.push((FaultKind::Media(kind), 0, 0));
                     state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, 0, 0));
                 } else {
-                    state.pending.clear();
-                    state.pending_bytes = 0;
-                    state.shadow.clear();
+                    state.cache.flush();
                     state.durable_len_bytes = state.len_bytes;
                 }
             }
@@ -568,63 +493,36 @@ impl DiskInner {
     }
 
     /// Lands write data in the volatile cache (visible now, durable later).
-    fn land(&self, state: &mut DiskState, request: u64, offset_bytes: u64, data: Vec<u8>, fua: bool) {
-        let len = data.len() as u64;
-        let pages = page_span(offset_bytes, len);
-        let content = self.content.as_deref();
+    fn land(&self, state: &mut DiskState, request: u64, offset_bytes: u64, data: WriteData, fua: bool) {
+        let len = data.len_bytes();
+        if len == 0 {
+            return;
+        }
         let first_full = offset_bytes.div_ceil(SECTOR_SIZE_BYTES);
         let end_full = (offset_bytes + len) / SECTOR_SIZE_BYTES;
-        if first_full < end_full {
+        if first_full < end_full && state.latent.range(first_full..end_full).next().is_some() {
             let rewritten: Vec<u64> = state.latent.range(first_full..end_full).copied().collect();
             for sector in rewritten {
                 state.latent.remove(&sector);
             }
         }
-        let touches_unflushed = pages.clone().any(|page| state.shadow.contains_key(&page));
-        if fua && !touches_unflushed {
-            // Durable at once and no unflushed write shares its pages: nothing to track.
-            state.store.write(offset_bytes, &data, content);
-            return;
+        state.cache.land(&mut state.store, self.content.as_deref(), request, offset_bytes, data, fua);
+        if cfg!(debug_assertions) && state.stats.writes % 4096 == 0 {
+            state.cache.assert_invariants();
         }
-        for page in pages {
-            let shadow = state.shadow.entry(page).or_insert_with(|| ShadowPage { durable: state.store.page(page).map(|p| Box::new(*p)), writers: 0 });
-            shadow.writers += 1;
-        }
-        state.store.write(offset_bytes, &data, content);
-        state.pending_bytes += len;
-        state.pending.push_back(PendingWrite { request, offset_bytes, data, forced: fua });
     }
 
     /// Makes the oldest unflushed writes durable while the cache is over capacity.
     fn destage_over_capacity(&self) {
         let capacity = self.config.borrow().profile.cache_bytes;
         loop {
-            let mut guard = self.state.borrow_mut();
-            let state = &mut *guard;
-            if state.pending_bytes <= capacity {
+            let mut state = self.state.borrow_mut();
+            if state.cache.pending_bytes() <= capacity {
                 return;
             }
-            let write = state.pending.pop_front().expect("pending bytes imply a pending write");
-            state.pending_bytes -= write.data.len() as u64;
+            let (request, offset, len) = state.cache.destage_oldest(self.content.as_deref()).expect("pending bytes imply a pending write");
             state.stats.destaged_writes += 1;
-            let content = self.content.as_deref();
-            for page_index in write.pages() {
-                let shadow = state.shadow.get_mut(&page_index).expect("every pending page has a shadow");
-                shadow.writers -= 1;
-                if shadow.writers == 0 {
-                    // No unflushed write touches the page: its visible content is durable.
-                    state.shadow.remove(&page_index);
-                    continue;
-                }
-                let page_start = page_index * PAGE_BYTES as u64;
-                let from = write.offset_bytes.max(page_start);
-                let to = (write.offset_bytes + write.data.len() as u64).min(page_start + PAGE_BYTES as u64);
-                let durable = shadow.durable.get_or_insert_with(|| store::blank_page(page_index, content));
-                durable[(from - page_start) as usize..(to - page_start) as usize]
-                    .copy_from_slice(&write.data[(from - write.offset_bytes) as usize..(to - write.offset_bytes) as usize]);
-            }
-            let (request, offset, len) = (write.request, write.offset_bytes, write.data.len() as u64);
-            drop(guard);
+            drop(state);
             self.log(EventKind::Destage, request, offset, len);
         }
     }
@@ -681,7 +579,7 @@ impl Future for IoWait<'_> {
         let request = state.requests.remove(&self.request).expect("request is present");
         drop(state);
         if let (Some(buf), Ok(())) = (self.read_into.as_mut(), &request.result) {
-            buf.copy_from_slice(&request.data);
+            buf.copy_from_slice(&request.read);
         }
         Poll::Ready(request.result)
     }
@@ -720,23 +618,23 @@ impl BlockDevice for SimDisk {
     }
 
     fn read_at<'a>(&'a self, offset_bytes: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
-        let submitted = self.inner.submit(IoKind::Read, offset_bytes, buf.len() as u64, Vec::new(), false);
+        let submitted = self.inner.submit(IoKind::Read, offset_bytes, buf.len() as u64, None, false);
         self.wait(submitted, IoKind::Read, Some(buf))
     }
 
     fn write_at<'a>(&'a self, offset_bytes: u64, data: &'a [u8], flags: WriteFlags) -> IoFuture<'a, ()> {
-        let submitted = self.inner.submit(IoKind::Write, offset_bytes, data.len() as u64, data.to_vec(), flags.fua);
+        let submitted = self.inner.submit(IoKind::Write, offset_bytes, data.len() as u64, Some(data), flags.fua);
         self.wait(submitted, IoKind::Write, None)
     }
 
     fn flush(&self) -> IoFuture<'_, ()> {
-        let submitted = self.inner.submit(IoKind::Flush, 0, 0, Vec::new(), false);
+        let submitted = self.inner.submit(IoKind::Flush, 0, 0, None, false);
         self.wait(submitted, IoKind::Flush, None)
     }
 
     fn set_len(&self, len_bytes: u64) -> IoFuture<'_, ()> {
         // The new length travels in the offset field of the request.
-        let submitted = self.inner.submit(IoKind::SetLen, len_bytes, 0, Vec::new(), false);
+        let submitted = self.inner.submit(IoKind::SetLen, len_bytes, 0, None, false);
         self.wait(submitted, IoKind::SetLen, None)
     }
 }

@@ -34,11 +34,47 @@ fn split(page_index: u64) -> (usize, usize) {
 
 /// A fresh page holding what an unwritten page reads as: the content source's bytes, or zeros.
 pub fn blank_page(page_index: u64, content: Option<&dyn ContentSource>) -> Box<Page> {
-    let mut page = Box::new([0u8; PAGE_BYTES]);
+    let mut page: Box<Page> = vec![0u8; PAGE_BYTES].into_boxed_slice().try_into().expect("PAGE_BYTES long");
     if let Some(content) = content {
         content.fill(page_index * PAGE_BYTES as u64, &mut page[..]);
     }
     page
+}
+
+/// A heap copy of `page` (never staged on the stack).
+pub fn copy_page(page: &Page) -> Box<Page> {
+    // Built from a slice so the buffer is never zeroed first nor staged on the stack.
+    page.to_vec().into_boxed_slice().try_into().expect("PAGE_BYTES long")
+}
+
+/// Recycles page buffers: the volatile cache frees a page per unflushed write at every flush, and
+/// a 4 KiB `malloc`/`free` pair costs more than the copy it serves.
+#[derive(Debug, Default)]
+pub struct PagePool {
+    free: Vec<Box<Page>>,
+}
+
+impl PagePool {
+    /// Pages kept for reuse at most (16 MiB).
+    pub const LIMIT: usize = 4096;
+
+    /// A page holding a copy of `bytes`.
+    pub fn copy_of(&mut self, bytes: &Page) -> Box<Page> {
+        match self.free.pop() {
+            Some(mut page) => {
+                page.copy_from_slice(bytes);
+                page
+            }
+            None => copy_page(bytes),
+        }
+    }
+
+    /// Returns `page` for reuse.
+    pub fn recycle(&mut self, page: Box<Page>) {
+        if self.free.len() < Self::LIMIT {
+            self.free.push(page);
+        }
+    }
 }
 
 impl SparseStore {
