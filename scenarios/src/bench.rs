@@ -93,7 +93,10 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
         schema_version: BENCH_SCHEMA_VERSION,
         seed: options.seed.to_string(),
         random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes),
-        random_write_by_device_size: [4 << 20, 1 << 30].into_iter().map(|size| random_writes(options, size, options.writes / 2)).collect(),
+        random_write_by_device_size: [4 << 20, 1 << 30]
+            .into_iter()
+            .map(|size| random_writes(options, size, options.writes / 2))
+            .collect(),
         crash_cycles: crash_cycles(options),
     }
 }
@@ -121,7 +124,9 @@ fn random_writes(options: SimBenchOptions, device_bytes: u64, total_writes: u64)
                     let buffer = [writer as u8; 4096];
                     for i in 0..per_writer {
                         let page = rng.borrow_mut().below(device_bytes / 4096);
-                        disk.write_at(page * 4096, &buffer, WriteFlags::NONE).await.expect("no faults in the benchmark");
+                        disk.write_at(page * 4096, &buffer, WriteFlags::NONE)
+                            .await
+                            .expect("no faults in the benchmark");
                         if (i + 1) % options.writes_per_flush == 0 {
                             disk.flush().await.expect("no faults in the benchmark");
                             *flushes.borrow_mut() += 1;
@@ -213,7 +218,13 @@ impl std::fmt::Display for SimBenchReport {
         let w = &self.random_write;
         let c = &self.crash_cycles;
         writeln!(f, "sim benchmark (seed {})", self.seed)?;
-        writeln!(f, "  random 4 KiB writes, crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer", w.device_bytes >> 20, SimBenchOptions::default().writers, SimBenchOptions::default().writes_per_flush)?;
+        writeln!(
+            f,
+            "  random 4 KiB writes, crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer",
+            w.device_bytes >> 20,
+            SimBenchOptions::default().writers,
+            SimBenchOptions::default().writes_per_flush
+        )?;
         writeln!(f, "    writes                 {:>14}", w.writes)?;
         writeln!(f, "    guest flushes          {:>14}", w.flushes)?;
         writeln!(f, "    wall time              {:>14.3} s", w.wall_seconds)?;
@@ -222,7 +233,12 @@ impl std::fmt::Display for SimBenchReport {
         writeln!(f, "    events logged          {:>14}", w.events)?;
         writeln!(f, "    disk memory            {:>14.1} MiB", w.resident_bytes as f64 / (1024.0 * 1024.0))?;
         for other in &self.random_write_by_device_size {
-            writeln!(f, "    same on {:>5} MiB device {:>12.0} writes per wall second", other.device_bytes >> 20, other.writes_per_wall_second)?;
+            writeln!(
+                f,
+                "    same on {:>5} MiB device {:>12.0} writes per wall second",
+                other.device_bytes >> 20,
+                other.writes_per_wall_second
+            )?;
         }
         writeln!(f, "  crash + reopen cycles, ssd profile, {} MiB device", c.device_bytes >> 20)?;
         writeln!(f, "    cycles                 {:>14}", c.cycles)?;

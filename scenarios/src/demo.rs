@@ -15,7 +15,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use fvd_engine::{BlockDevice, WriteFlags};
-use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, RunError, Seed, Sim, SimDisk, SimHandle, SimRng};
+use fvd_sim::{
+    AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, RunError, Seed, Sim, SimDisk, SimHandle, SimRng,
+};
 
 const SECTOR: u64 = 512;
 const DEVICE_SECTORS: u64 = 16 * 1024; // 8 MiB
@@ -106,11 +108,14 @@ async fn tester(index: usize, disk: SimDisk, oracle: Rc<RefCell<Oracle>>, rng: R
             let sectors = rng.range_inclusive(1, MAX_SECTORS);
             let near = {
                 let oracle = oracle.borrow();
-                let others: Vec<u64> = oracle.in_flight.iter().filter(|(t, _)| **t != index).map(|(_, r)| r.0).collect();
+                let others: Vec<u64> =
+                    oracle.in_flight.iter().filter(|(t, _)| **t != index).map(|(_, r)| r.0).collect();
                 (!others.is_empty() && rng.ratio(1, 2)).then(|| *rng.pick(&others))
             };
             let first = match near {
-                Some(anchor) => (anchor + 2 * MAX_SECTORS).saturating_sub(rng.below(4 * MAX_SECTORS)).min(DEVICE_SECTORS - sectors),
+                Some(anchor) => {
+                    (anchor + 2 * MAX_SECTORS).saturating_sub(rng.below(4 * MAX_SECTORS)).min(DEVICE_SECTORS - sectors)
+                }
                 None => rng.below(DEVICE_SECTORS - sectors + 1),
             };
             (kind, first, sectors)
@@ -138,7 +143,11 @@ async fn tester(index: usize, disk: SimDisk, oracle: Rc<RefCell<Oracle>>, rng: R
                 oracle.borrow_mut().counts.0 += 1;
             }
         } else {
-            let conflict = oracle.borrow().in_flight.iter().any(|(t, (a, n))| *t != index && first < a + n && *a < first + sectors);
+            let conflict = oracle
+                .borrow()
+                .in_flight
+                .iter()
+                .any(|(t, (a, n))| *t != index && first < a + n && *a < first + sectors);
             if conflict {
                 handle.sleep_ns(1_000).await;
                 continue;
@@ -184,7 +193,12 @@ pub fn run_demo(options: DemoOptions) -> DemoSummary {
         let (run_disk, run_oracle, run_rng) = (disk.clone(), Rc::clone(&oracle), Rc::clone(&workload));
         let outcome = sim.run(async move {
             let joins: Vec<_> = (0..TESTERS)
-                .map(|i| handle.spawn("tester", tester(i, run_disk.clone(), Rc::clone(&run_oracle), Rc::clone(&run_rng), handle.clone())))
+                .map(|i| {
+                    handle.spawn(
+                        "tester",
+                        tester(i, run_disk.clone(), Rc::clone(&run_oracle), Rc::clone(&run_rng), handle.clone()),
+                    )
+                })
                 .collect();
             for join in joins {
                 join.await;
@@ -222,9 +236,13 @@ pub fn run_demo(options: DemoOptions) -> DemoSummary {
             let verdict = match decode(&buf) {
                 Err(why) => Err(why),
                 Ok(None) if durable == 0 => Ok(0),
-                Ok(Some((id, stamped_sector))) if stamped_sector != sector => Err(format!("holds write {id}'s data for sector {stamped_sector}")),
+                Ok(Some((id, stamped_sector))) if stamped_sector != sector => {
+                    Err(format!("holds write {id}'s data for sector {stamped_sector}"))
+                }
                 Ok(Some((id, _))) if id == durable || since.is_some_and(|s| s.contains(&id)) => Ok(id),
-                Ok(found) => Err(format!("holds {found:?}, durable value is write {durable}, unflushed candidates {since:?}")),
+                Ok(found) => {
+                    Err(format!("holds {found:?}, durable value is write {durable}, unflushed candidates {since:?}"))
+                }
             };
             match verdict {
                 Ok(id) => {
@@ -232,7 +250,10 @@ pub fn run_demo(options: DemoOptions) -> DemoSummary {
                         after.insert(sector, id);
                     }
                 }
-                Err(why) => summary.failures.push(format!("crash {crash} ({name}, {} writes resolved): sector {sector} {why}", record.writes.len())),
+                Err(why) => summary.failures.push(format!(
+                    "crash {crash} ({name}, {} writes resolved): sector {sector} {why}",
+                    record.writes.len()
+                )),
             }
         }
         // After a crash the media content is all durable.
@@ -256,7 +277,14 @@ impl std::fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "fvdsim: crash campaign on the raw simulated disk (the FVD engine joins with issue #3)")?;
         writeln!(f, "  seed               {}", self.seed)?;
-        writeln!(f, "  requests           {} reads, {} writes ({:.1} MiB), {} flushes", self.reads, self.writes, self.write_bytes as f64 / 1048576.0, self.flushes)?;
+        writeln!(
+            f,
+            "  requests           {} reads, {} writes ({:.1} MiB), {} flushes",
+            self.reads,
+            self.writes,
+            self.write_bytes as f64 / 1048576.0,
+            self.flushes
+        )?;
         let crashes: Vec<String> = self.crashes.iter().map(|(k, v)| format!("{v} {k}")).collect();
         writeln!(f, "  crashes            {}", crashes.join(", "))?;
         writeln!(f, "  sectors verified   {}", self.sectors_verified)?;

@@ -346,14 +346,11 @@ impl Sim {
             }
             self.collect_wakes();
             let ready_count = self.world.ready.borrow().len() as u64;
-            let next_due_now = self
-                .world
-                .timeline
-                .borrow()
-                .peek()
-                .is_some_and(|Reverse(t)| t.at_ns <= self.world.now_ns.get());
+            let next_due_now =
+                self.world.timeline.borrow().peek().is_some_and(|Reverse(t)| t.at_ns <= self.world.now_ns.get());
             // Entries due at this very instant race with ready tasks: pick among them by seed.
-            let take_timed = ready_count == 0 || (next_due_now && self.world.scheduler.borrow_mut().below(ready_count + 1) == 0);
+            let take_timed =
+                ready_count == 0 || (next_due_now && self.world.scheduler.borrow_mut().below(ready_count + 1) == 0);
             if !take_timed {
                 let index = self.world.scheduler.borrow_mut().below(ready_count) as usize;
                 let id = self.world.ready.borrow_mut().swap_remove(index);
@@ -387,7 +384,8 @@ impl Sim {
     /// Drops every task and timeline entry (after a crash the old world's tasks are gone).
     /// Virtual time, the event log and the random streams carry on.
     pub fn abort_all_tasks(&self) {
-        let entries: Vec<TaskEntry> = self.world.slots.borrow_mut().iter_mut().filter_map(|slot| slot.entry.take()).collect();
+        let entries: Vec<TaskEntry> =
+            self.world.slots.borrow_mut().iter_mut().filter_map(|slot| slot.entry.take()).collect();
         let mut free = self.world.free_slots.borrow_mut();
         free.clear();
         for (index, slot) in self.world.slots.borrow_mut().iter_mut().enumerate() {

@@ -11,7 +11,9 @@ pub use rng::{Seed, SeedParseError, SimRng};
 pub mod executor;
 pub mod log;
 
-pub use executor::{EventSink, Halt, HaltCause, JoinHandle, RunError, Sim, SimHandle, SimOptions, StallReport, TaskId, WaitLabel};
+pub use executor::{
+    EventSink, Halt, HaltCause, JoinHandle, RunError, Sim, SimHandle, SimOptions, StallReport, TaskId, WaitLabel,
+};
 pub use log::{Event, EventKind, EventLog, FaultKind, Source};
 pub mod disk;
 

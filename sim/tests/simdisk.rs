@@ -12,8 +12,8 @@ use std::rc::Rc;
 
 use fvd_engine::{BlockDevice, DeviceError, WriteFlags};
 use fvd_sim::{
-    AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, FaultEffect, FaultOp, FaultPlan, FaultRule, ProceduralContent, RunError, Seed, Sim,
-    SimDisk,
+    AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, FaultEffect, FaultOp, FaultPlan, FaultRule,
+    ProceduralContent, RunError, Seed, Sim, SimDisk,
 };
 use proptest::prelude::*;
 
@@ -158,7 +158,10 @@ fn crash_op(sectors: u64) -> impl Strategy<Value = CrashOp> {
 
 fn crash_plan() -> impl Strategy<Value = CrashPlan> {
     let strategy = prop_oneof![
-        (0u32..=1000, 0u32..=500).prop_map(|(keep_per_mille, tear_per_mille)| CrashStrategy::RandomSubset { keep_per_mille, tear_per_mille }),
+        (0u32..=1000, 0u32..=500).prop_map(|(keep_per_mille, tear_per_mille)| CrashStrategy::RandomSubset {
+            keep_per_mille,
+            tear_per_mille
+        }),
         Just(CrashStrategy::Prefix),
         Just(CrashStrategy::Clean),
     ];
@@ -287,7 +290,9 @@ proptest! {
 
 #[test]
 fn a_clean_crash_keeps_everything_and_a_dropping_crash_keeps_only_flushed_data() {
-    for (strategy, expect_second) in [(CrashStrategy::Clean, 2u8), (CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 0 }, 1u8)] {
+    for (strategy, expect_second) in
+        [(CrashStrategy::Clean, 2u8), (CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 0 }, 1u8)]
+    {
         let sim = Sim::new(Seed(5));
         let device = disk(&sim, 8192);
         let writer = device.clone();
@@ -360,7 +365,12 @@ fn fault_rules_fail_the_matching_request_and_name_it() {
     let sim = Sim::new(Seed(4));
     let mut config = DiskConfig::new(DeviceProfile::hdd());
     config.faults = FaultPlan {
-        rules: vec![FaultRule { op: Some(FaultOp::Write), request_range: None, offset_range_bytes: Some((8192, 12288)), effect: FaultEffect::MediaError }],
+        rules: vec![FaultRule {
+            op: Some(FaultOp::Write),
+            request_range: None,
+            offset_range_bytes: Some((8192, 12288)),
+            effect: FaultEffect::MediaError,
+        }],
         latent_sectors: vec![40],
         ..FaultPlan::default()
     };
@@ -406,7 +416,8 @@ fn misdirected_writes_land_elsewhere_and_report_success() {
 fn base_images_read_procedural_content_and_refuse_writes() {
     let sim = Sim::new(Seed(1));
     let content = ProceduralContent { seed: 99 };
-    let base = SimDisk::with_content(&sim.handle(), "base", 32 << 30, DiskConfig::new(DeviceProfile::nfs()), Rc::new(content));
+    let base =
+        SimDisk::with_content(&sim.handle(), "base", 32 << 30, DiskConfig::new(DeviceProfile::nfs()), Rc::new(content));
     let user = base.clone();
     let (read, write) = sim
         .run(async move {
@@ -439,7 +450,10 @@ fn a_small_cache_destages_oldest_writes_and_bounds_memory() {
     assert!(device.unflushed_bytes() <= 64 * 1024);
     assert!(device.stats().destaged_writes >= 1000 - 16);
     // Destaged data is durable: a crash that drops everything unflushed still has it.
-    device.crash(CrashPlan { strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 0 }, atomic_unit: AtomicUnit::Sector });
+    device.crash(CrashPlan {
+        strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 0 },
+        atomic_unit: AtomicUnit::Sector,
+    });
     let mut page = [0u8; 4096];
     device.peek(0, &mut page);
     assert!(page.iter().all(|b| *b == 0), "write 0 was destaged long ago");
@@ -452,13 +466,22 @@ fn a_small_cache_destages_oldest_writes_and_bounds_memory() {
 fn fingerprint(seed: u64) -> (u64, u64, u64, String) {
     let sim = Sim::new(Seed(seed));
     let mut config = DiskConfig::new(DeviceProfile::ssd());
-    config.faults = FaultPlan { read_error_per_million: 20_000, write_error_per_million: 20_000, flush_error_per_million: 50_000, ..FaultPlan::default() };
+    config.faults = FaultPlan {
+        read_error_per_million: 20_000,
+        write_error_per_million: 20_000,
+        flush_error_per_million: 50_000,
+        ..FaultPlan::default()
+    };
     let device = SimDisk::new(&sim.handle(), "image", 1 << 20, config);
     let handle = sim.handle();
     let mut workload = sim.stream("workload");
     let halt_at = 50 + workload.below(400);
     sim.halt_after_events(Some(halt_at));
-    let plans: Vec<Vec<(u64, u64, u8)>> = (0..4).map(|_| (0..40).map(|_| (workload.below(256), workload.range_inclusive(1, 8), workload.below(10) as u8)).collect()).collect();
+    let plans: Vec<Vec<(u64, u64, u8)>> = (0..4)
+        .map(|_| {
+            (0..40).map(|_| (workload.below(256), workload.range_inclusive(1, 8), workload.below(10) as u8)).collect()
+        })
+        .collect();
     let user = device.clone();
     let _ = sim.run(async move {
         let tasks: Vec<_> = plans
@@ -477,7 +500,9 @@ fn fingerprint(seed: u64) -> (u64, u64, u64, String) {
                                 let _ = disk.read_at(offset, &mut buf).await;
                             }
                             _ => {
-                                let _ = disk.write_at(offset, &vec![kind; (sectors * 512) as usize], WriteFlags::NONE).await;
+                                let _ = disk
+                                    .write_at(offset, &vec![kind; (sectors * 512) as usize], WriteFlags::NONE)
+                                    .await;
                             }
                         }
                     }

@@ -168,7 +168,12 @@ impl std::fmt::Debug for HostEnv {
 impl HostEnv {
     /// An environment on `executor` whose randomness comes from `seed`'s `engine` stream.
     pub fn new(executor: &HostExecutor, seed: Seed) -> HostEnv {
-        HostEnv { executor: executor.clone(), start: Instant::now(), rng: RefCell::new(SimRng::stream(seed, "engine")), progress: RefCell::new(BTreeMap::new()) }
+        HostEnv {
+            executor: executor.clone(),
+            start: Instant::now(),
+            rng: RefCell::new(SimRng::stream(seed, "engine")),
+            progress: RefCell::new(BTreeMap::new()),
+        }
     }
 
     /// How many times each progress point was reported.

@@ -33,13 +33,26 @@ impl FileDevice {
     }
 
     fn os_error(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64, error: &std::io::Error) -> DeviceError {
-        DeviceError::Os { device: self.name.clone(), kind, offset_bytes, len_bytes, error_kind: error.kind(), message: error.to_string() }
+        DeviceError::Os {
+            device: self.name.clone(),
+            kind,
+            offset_bytes,
+            len_bytes,
+            error_kind: error.kind(),
+            message: error.to_string(),
+        }
     }
 
     fn check_range(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64) -> Result<(), DeviceError> {
         let device_len_bytes = self.len_bytes.get();
         if offset_bytes.checked_add(len_bytes).is_none_or(|end| end > device_len_bytes) {
-            return Err(DeviceError::OutOfRange { device: self.name.clone(), kind, offset_bytes, len_bytes, device_len_bytes });
+            return Err(DeviceError::OutOfRange {
+                device: self.name.clone(),
+                kind,
+                offset_bytes,
+                len_bytes,
+                device_len_bytes,
+            });
         }
         Ok(())
     }
@@ -67,9 +80,9 @@ impl BlockDevice for FileDevice {
 
     fn read_at<'a>(&'a self, offset_bytes: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
         let len = buf.len() as u64;
-        let result = self
-            .check_range(IoKind::Read, offset_bytes, len)
-            .and_then(|()| self.file.read_exact_at(buf, offset_bytes).map_err(|e| self.os_error(IoKind::Read, offset_bytes, len, &e)));
+        let result = self.check_range(IoKind::Read, offset_bytes, len).and_then(|()| {
+            self.file.read_exact_at(buf, offset_bytes).map_err(|e| self.os_error(IoKind::Read, offset_bytes, len, &e))
+        });
         Box::pin(std::future::ready(result))
     }
 
@@ -78,7 +91,11 @@ impl BlockDevice for FileDevice {
         let result = self
             .check_writable(IoKind::Write, offset_bytes)
             .and_then(|()| self.check_range(IoKind::Write, offset_bytes, len))
-            .and_then(|()| self.file.write_all_at(data, offset_bytes).map_err(|e| self.os_error(IoKind::Write, offset_bytes, len, &e)))
+            .and_then(|()| {
+                self.file
+                    .write_all_at(data, offset_bytes)
+                    .map_err(|e| self.os_error(IoKind::Write, offset_bytes, len, &e))
+            })
             .and_then(|()| if flags.fua { self.sync(IoKind::Write) } else { Ok(()) });
         Box::pin(std::future::ready(result))
     }

@@ -42,7 +42,11 @@ impl WriteData {
     /// Copies `data` destined for `offset_bytes`.
     pub(crate) fn copy_from(offset_bytes: u64, data: &[u8], pool: &mut PagePool) -> WriteData {
         if offset_bytes.is_multiple_of(PAGE) && !data.is_empty() && data.len().is_multiple_of(PAGE_BYTES) {
-            WriteData::Pages(data.chunks_exact(PAGE_BYTES).map(|chunk| pool.copy_of(chunk.try_into().expect("page-sized chunk"))).collect())
+            WriteData::Pages(
+                data.chunks_exact(PAGE_BYTES)
+                    .map(|chunk| pool.copy_of(chunk.try_into().expect("page-sized chunk")))
+                    .collect(),
+            )
         } else {
             WriteData::Bytes(data.to_vec())
         }
@@ -150,12 +154,25 @@ impl VolatileCache {
 
     /// Memory held by shadow pages and versions, bytes (an estimate for reports).
     pub(crate) fn resident_bytes(&self) -> u64 {
-        self.shadow.values().map(|s| (u64::from(s.durable.is_some()) + s.versions.iter().filter(|v| v.1.is_some()).count() as u64) * PAGE).sum()
+        self.shadow
+            .values()
+            .map(|s| {
+                (u64::from(s.durable.is_some()) + s.versions.iter().filter(|v| v.1.is_some()).count() as u64) * PAGE
+            })
+            .sum()
     }
 
     /// Lands an executed write in the store and records it as unflushed (unless it is FUA and
     /// shares no page with an unflushed write, in which case it is simply durable).
-    pub(crate) fn land(&mut self, store: &mut SparseStore, content: Option<&dyn ContentSource>, request: u64, offset_bytes: u64, data: WriteData, fua: bool) {
+    pub(crate) fn land(
+        &mut self,
+        store: &mut SparseStore,
+        content: Option<&dyn ContentSource>,
+        request: u64,
+        offset_bytes: u64,
+        data: WriteData,
+        fua: bool,
+    ) {
         let len = data.len_bytes();
         let pages = page_span(offset_bytes, len);
         let touches_unflushed = pages.clone().any(|page| self.shadow.contains_key(&page));
@@ -167,7 +184,8 @@ impl VolatileCache {
                 // The content before this write: moved out of the store if the write covers the
                 // page (it installs a fresh buffer), copied otherwise.
                 let pool = &mut self.pool;
-                let mut before = || if covered { store.replace_page(page, None) } else { store.page(page).map(|p| pool.copy_of(p)) };
+                let mut before =
+                    || if covered { store.replace_page(page, None) } else { store.page(page).map(|p| pool.copy_of(p)) };
                 match self.shadow.get_mut(&page) {
                     None => {
                         let durable = before();
@@ -232,7 +250,11 @@ impl VolatileCache {
         self.pending.clear();
         self.pending_bytes = 0;
         for (_, shadow) in std::mem::take(&mut self.shadow) {
-            shadow.durable.into_iter().chain(shadow.versions.into_iter().filter_map(|v| v.1)).for_each(|page| self.pool.recycle(page));
+            shadow
+                .durable
+                .into_iter()
+                .chain(shadow.versions.into_iter().filter_map(|v| v.1))
+                .for_each(|page| self.pool.recycle(page));
         }
     }
 
@@ -259,19 +281,28 @@ impl VolatileCache {
 
     /// Power loss: restores the durable image in `store`, then re-applies the surviving units of
     /// every unflushed write (and of `in_flight` writes, which may or may not land) per `plan`.
-    pub(crate) fn crash(&mut self, store: &mut SparseStore, content: Option<&dyn ContentSource>, plan: CrashPlan, rng: &mut SimRng, in_flight: Vec<(u64, u64, WriteData)>) -> CrashOutcome {
+    pub(crate) fn crash(
+        &mut self,
+        store: &mut SparseStore,
+        content: Option<&dyn ContentSource>,
+        plan: CrashPlan,
+        rng: &mut SimRng,
+        in_flight: Vec<(u64, u64, WriteData)>,
+    ) -> CrashOutcome {
         // Take the newest versions out of the store and put the durable pages back.
         let mut shadow = std::mem::take(&mut self.shadow);
         for (&page, entry) in &mut shadow {
             let newest = store.replace_page(page, entry.durable.take());
-            entry.versions.back_mut().expect("a shadow page has versions").1 = Some(newest.unwrap_or_else(|| blank_page(page, content)));
+            entry.versions.back_mut().expect("a shadow page has versions").1 =
+                Some(newest.unwrap_or_else(|| blank_page(page, content)));
         }
         let executed: Vec<PendingWrite> = self.pending.drain(..).collect();
         self.pending_bytes = 0;
         let unit = plan.atomic_unit;
         let mut lengths: Vec<(u64, u64)> = executed.iter().map(|w| (w.offset_bytes, w.len_bytes)).collect();
         lengths.extend(in_flight.iter().map(|(_, offset, data)| (*offset, data.len_bytes())));
-        let pieces: Vec<Vec<(u64, u64)>> = lengths.iter().map(|&(offset, len)| unit_pieces(offset, len, unit).collect()).collect();
+        let pieces: Vec<Vec<(u64, u64)>> =
+            lengths.iter().map(|&(offset, len)| unit_pieces(offset, len, unit).collect()).collect();
         let counts: Vec<usize> = pieces.iter().map(Vec::len).collect();
         let mut forced: Vec<bool> = executed.iter().map(|w| w.forced).collect();
         forced.resize(lengths.len(), false);
@@ -290,7 +321,8 @@ impl VolatileCache {
                         // A piece never straddles a page: units are at most a page and aligned.
                         let page = start / PAGE;
                         let versions = &shadow.get(&page).expect("pending pages are shadowed").versions;
-                        let (_, after) = versions.iter().find(|(seq, _)| *seq == write.seq).expect("the chain lists the write");
+                        let (_, after) =
+                            versions.iter().find(|(seq, _)| *seq == write.seq).expect("the chain lists the write");
                         let after = after.as_ref().expect("every version has content during a crash");
                         let from = (start - page * PAGE) as usize;
                         store.write(start, &after[from..from + keep as usize], content);
@@ -305,7 +337,13 @@ impl VolatileCache {
                 Some(write) => (write.request, true),
                 None => (in_flight[index - executed.len()].0, false),
             };
-            records.push(WriteFate { request, offset_bytes: offset, len_bytes: len, executed: executed_flag, units: fates[index].iter().map(|f| fate_letter(*f)).collect() });
+            records.push(WriteFate {
+                request,
+                offset_bytes: offset,
+                len_bytes: len,
+                executed: executed_flag,
+                units: fates[index].iter().map(|f| fate_letter(*f)).collect(),
+            });
         }
         CrashOutcome { fates: records, all_kept }
     }
@@ -321,9 +359,18 @@ impl VolatileCache {
         assert_eq!(expected.len(), self.shadow.len(), "a page has a shadow iff a pending write touches it");
         for (page, seqs) in expected {
             let chain = &self.shadow[&page].versions;
-            assert!(chain.iter().map(|v| v.0).eq(seqs.iter().copied()), "page {page}: chain differs from the pending writes");
-            assert!(chain.iter().rev().skip(1).all(|v| v.1.is_some()), "page {page}: an older version lost its content");
-            assert!(chain.back().is_some_and(|v| v.1.is_none()), "page {page}: the newest version must live in the store");
+            assert!(
+                chain.iter().map(|v| v.0).eq(seqs.iter().copied()),
+                "page {page}: chain differs from the pending writes"
+            );
+            assert!(
+                chain.iter().rev().skip(1).all(|v| v.1.is_some()),
+                "page {page}: an older version lost its content"
+            );
+            assert!(
+                chain.back().is_some_and(|v| v.1.is_none()),
+                "page {page}: the newest version must live in the store"
+            );
         }
         assert_eq!(self.pending_bytes, self.pending.iter().map(|w| w.len_bytes).sum::<u64>());
     }

@@ -148,7 +148,13 @@ pub fn unit_pieces(offset_bytes: u64, len_bytes: u64, unit: AtomicUnit) -> impl 
 
 /// Chooses unit fates for a list of candidate writes. `forced[i]` marks writes that are already
 /// durable (FUA) and must be kept. `unit_counts[i]` is how many units write `i` has.
-pub(crate) fn choose_fates(plan: CrashPlan, rng: &mut SimRng, unit_counts: &[usize], forced: &[bool], piece_lens: &dyn Fn(usize, usize) -> u64) -> Vec<Vec<UnitFate>> {
+pub(crate) fn choose_fates(
+    plan: CrashPlan,
+    rng: &mut SimRng,
+    unit_counts: &[usize],
+    forced: &[bool],
+    piece_lens: &dyn Fn(usize, usize) -> u64,
+) -> Vec<Vec<UnitFate>> {
     let tearable = plan.atomic_unit == AtomicUnit::None;
     match plan.strategy {
         CrashStrategy::Clean => unit_counts.iter().map(|&n| vec![UnitFate::Kept; n]).collect(),
@@ -223,21 +229,37 @@ mod tests {
         let forced = [false, true, false];
         let lens = |_: usize, _: usize| 512u64;
         for _ in 0..50 {
-            let plan = CrashPlan { strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 0 }, atomic_unit: AtomicUnit::Sector };
+            let plan = CrashPlan {
+                strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 0 },
+                atomic_unit: AtomicUnit::Sector,
+            };
             let fates = choose_fates(plan, &mut rng, &counts, &forced, &lens);
             assert!(fates[1].iter().all(|f| *f == UnitFate::Kept));
             assert!(fates[0].iter().all(|f| *f == UnitFate::Dropped));
             let plan = CrashPlan { strategy: CrashStrategy::Prefix, atomic_unit: AtomicUnit::Sector };
             let fates = choose_fates(plan, &mut rng, &counts, &forced, &lens);
-            let flat: Vec<bool> = fates.iter().enumerate().filter(|(i, _)| *i != 1).flat_map(|(_, f)| f.iter().map(|u| *u == UnitFate::Kept)).collect();
+            let flat: Vec<bool> = fates
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 1)
+                .flat_map(|(_, f)| f.iter().map(|u| *u == UnitFate::Kept))
+                .collect();
             // A prefix: no kept unit after a dropped one.
             assert!(flat.windows(2).all(|w| w[0] || !w[1]), "{flat:?}");
-            let plan = CrashPlan { strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 1000 }, atomic_unit: AtomicUnit::Sector };
+            let plan = CrashPlan {
+                strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 1000 },
+                atomic_unit: AtomicUnit::Sector,
+            };
             let fates = choose_fates(plan, &mut rng, &counts, &forced, &lens);
             assert!(fates[0].iter().all(|f| *f == UnitFate::Dropped), "sectors are atomic: no tearing");
-            let plan = CrashPlan { strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 1000 }, atomic_unit: AtomicUnit::None };
+            let plan = CrashPlan {
+                strategy: CrashStrategy::RandomSubset { keep_per_mille: 0, tear_per_mille: 1000 },
+                atomic_unit: AtomicUnit::None,
+            };
             let fates = choose_fates(plan, &mut rng, &counts, &forced, &lens);
-            assert!(fates[0].iter().all(|f| matches!(f, UnitFate::TornPrefix { new_prefix_bytes } if (1..512).contains(new_prefix_bytes))));
+            assert!(fates[0].iter().all(
+                |f| matches!(f, UnitFate::TornPrefix { new_prefix_bytes } if (1..512).contains(new_prefix_bytes))
+            ));
         }
     }
 }

@@ -48,7 +48,9 @@ impl FaultRule {
     fn matches(&self, op: FaultOp, request: u64, offset_bytes: u64, len_bytes: u64) -> bool {
         self.op.is_none_or(|want| want == op)
             && self.request_range.is_none_or(|(first, last)| (first..=last).contains(&request))
-            && self.offset_range_bytes.is_none_or(|(start, end)| offset_bytes < end && offset_bytes + len_bytes.max(1) > start)
+            && self
+                .offset_range_bytes
+                .is_none_or(|(start, end)| offset_bytes < end && offset_bytes + len_bytes.max(1) > start)
     }
 }
 
@@ -79,7 +81,14 @@ impl FaultPlan {
     }
 
     /// The fault (if any) for a request, drawing from `rng` only for non-zero probabilities.
-    pub(crate) fn decide(&self, rng: &mut crate::SimRng, op: FaultOp, request: u64, offset_bytes: u64, len_bytes: u64) -> Option<FaultEffect> {
+    pub(crate) fn decide(
+        &self,
+        rng: &mut crate::SimRng,
+        op: FaultOp,
+        request: u64,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> Option<FaultEffect> {
         if let Some(rule) = self.rules.iter().find(|rule| rule.matches(op, request, offset_bytes, len_bytes)) {
             return Some(rule.effect);
         }
@@ -109,7 +118,12 @@ mod tests {
     #[test]
     fn rules_match_on_every_condition() {
         let plan = FaultPlan {
-            rules: vec![FaultRule { op: Some(FaultOp::Write), request_range: Some((3, 5)), offset_range_bytes: Some((4096, 8192)), effect: FaultEffect::MediaError }],
+            rules: vec![FaultRule {
+                op: Some(FaultOp::Write),
+                request_range: Some((3, 5)),
+                offset_range_bytes: Some((4096, 8192)),
+                effect: FaultEffect::MediaError,
+            }],
             ..FaultPlan::default()
         };
         let mut rng = SimRng::stream(Seed(1), "faults");

@@ -143,7 +143,10 @@ pub struct SimDisk {
 
 impl std::fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimDisk").field("name", &self.inner.name).field("len_bytes", &self.inner.state.borrow().len_bytes).finish()
+        f.debug_struct("SimDisk")
+            .field("name", &self.inner.name)
+            .field("len_bytes", &self.inner.state.borrow().len_bytes)
+            .finish()
     }
 }
 
@@ -161,12 +164,24 @@ impl SimDisk {
 
     /// A read-only disk of `len_bytes` whose bytes come from `content` (a base image too large
     /// to store).
-    pub fn with_content(sim: &SimHandle, name: &str, len_bytes: u64, mut config: DiskConfig, content: Rc<dyn ContentSource>) -> SimDisk {
+    pub fn with_content(
+        sim: &SimHandle,
+        name: &str,
+        len_bytes: u64,
+        mut config: DiskConfig,
+        content: Rc<dyn ContentSource>,
+    ) -> SimDisk {
         config.read_only = true;
         SimDisk::build(sim, name, len_bytes, config, Some(content))
     }
 
-    fn build(sim: &SimHandle, name: &str, len_bytes: u64, config: DiskConfig, content: Option<Rc<dyn ContentSource>>) -> SimDisk {
+    fn build(
+        sim: &SimHandle,
+        name: &str,
+        len_bytes: u64,
+        config: DiskConfig,
+        content: Option<Rc<dyn ContentSource>>,
+    ) -> SimDisk {
         if let Err(message) = config.profile.validate() {
             panic!("invalid device profile for {name}: {message}");
         }
@@ -186,10 +201,22 @@ impl SimDisk {
             bandwidth_free_at_ns: 0,
             cache: VolatileCache::default(),
             latent: config.faults.latent_sectors.iter().copied().collect(),
-            contention: ContentionState { phase_end_ns: first_phase.0, slowdown_per_mille: first_phase.1, rng: contention_rng },
+            contention: ContentionState {
+                phase_end_ns: first_phase.0,
+                slowdown_per_mille: first_phase.1,
+                rng: contention_rng,
+            },
             stats: DiskStats::default(),
         };
-        let inner = Rc::new(DiskInner { name: Rc::from(name), source: Source::new(name), sim: sim.clone(), sink: Cell::new(0), config: RefCell::new(config), content, state: RefCell::new(state) });
+        let inner = Rc::new(DiskInner {
+            name: Rc::from(name),
+            source: Source::new(name),
+            sim: sim.clone(),
+            sink: Cell::new(0),
+            config: RefCell::new(config),
+            content,
+            state: RefCell::new(state),
+        });
         let weak: std::rc::Weak<dyn EventSink> = Rc::downgrade(&inner) as std::rc::Weak<dyn EventSink>;
         inner.sink.set(sim.register_sink(weak));
         SimDisk { inner }
@@ -246,7 +273,8 @@ impl SimDisk {
             let page = state.store.page(page_index).expect("listed pages exist");
             hash = (hash ^ page_index).wrapping_mul(0x0100_0000_01b3);
             for word in page.chunks_exact(8) {
-                hash = (hash ^ u64::from_le_bytes(word.try_into().expect("8-byte chunk"))).wrapping_mul(0x0100_0000_01b3);
+                hash =
+                    (hash ^ u64::from_le_bytes(word.try_into().expect("8-byte chunk"))).wrapping_mul(0x0100_0000_01b3);
             }
         }
         hash
@@ -266,7 +294,9 @@ impl SimDisk {
         let in_flight: Vec<(u64, u64, WriteData)> = state
             .requests
             .drain()
-            .filter(|(_, r)| r.kind == IoKind::Write && matches!(r.phase, Phase::Queued | Phase::InService) && r.fault.is_none())
+            .filter(|(_, r)| {
+                r.kind == IoKind::Write && matches!(r.phase, Phase::Queued | Phase::InService) && r.fault.is_none()
+            })
             .filter_map(|(number, r)| r.write.map(|data| (number, r.offset_bytes, data)))
             .collect();
         let outcome = state.cache.crash(&mut state.store, content, plan, &mut state.crash_rng, in_flight);
@@ -275,7 +305,9 @@ impl SimDisk {
         let keep_length = match plan.strategy {
             crash::CrashStrategy::Clean => true,
             crash::CrashStrategy::Prefix => outcome.all_kept,
-            crash::CrashStrategy::RandomSubset { .. } => state.durable_len_bytes == state.len_bytes || state.crash_rng.ratio(1, 2),
+            crash::CrashStrategy::RandomSubset { .. } => {
+                state.durable_len_bytes == state.len_bytes || state.crash_rng.ratio(1, 2)
+            }
         };
         if !keep_length {
             if state.durable_len_bytes < state.len_bytes {
@@ -288,7 +320,14 @@ impl SimDisk {
         state.waiting.clear();
         state.bandwidth_free_at_ns = now;
         state.stats.crashes += 1;
-        let record = CrashRecord { device: inner.name.to_string(), at_ns: now, plan, len_bytes_before, len_bytes_after: state.len_bytes, writes: record_writes };
+        let record = CrashRecord {
+            device: inner.name.to_string(),
+            at_ns: now,
+            plan,
+            len_bytes_before,
+            len_bytes_after: state.len_bytes,
+            writes: record_writes,
+        };
         drop(guard);
         inner.log(EventKind::Crash, 0, 0, record.writes.len() as u64);
         record
@@ -309,7 +348,14 @@ fn sample(rng: &mut SimRng, range: LatencyRange) -> u64 {
 
 impl DiskInner {
     fn log(&self, kind: EventKind, request: u64, offset_bytes: u64, len_bytes: u64) {
-        self.sim.log(Event { at_ns: self.sim.now_ns(), source: self.source.clone(), kind, request, offset_bytes, len_bytes });
+        self.sim.log(Event {
+            at_ns: self.sim.now_ns(),
+            source: self.source.clone(),
+            kind,
+            request,
+            offset_bytes,
+            len_bytes,
+        });
     }
 
     fn error(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64) -> DeviceError {
@@ -317,14 +363,29 @@ impl DiskInner {
     }
 
     /// Validates and submits a request; returns its number.
-    fn submit(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64, write: Option<&[u8]>, fua: bool) -> Result<u64, DeviceError> {
+    fn submit(
+        &self,
+        kind: IoKind,
+        offset_bytes: u64,
+        len_bytes: u64,
+        write: Option<&[u8]>,
+        fua: bool,
+    ) -> Result<u64, DeviceError> {
         let config = self.config.borrow();
         let mut state = self.state.borrow_mut();
         if config.read_only && matches!(kind, IoKind::Write | IoKind::SetLen) {
             return Err(DeviceError::ReadOnly { device: self.name.to_string(), kind, offset_bytes });
         }
-        if matches!(kind, IoKind::Read | IoKind::Write) && offset_bytes.checked_add(len_bytes).is_none_or(|end| end > state.len_bytes) {
-            return Err(DeviceError::OutOfRange { device: self.name.to_string(), kind, offset_bytes, len_bytes, device_len_bytes: state.len_bytes });
+        if matches!(kind, IoKind::Read | IoKind::Write)
+            && offset_bytes.checked_add(len_bytes).is_none_or(|end| end > state.len_bytes)
+        {
+            return Err(DeviceError::OutOfRange {
+                device: self.name.to_string(),
+                kind,
+                offset_bytes,
+                len_bytes,
+                device_len_bytes: state.len_bytes,
+            });
         }
         let number = state.next_request;
         state.next_request += 1;
@@ -334,7 +395,8 @@ impl DiskInner {
             IoKind::Flush => Some(FaultOp::Flush),
             IoKind::SetLen => None,
         };
-        let fault = fault_op.and_then(|op| config.faults.decide(&mut state.faults_rng, op, number, offset_bytes, len_bytes));
+        let fault =
+            fault_op.and_then(|op| config.faults.decide(&mut state.faults_rng, op, number, offset_bytes, len_bytes));
         match kind {
             IoKind::Read => {
                 state.stats.reads += 1;
@@ -348,7 +410,22 @@ impl DiskInner {
             IoKind::SetLen => {}
         }
         let write = write.map(|data| WriteData::copy_from(offset_bytes, data, &mut state.cache.pool));
-        state.requests.insert(number, Request { kind, offset_bytes, len_bytes, write, read: Vec::new(), fua, fault, phase: Phase::Queued, result: Ok(()), waker: None, abandoned: false });
+        state.requests.insert(
+            number,
+            Request {
+                kind,
+                offset_bytes,
+                len_bytes,
+                write,
+                read: Vec::new(),
+                fua,
+                fault,
+                phase: Phase::Queued,
+                result: Ok(()),
+                waker: None,
+                abandoned: false,
+            },
+        );
         let start_now = state.in_service < config.profile.queue_depth;
         if !start_now {
             state.waiting.push(number);
@@ -383,7 +460,8 @@ impl DiskInner {
             IoKind::Write => (sample(&mut state.timing, profile.write_latency_ns), request.len_bytes),
             IoKind::Flush | IoKind::SetLen => (sample(&mut state.timing, profile.flush_latency_ns), 0),
         };
-        let transfer_ns = (u128::from(transfer_bytes) * 1_000_000_000 * u128::from(slowdown) / (u128::from(profile.bandwidth_bytes_per_sec) * 1000)) as u64;
+        let transfer_ns = (u128::from(transfer_bytes) * 1_000_000_000 * u128::from(slowdown)
+            / (u128::from(profile.bandwidth_bytes_per_sec) * 1000)) as u64;
         let transfer_start = now.max(state.bandwidth_free_at_ns);
         let transfer_end = transfer_start + transfer_ns;
         if transfer_ns > 0 {
@@ -403,7 +481,8 @@ impl DiskInner {
         let Some(request) = state.requests.get_mut(&number) else { return };
         debug_assert_eq!(request.phase, Phase::InService);
         request.phase = Phase::Executed;
-        let (kind, offset, len, fua, fault) = (request.kind, request.offset_bytes, request.len_bytes, request.fua, request.fault);
+        let (kind, offset, len, fua, fault) =
+            (request.kind, request.offset_bytes, request.len_bytes, request.fua, request.fault);
         state.in_service -= 1;
         let mut faults_logged = Vec::new();
         match kind {
@@ -413,10 +492,12 @@ impl DiskInner {
                 let latent_hit = state.latent.range(first_sector..end_sector).next().copied();
                 if fault == Some(FaultEffect::MediaError) {
                     faults_logged.push((FaultKind::Media(kind), offset, len));
-                    state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, offset, len));
+                    state.requests.get_mut(&number).expect("request exists").result =
+                        Err(self.error(kind, offset, len));
                 } else if let Some(sector) = latent_hit {
                     faults_logged.push((FaultKind::LatentSector, sector * SECTOR_SIZE_BYTES, SECTOR_SIZE_BYTES));
-                    state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, offset, len));
+                    state.requests.get_mut(&number).expect("request exists").result =
+                        Err(self.error(kind, offset, len));
                 } else {
                     let mut data = vec![0u8; len as usize];
                     state.store.read(offset, &mut data, self.content.as_deref());
@@ -424,7 +505,13 @@ impl DiskInner {
                 }
             }
             IoKind::Write => {
-                let data = state.requests.get_mut(&number).expect("request exists").write.take().expect("a write carries data until it executes");
+                let data = state
+                    .requests
+                    .get_mut(&number)
+                    .expect("request exists")
+                    .write
+                    .take()
+                    .expect("a write carries data until it executes");
                 match fault {
                     Some(FaultEffect::MediaError) => {
                         faults_logged.push((FaultKind::Media(kind), offset, len));
@@ -435,7 +522,8 @@ impl DiskInner {
                                 self.land(state, number, start, piece, false);
                             }
                         }
-                        state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, offset, len));
+                        state.requests.get_mut(&number).expect("request exists").result =
+                            Err(self.error(kind, offset, len));
                     }
                     Some(FaultEffect::Misdirect) => {
                         let sectors = (state.len_bytes - len) / SECTOR_SIZE_BYTES;
@@ -444,10 +532,15 @@ impl DiskInner {
                         self.land(state, number, target, WriteData::Bytes(data.into_bytes()), fua);
                     }
                     Some(FaultEffect::LatentSector) => {
-                        let sector = offset / SECTOR_SIZE_BYTES + state.faults_rng.below(len.div_ceil(SECTOR_SIZE_BYTES));
+                        let sector =
+                            offset / SECTOR_SIZE_BYTES + state.faults_rng.below(len.div_ceil(SECTOR_SIZE_BYTES));
                         self.land(state, number, offset, data, fua);
                         state.latent.insert(sector);
-                        faults_logged.push((FaultKind::LatentSectorCreated, sector * SECTOR_SIZE_BYTES, SECTOR_SIZE_BYTES));
+                        faults_logged.push((
+                            FaultKind::LatentSectorCreated,
+                            sector * SECTOR_SIZE_BYTES,
+                            SECTOR_SIZE_BYTES,
+                        ));
                     }
                     None => self.land(state, number, offset, data, fua),
                 }
@@ -520,7 +613,8 @@ impl DiskInner {
             if state.cache.pending_bytes() <= capacity {
                 return;
             }
-            let (request, offset, len) = state.cache.destage_oldest(self.content.as_deref()).expect("pending bytes imply a pending write");
+            let (request, offset, len) =
+                state.cache.destage_oldest(self.content.as_deref()).expect("pending bytes imply a pending write");
             state.stats.destaged_writes += 1;
             drop(state);
             self.log(EventKind::Destage, request, offset, len);
@@ -600,7 +694,12 @@ impl Drop for IoWait<'_> {
 }
 
 impl SimDisk {
-    fn wait<'a>(&'a self, submitted: Result<u64, DeviceError>, kind: IoKind, read_into: Option<&'a mut [u8]>) -> IoFuture<'a, ()> {
+    fn wait<'a>(
+        &'a self,
+        submitted: Result<u64, DeviceError>,
+        kind: IoKind,
+        read_into: Option<&'a mut [u8]>,
+    ) -> IoFuture<'a, ()> {
         match submitted {
             Ok(request) => Box::pin(IoWait { disk: &self.inner, request, kind, read_into }),
             Err(error) => Box::pin(std::future::ready(Err(error))),

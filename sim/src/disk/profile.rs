@@ -101,7 +101,11 @@ impl DeviceProfile {
             queue_depth: 64,
             completion_delay_max_ns: 5 * US,
             cache_bytes: 256 * MIB,
-            contention: Contention { phase_min_ns: 50 * MS, phase_max_ns: 500 * MS, slowdown_per_mille: vec![1000, 1000, 1500, 3000] },
+            contention: Contention {
+                phase_min_ns: 50 * MS,
+                phase_max_ns: 500 * MS,
+                slowdown_per_mille: vec![1000, 1000, 1500, 3000],
+            },
         }
     }
 
@@ -116,7 +120,11 @@ impl DeviceProfile {
             queue_depth: 32,
             completion_delay_max_ns: 10 * US,
             cache_bytes: 64 * MIB,
-            contention: Contention { phase_min_ns: 100 * MS, phase_max_ns: S, slowdown_per_mille: vec![1000, 1000, 2000, 4000] },
+            contention: Contention {
+                phase_min_ns: 100 * MS,
+                phase_max_ns: S,
+                slowdown_per_mille: vec![1000, 1000, 2000, 4000],
+            },
         }
     }
 
@@ -131,7 +139,11 @@ impl DeviceProfile {
             queue_depth: 8,
             completion_delay_max_ns: 20 * US,
             cache_bytes: 64 * MIB,
-            contention: Contention { phase_min_ns: 500 * MS, phase_max_ns: 5 * S, slowdown_per_mille: vec![1000, 1500, 3000] },
+            contention: Contention {
+                phase_min_ns: 500 * MS,
+                phase_max_ns: 5 * S,
+                slowdown_per_mille: vec![1000, 1500, 3000],
+            },
         }
     }
 
@@ -146,16 +158,27 @@ impl DeviceProfile {
             queue_depth: 16,
             completion_delay_max_ns: 50 * US,
             cache_bytes: 32 * MIB,
-            contention: Contention { phase_min_ns: S, phase_max_ns: 10 * S, slowdown_per_mille: vec![1000, 2000, 4000, 8000] },
+            contention: Contention {
+                phase_min_ns: S,
+                phase_max_ns: 10 * S,
+                slowdown_per_mille: vec![1000, 2000, 4000, 8000],
+            },
         }
     }
 
     /// Checks the numbers make sense; returns a message naming the bad field.
     pub fn validate(&self) -> Result<(), String> {
-        let ranges = [("read_latency_ns", self.read_latency_ns), ("write_latency_ns", self.write_latency_ns), ("flush_latency_ns", self.flush_latency_ns)];
+        let ranges = [
+            ("read_latency_ns", self.read_latency_ns),
+            ("write_latency_ns", self.write_latency_ns),
+            ("flush_latency_ns", self.flush_latency_ns),
+        ];
         for (field, range) in ranges {
             if range.min_ns > range.max_ns {
-                return Err(format!("profile {}: {field}.min_ns {} exceeds max_ns {}", self.name, range.min_ns, range.max_ns));
+                return Err(format!(
+                    "profile {}: {field}.min_ns {} exceeds max_ns {}",
+                    self.name, range.min_ns, range.max_ns
+                ));
             }
         }
         if self.bandwidth_bytes_per_sec == 0 {
