@@ -177,7 +177,7 @@ impl VolatileCache {
         let pages = page_span(offset_bytes, len);
         let touches_unflushed = pages.clone().any(|page| self.shadow.contains_key(&page));
         let seq = self.next_seq;
-        if !(fua && !touches_unflushed) {
+        if !fua || touches_unflushed {
             self.next_seq += 1;
             for page in pages.clone() {
                 let covered = in_page(page, offset_bytes, len) == (0, PAGE_BYTES);

@@ -600,7 +600,7 @@ impl DiskInner {
             }
         }
         state.cache.land(&mut state.store, self.content.as_deref(), request, offset_bytes, data, fua);
-        if cfg!(debug_assertions) && state.stats.writes % 4096 == 0 {
+        if cfg!(debug_assertions) && state.stats.writes.is_multiple_of(4096) {
             state.cache.assert_invariants();
         }
     }
