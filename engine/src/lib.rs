@@ -10,3 +10,7 @@ pub mod env;
 
 pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
 pub use env::{Env, Join, LocalFuture, Progress, ProgressPoint, ready};
+pub mod error;
+pub mod format;
+
+pub use error::FvdError;

@@ -1,0 +1,117 @@
+//! The bitmap: one bit per block of the base image, LSB first (block *n* is bit `n % 8` of byte
+//! `n / 8`). A set bit means the block's data lives in the FVD image (`fvd-v1.md` §1.3).
+
+use crate::error::FvdError;
+
+/// An in-memory bitmap over `blocks` blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitmap {
+    bytes: Vec<u8>,
+    blocks: u64,
+}
+
+impl Bitmap {
+    /// All zeros (every block in the base image).
+    pub fn new(blocks: u64) -> Bitmap {
+        Bitmap { bytes: vec![0; blocks.div_ceil(8) as usize], blocks }
+    }
+
+    /// Decodes the on-disk bitmap; bits beyond `blocks` must be zero.
+    pub fn decode(on_disk: &[u8], blocks: u64) -> Result<Bitmap, FvdError> {
+        let needed = blocks.div_ceil(8) as usize;
+        if on_disk.len() < needed {
+            return Err(FvdError::corrupt("bitmap", format!("{} bytes", on_disk.len()), format!("must hold {blocks} bits")));
+        }
+        let bitmap = Bitmap { bytes: on_disk[..needed].to_vec(), blocks };
+        let stray = (blocks..needed as u64 * 8).find(|&b| bitmap.bytes[(b / 8) as usize] & (1 << (b % 8)) != 0).or_else(|| on_disk[needed..].iter().position(|b| *b != 0).map(|i| (needed + i) as u64 * 8));
+        if let Some(block) = stray {
+            return Err(FvdError::corrupt(format!("bitmap bit {block}"), 1, format!("lies beyond the base image ({blocks} blocks)")));
+        }
+        Ok(bitmap)
+    }
+
+    /// Encodes into `size_bytes` bytes (the padded on-disk size).
+    pub fn encode(&self, size_bytes: u64) -> Vec<u8> {
+        let mut out = self.bytes.clone();
+        out.resize(size_bytes as usize, 0);
+        out
+    }
+
+    /// Blocks covered.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// True if `block` is in the image. Blocks beyond the base count as in the image.
+    pub fn get(&self, block: u64) -> bool {
+        block >= self.blocks || self.bytes[(block / 8) as usize] & (1 << (block % 8)) != 0
+    }
+
+    /// Sets blocks `first..end` (clipped to the bitmap).
+    pub fn set_range(&mut self, first: u64, end: u64) {
+        for block in first..end.min(self.blocks) {
+            self.bytes[(block / 8) as usize] |= 1 << (block % 8);
+        }
+    }
+
+    /// Clears one block (repair only: bits are otherwise never cleared).
+    pub fn clear(&mut self, block: u64) {
+        if block < self.blocks {
+            self.bytes[(block / 8) as usize] &= !(1 << (block % 8));
+        }
+    }
+
+    /// True if every block in `first..end` is in the image.
+    pub fn all_set(&self, first: u64, end: u64) -> bool {
+        (first..end.min(self.blocks)).all(|b| self.get(b))
+    }
+
+    /// Sets every block (prefetch finished).
+    pub fn set_all(&mut self) {
+        self.set_range(0, self.blocks);
+    }
+
+    /// Number of set blocks.
+    pub fn count_set(&self) -> u64 {
+        self.bytes.iter().map(|b| u64::from(b.count_ones())).sum()
+    }
+
+    /// True if every bit set here is also set in `other` (`stale ⊆ fresh`).
+    pub fn is_subset_of(&self, other: &Bitmap) -> bool {
+        self.blocks == other.blocks && self.bytes.iter().zip(&other.bytes).all(|(a, b)| a & !b == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_are_lsb_first_and_round_trip() {
+        let mut bitmap = Bitmap::new(20);
+        bitmap.set_range(1, 3);
+        bitmap.set_range(9, 10);
+        let bytes = bitmap.encode(4096);
+        assert_eq!(bytes.len(), 4096);
+        assert_eq!(bytes[0], 0b0000_0110);
+        assert_eq!(bytes[1], 0b0000_0010);
+        assert_eq!(Bitmap::decode(&bytes, 20).unwrap(), bitmap);
+        assert!(bitmap.get(25), "blocks beyond the base count as in the image");
+        assert!(bitmap.all_set(1, 3) && !bitmap.all_set(0, 3));
+        assert_eq!(bitmap.count_set(), 3);
+        let mut fresh = bitmap.clone();
+        fresh.set_range(0, 1);
+        assert!(bitmap.is_subset_of(&fresh) && !fresh.is_subset_of(&bitmap));
+    }
+
+    #[test]
+    fn stray_bits_beyond_the_base_are_corruption() {
+        let mut bytes = vec![0u8; 4096];
+        bytes[2] = 0b0001_0000; // block 20 of a 20-block bitmap
+        let error = Bitmap::decode(&bytes, 20).unwrap_err().to_string();
+        assert!(error.contains("bitmap bit 20"), "{error}");
+        let mut bytes = vec![0u8; 4096];
+        bytes[100] = 1;
+        assert!(Bitmap::decode(&bytes, 20).is_err());
+    }
+}

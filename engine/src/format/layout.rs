@@ -1,0 +1,164 @@
+//! Where everything lives, derived from a header and checked against the image length.
+
+use super::header::{HEADER_REGION_BYTES, Header};
+use crate::error::FvdError;
+
+/// Bytes per sector.
+pub const SECTOR: u64 = 512;
+/// A table entry for an unallocated chunk.
+pub const EMPTY_TABLE_ENTRY: u32 = 0xFFFF_FFFF;
+/// In memory and in v1 journal records only: allocated but not yet committed.
+pub const DIRTY_TABLE_BIT: u32 = 0x8000_0000;
+
+/// `x` rounded up to a multiple of `to`.
+pub fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+/// The checked geometry of an image (all byte quantities unless named `_sectors`/`_blocks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Virtual disk size.
+    pub virtual_size: u64,
+    /// Bytes covered by the bitmap (0: no base image).
+    pub base_size: u64,
+    /// Bytes per bitmap bit.
+    pub block_size: u64,
+    /// Blocks covered by the bitmap.
+    pub bitmap_blocks: u64,
+    /// Bitmap offset and size.
+    pub bitmap_offset: u64,
+    /// Bitmap bytes on disk (padded).
+    pub bitmap_size: u64,
+    /// Compact image.
+    pub compact: bool,
+    /// Bytes per chunk (compact).
+    pub chunk_size: u64,
+    /// Table entries (compact).
+    pub table_entries: u64,
+    /// Table offset and padded size.
+    pub table_offset: u64,
+    /// Table bytes on disk (padded to 4 KiB).
+    pub table_size: u64,
+    /// Journal offset and size (size 0: none).
+    pub journal_offset: u64,
+    /// Journal bytes.
+    pub journal_size: u64,
+    /// Header + bitmap + table + journal.
+    pub metadata_size: u64,
+    /// Where virtual byte 0 (non-compact) or physical chunk 0 (compact) lives on the data device.
+    pub data_offset: u64,
+    /// Data lives on a separate device.
+    pub separate_data: bool,
+    /// Storage grow unit (compact).
+    pub storage_grow_unit: u64,
+}
+
+impl Layout {
+    /// Checks every cross-field rule of `header` against an image file of `image_len` bytes.
+    /// Errors name the field, its value and the rule.
+    pub fn from_header(header: &Header, image_len: u64) -> Result<Layout, FvdError> {
+        let corrupt = |field: &str, value: u64, rule: String| Err(FvdError::corrupt(format!("header.{field}"), value, rule));
+        let virtual_size = header.virtual_disk_size;
+        if virtual_size == 0 || !virtual_size.is_multiple_of(SECTOR) {
+            return corrupt("virtual_disk_size", virtual_size, "must be a positive multiple of 512".into());
+        }
+        let has_base = !header.base_img.is_empty() || header.bitmap_size > 0;
+        let base_size = if has_base { header.base_img_size } else { 0 };
+        if has_base && (base_size > virtual_size || !base_size.is_multiple_of(SECTOR)) {
+            return corrupt("base_img_size", base_size, format!("must be a multiple of 512 no larger than the virtual disk ({virtual_size})"));
+        }
+        let block_size = u64::from(header.block_size);
+        if has_base && (block_size == 0 || !block_size.is_multiple_of(SECTOR)) {
+            return corrupt("block_size", block_size, "must be a positive multiple of 512".into());
+        }
+        let bitmap_blocks = if has_base { base_size.div_ceil(block_size) } else { 0 };
+        let bitmap_needed = round_up(bitmap_blocks.div_ceil(8), 4096);
+        if has_base && header.bitmap_offset != HEADER_REGION_BYTES {
+            return corrupt("bitmap_offset", header.bitmap_offset, format!("must be {HEADER_REGION_BYTES} when there is a base image"));
+        }
+        if has_base && header.bitmap_size != bitmap_needed {
+            return corrupt("bitmap_size", header.bitmap_size, format!("must be {bitmap_needed} for {bitmap_blocks} blocks of {block_size} bytes"));
+        }
+        let bitmap_size = if has_base { bitmap_needed } else { 0 };
+        let after_bitmap = HEADER_REGION_BYTES + bitmap_size;
+        let compact = header.compact_image;
+        let (chunk_size, table_entries, table_size) = if compact {
+            let chunk = header.chunk_size;
+            if chunk == 0 || !chunk.is_multiple_of(SECTOR) {
+                return corrupt("chunk_size", chunk, "must be a positive multiple of 512".into());
+            }
+            let entries = virtual_size.div_ceil(chunk);
+            if entries > u64::from(DIRTY_TABLE_BIT) {
+                return corrupt("chunk_size", chunk, "gives more chunks than a table can address (2^31)".into());
+            }
+            if header.table_offset != after_bitmap {
+                return corrupt("table_offset", header.table_offset, format!("must follow the bitmap at {after_bitmap}"));
+            }
+            if header.storage_grow_unit < chunk {
+                return corrupt("storage_grow_unit", header.storage_grow_unit, format!("must be at least chunk_size ({chunk})"));
+            }
+            (chunk, entries, round_up(4 * entries, 4096))
+        } else {
+            (0, 0, 0)
+        };
+        let journal_offset = after_bitmap + table_size;
+        let journal_size = header.journal_size;
+        if journal_size > 0 && header.journal_offset != journal_offset {
+            return corrupt("journal_offset", header.journal_offset, format!("must follow the table at {journal_offset}"));
+        }
+        if !journal_size.is_multiple_of(SECTOR) {
+            return corrupt("journal_size", journal_size, "must be a multiple of 512".into());
+        }
+        if journal_size > 0 && !has_base && !compact {
+            return corrupt("journal_size", journal_size, "an image without bitmap or table has no journal".into());
+        }
+        let metadata_needed = journal_offset + journal_size;
+        if header.metadata_size < metadata_needed {
+            return corrupt("metadata_size", header.metadata_size, format!("must cover header, bitmap, table and journal ({metadata_needed} bytes)"));
+        }
+        if header.metadata_size > image_len {
+            return corrupt("metadata_size", header.metadata_size, format!("lies beyond the end of the image file ({image_len} bytes)"));
+        }
+        let separate_data = !header.data_file.is_empty();
+        Ok(Layout {
+            virtual_size,
+            base_size,
+            block_size: if has_base { block_size } else { 0 },
+            bitmap_blocks,
+            bitmap_offset: header.bitmap_offset,
+            bitmap_size,
+            compact,
+            chunk_size,
+            table_entries,
+            table_offset: header.table_offset,
+            table_size,
+            journal_offset,
+            journal_size,
+            metadata_size: header.metadata_size,
+            data_offset: if separate_data { 0 } else { header.metadata_size },
+            separate_data,
+            storage_grow_unit: header.storage_grow_unit,
+        })
+    }
+
+    /// True when the image has a base image (and so a bitmap).
+    pub fn has_base(&self) -> bool {
+        self.bitmap_blocks > 0
+    }
+
+    /// Journal sectors.
+    pub fn journal_sectors(&self) -> u64 {
+        self.journal_size / SECTOR
+    }
+
+    /// The block holding virtual byte `offset`.
+    pub fn block_of(&self, offset: u64) -> u64 {
+        offset / self.block_size
+    }
+
+    /// The chunk holding virtual byte `offset`.
+    pub fn chunk_of(&self, offset: u64) -> u64 {
+        offset / self.chunk_size
+    }
+}
