@@ -12,5 +12,7 @@ pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, 
 pub use env::{Env, Join, LocalFuture, Progress, ProgressPoint, ready};
 pub mod error;
 pub mod format;
+pub mod image;
 
 pub use error::FvdError;
+pub use image::{BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, OpenOptions, PrefetchSettings, Profile, check};

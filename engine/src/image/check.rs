@@ -1,0 +1,210 @@
+//! `check`: counts corruptions and leaks in an image, says what it would fix, and repairs with
+//! an option (in the spirit of `qemu-img check`). Check never writes unless asked to repair, and
+//! never writes to an image whose header it cannot decode.
+
+use std::collections::BTreeMap;
+
+use super::{Devices, Profile};
+use crate::device::{BlockDevice, WriteFlags};
+use crate::error::FvdError;
+use crate::format::journal::{DecodedSector, JournalRecord, decode_sector};
+use crate::format::table::encode_table;
+use crate::format::{Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR};
+
+/// What `check` found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Damage that makes the image wrong or unopenable, one line each, naming field and value.
+    pub corruptions: Vec<String>,
+    /// Storage allocated but referenced by nothing (wasted, not wrong).
+    pub leaks: Vec<String>,
+    /// What a repair does (or did, when `repaired`).
+    pub fixes: Vec<String>,
+    /// The image was not shut down cleanly: its journal must be replayed.
+    pub needs_recovery: bool,
+    /// Journal sectors that a recovery would apply.
+    pub journal_sectors_valid: u64,
+    /// Journal sectors with a failing checksum (a torn write at a crash, or damage).
+    pub journal_sectors_torn: u64,
+    /// The header could not be decoded: nothing else was checked and nothing can be repaired.
+    pub fatal: bool,
+    /// A repair was requested and written.
+    pub repaired: bool,
+}
+
+impl CheckReport {
+    /// True when the image holds no corruption (leaks and a pending recovery are not corruption).
+    pub fn is_clean(&self) -> bool {
+        self.corruptions.is_empty()
+    }
+}
+
+/// Checks the image on `devices`; with `repair`, fixes what it found: replays the journal, clears
+/// stray bits and dirty bits, drops table entries beyond storage or sharing a chunk, writes the
+/// metadata home and marks the image clean.
+///
+/// Errors: [`FvdError::Io`] only; everything wrong with the image goes in the report.
+pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<CheckReport, FvdError> {
+    let mut report = CheckReport::default();
+    let image = &devices.image;
+    let image_len = image.len_bytes();
+    let mut region = vec![0u8; HEADER_REGION_BYTES.min(image_len) as usize];
+    image.read_at(0, &mut region).await.map_err(FvdError::io("check: read header"))?;
+    let header = match Header::decode(&region).and_then(|h| Layout::from_header(&h, image_len).map(|l| (h, l))) {
+        Ok(pair) => pair,
+        Err(error) => {
+            report.corruptions.push(error.to_string());
+            report.fatal = true;
+            return Ok(report);
+        }
+    };
+    let (mut header, layout) = header;
+    let extension = if profile == Profile::Hardened { HeaderExtension::newest(&region) } else { None };
+    // Bitmap: bits beyond the base image.
+    let mut bitmap = Bitmap::new(layout.bitmap_blocks);
+    if layout.has_base() {
+        let mut bytes = vec![0u8; layout.bitmap_size as usize];
+        image.read_at(layout.bitmap_offset, &mut bytes).await.map_err(FvdError::io("check: read bitmap"))?;
+        for block in 0..layout.bitmap_blocks {
+            if bytes[(block / 8) as usize] & (1 << (block % 8)) != 0 {
+                bitmap.set_range(block, block + 1);
+            }
+        }
+        let stray = (layout.bitmap_blocks..layout.bitmap_size * 8).filter(|&b| bytes[(b / 8) as usize] & (1 << (b % 8)) != 0).count();
+        if stray > 0 {
+            report.corruptions.push(format!("bitmap: {stray} bit(s) set beyond the base image ({} blocks)", layout.bitmap_blocks));
+            report.fixes.push(format!("clear {stray} bitmap bit(s) beyond the base image"));
+        }
+    }
+    // Table: dirty bits, entries beyond storage, shared chunks.
+    let data_len = devices.data.as_ref().map_or(image_len, |d| d.len_bytes());
+    let storage_chunks = if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
+    let mut table = Vec::new();
+    if layout.compact {
+        let mut bytes = vec![0u8; layout.table_size as usize];
+        image.read_at(layout.table_offset, &mut bytes).await.map_err(FvdError::io("check: read table"))?;
+        table = bytes.chunks_exact(4).take(layout.table_entries as usize).map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes"))).collect();
+        fix_table(&mut table, storage_chunks, &mut report, "table");
+    }
+    // Journal.
+    report.needs_recovery = !header.clean_shutdown;
+    if layout.journal_size > 0 {
+        let mut journal = vec![0u8; layout.journal_size as usize];
+        image.read_at(layout.journal_offset, &mut journal).await.map_err(FvdError::io("check: read journal"))?;
+        for (index, sector) in journal.chunks_exact(SECTOR as usize).enumerate() {
+            let records = match (decode_sector(sector), extension) {
+                (DecodedSector::Hardened { epoch, records, .. }, Some(ext)) if epoch == ext.journal_epoch => records,
+                (DecodedSector::Torn, Some(_)) => {
+                    report.journal_sectors_torn += 1;
+                    continue;
+                }
+                (DecodedSector::V1 { records, stopped_at_garbage }, None) => {
+                    if stopped_at_garbage && report.needs_recovery {
+                        report.corruptions.push(format!("journal sector {index}: unknown record type after {} record(s)", records.len()));
+                    }
+                    records
+                }
+                _ => continue,
+            };
+            if records.is_empty() {
+                continue;
+            }
+            report.journal_sectors_valid += 1;
+            if report.needs_recovery {
+                for record in records {
+                    apply_lenient(&record, &layout, &mut bitmap, &mut table, index, &mut report);
+                }
+            }
+        }
+        if report.needs_recovery {
+            report.fixes.push(format!("replay {} journal sector(s) and write the metadata home", report.journal_sectors_valid));
+            fix_table(&mut table, storage_chunks, &mut report, "journal-recovered table");
+        }
+    } else if report.needs_recovery && (layout.has_base() || layout.compact) {
+        report.corruptions.push("header.clean_shutdown = 0: not shut down cleanly and no journal, so the bitmap and table may miss changes".into());
+        report.fixes.push("accept the metadata as it is and mark the image clean".into());
+    }
+    // Leaks: physical chunks below the highest used one that nothing references.
+    if layout.compact {
+        let referenced: std::collections::BTreeSet<u32> = table.iter().copied().filter(|e| *e != EMPTY_TABLE_ENTRY).collect();
+        if let Some(&highest) = referenced.iter().next_back() {
+            let leaked = (0..highest).filter(|id| !referenced.contains(id)).count();
+            if leaked > 0 {
+                report.leaks.push(format!("{leaked} physical chunk(s) of {} bytes below chunk {highest} are allocated but unreferenced", layout.chunk_size));
+            }
+        }
+    }
+    if repair && (!report.fixes.is_empty() || report.needs_recovery) {
+        if layout.has_base() {
+            image.write_at(layout.bitmap_offset, &bitmap.encode(layout.bitmap_size), WriteFlags::NONE).await.map_err(FvdError::io("repair: write bitmap"))?;
+        }
+        if layout.compact {
+            image.write_at(layout.table_offset, &encode_table(&table, layout.table_size), WriteFlags::NONE).await.map_err(FvdError::io("repair: write table"))?;
+        }
+        image.flush().await.map_err(FvdError::io("repair: flush"))?;
+        if let Some(ext) = extension {
+            // A new journal round: the replayed records can never be applied again.
+            let next = HeaderExtension { generation: ext.generation + 1, journal_epoch: ext.journal_epoch + 1, flags: ext.flags };
+            image.write_at(next.slot_offset(), &next.encode_sector(), WriteFlags::FUA).await.map_err(FvdError::io("repair: write header extension"))?;
+        } else if layout.journal_size > 0 {
+            // A v1 image: zero the journal so its records are not replayed over the repair.
+            image.write_at(layout.journal_offset, &vec![0u8; layout.journal_size as usize], WriteFlags::NONE).await.map_err(FvdError::io("repair: clear journal"))?;
+        }
+        header.clean_shutdown = true;
+        let encoded = header.encode();
+        let mut sector = [0u8; 512];
+        sector[..HEADER_BYTES - 4096].copy_from_slice(&encoded[4096..]);
+        image.write_at(4096, &sector, WriteFlags::FUA).await.map_err(FvdError::io("repair: write clean flag"))?;
+        image.flush().await.map_err(FvdError::io("repair: flush"))?;
+        report.repaired = true;
+    }
+    Ok(report)
+}
+
+fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, what: &str) {
+    let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+    for (chunk, entry) in table.iter_mut().enumerate() {
+        if *entry == EMPTY_TABLE_ENTRY {
+            continue;
+        }
+        if *entry & DIRTY_TABLE_BIT != 0 {
+            report.corruptions.push(format!("{what}[{chunk}] = {entry:#010x}: the dirty bit never reaches the disk"));
+            report.fixes.push(format!("clear the dirty bit of {what}[{chunk}]"));
+            *entry &= !DIRTY_TABLE_BIT;
+        }
+        if u64::from(*entry) >= storage_chunks {
+            report.corruptions.push(format!("{what}[{chunk}] = {entry}: beyond the data storage ({storage_chunks} chunks)"));
+            report.fixes.push(format!("unmap {what}[{chunk}] (its data is lost)"));
+            *entry = EMPTY_TABLE_ENTRY;
+            continue;
+        }
+        if let Some(first) = owner.insert(*entry, chunk) {
+            report.corruptions.push(format!("{what}[{chunk}] = {entry}: physical chunk already used by {what}[{first}]"));
+            report.fixes.push(format!("unmap {what}[{chunk}]"));
+            *entry = EMPTY_TABLE_ENTRY;
+        }
+    }
+}
+
+fn apply_lenient(record: &JournalRecord, layout: &Layout, bitmap: &mut Bitmap, table: &mut [u32], sector: usize, report: &mut CheckReport) {
+    match record {
+        JournalRecord::Bitmap { first_sector, sectors } => {
+            if layout.has_base() {
+                let end = (first_sector + u64::from(*sectors)) * SECTOR;
+                bitmap.set_range(first_sector * SECTOR / layout.block_size, end.div_ceil(layout.block_size));
+            }
+        }
+        JournalRecord::Table { first_chunk, entries } => {
+            for (i, &raw) in entries.iter().enumerate() {
+                let chunk = u64::from(*first_chunk) + i as u64;
+                if chunk >= layout.table_entries {
+                    report.corruptions.push(format!("journal sector {sector}: table record for chunk {chunk} beyond the table ({} chunks)", layout.table_entries));
+                    continue;
+                }
+                if raw != EMPTY_TABLE_ENTRY {
+                    table[chunk as usize] = raw & !DIRTY_TABLE_BIT;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Create, open (with journal recovery), metadata write-home, clean-shutdown flag, close.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use super::state::{JournalState, LockSet, State};
+use super::{CreateOptions, Devices, FvdImage, Inner, JournalSize, OpenOptions, Profile};
+use crate::device::{BlockDevice, WriteFlags};
+use crate::env::{Env, ProgressPoint};
+use crate::error::FvdError;
+use crate::format::header::{BASE_IMG_CAPACITY, DATA_FILE_CAPACITY, FORMAT_NAME_CAPACITY};
+use crate::format::journal::{DecodedSector, JournalRecord};
+use crate::format::table::{decode_table, encode_table};
+use crate::format::{Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR, round_up};
+
+/// v1's bound on the bitmap when choosing a default block size (`MODERATE_BITMAP_SIZE`).
+const MODERATE_BITMAP_BYTES: u64 = 4 << 20;
+/// Default journal size (v1).
+const DEFAULT_JOURNAL_BYTES: u64 = 16 << 20;
+/// Table entries per hardened journal sector beside a bitmap record: `(488 − 12 − 16) / 4`.
+const ENTRIES_PER_MIXED_SECTOR: u64 = 115;
+
+fn invalid(option: &'static str, value: impl std::fmt::Display, rule: impl Into<String>) -> FvdError {
+    FvdError::InvalidOption { option, value: value.to_string(), rule: rule.into() }
+}
+
+/// Builds the header for `options`, checking every option.
+pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
+    if options.size_bytes == 0 {
+        return Err(invalid("size", 0, "must be positive"));
+    }
+    let virtual_size = round_up(options.size_bytes, SECTOR);
+    let base = options.base.as_ref();
+    if let Some(base) = base {
+        if base.name.is_empty() || base.name.len() >= BASE_IMG_CAPACITY {
+            return Err(invalid("backing_file", &base.name, format!("must be 1 to {} bytes", BASE_IMG_CAPACITY - 1)));
+        }
+        if base.format.len() >= FORMAT_NAME_CAPACITY {
+            return Err(invalid("backing_fmt", &base.format, format!("must be under {FORMAT_NAME_CAPACITY} bytes")));
+        }
+        if base.len_bytes == 0 {
+            return Err(invalid("backing_file", &base.name, "the base image is empty"));
+        }
+    }
+    let base_size = base.map_or(0, |b| round_up(b.len_bytes.min(virtual_size), SECTOR));
+    let block_size = match options.block_size {
+        Some(size) if size == 0 || !size.is_multiple_of(SECTOR) || size > u64::from(u32::MAX) => {
+            return Err(invalid("block_size", size, "must be a positive multiple of 512 below 4 GiB"));
+        }
+        Some(size) => size,
+        None => {
+            let mut size = SECTOR;
+            while base_size.div_ceil(size).div_ceil(8) > MODERATE_BITMAP_BYTES {
+                size *= 2;
+            }
+            size
+        }
+    };
+    let bitmap_size = if base.is_some() { round_up(base_size.div_ceil(block_size).div_ceil(8), 4096) } else { 0 };
+    let chunk_size = options.chunk_size.unwrap_or(1 << 20);
+    if options.compact && (chunk_size == 0 || !chunk_size.is_multiple_of(SECTOR)) {
+        return Err(invalid("chunk_size", chunk_size, "must be a positive multiple of 512"));
+    }
+    let table_entries = if options.compact { virtual_size.div_ceil(chunk_size) } else { 0 };
+    if table_entries > u64::from(DIRTY_TABLE_BIT) {
+        return Err(invalid("chunk_size", chunk_size, "gives more than 2^31 chunks"));
+    }
+    let grow_unit = options.storage_grow_unit.unwrap_or(100 << 20);
+    if options.compact && grow_unit < chunk_size {
+        return Err(invalid("storage_grow_unit", grow_unit, format!("must be at least chunk_size ({chunk_size})")));
+    }
+    let table_size = round_up(4 * table_entries, 4096);
+    let has_metadata = base.is_some() || options.compact;
+    // The journal must hold the records of one write touching every chunk (v1's rule).
+    let minimum_journal = if options.compact { table_entries.div_ceil(ENTRIES_PER_MIXED_SECTOR) * SECTOR } else { SECTOR };
+    let journal_size = match options.journal {
+        _ if !has_metadata => 0,
+        JournalSize::Disabled => 0,
+        JournalSize::Default => round_up(DEFAULT_JOURNAL_BYTES.max(minimum_journal), 4096),
+        JournalSize::Bytes(bytes) => round_up(bytes.max(minimum_journal), 4096),
+    };
+    if let Some(name) = &options.data_file
+        && (name.is_empty() || name.len() >= DATA_FILE_CAPACITY)
+    {
+        return Err(invalid("data_file", name, format!("must be 1 to {} bytes", DATA_FILE_CAPACITY - 1)));
+    }
+    let prefetch = options.prefetch;
+    let bytes_per_prefetch = round_up(u64::from(prefetch.bytes_per_prefetch.max(4096)), block_size);
+    let bitmap_offset = HEADER_REGION_BYTES;
+    let table_offset = bitmap_offset + bitmap_size;
+    let journal_offset = table_offset + table_size;
+    Ok(Header {
+        all_data_in_fvd_img: base.is_none(),
+        virtual_disk_size: virtual_size,
+        metadata_size: journal_offset + journal_size,
+        base_img: base.map_or(String::new(), |b| b.name.clone()),
+        base_img_fmt: base.map_or(String::new(), |b| b.format.clone()),
+        base_img_size: base_size,
+        bitmap_offset,
+        bitmap_size,
+        block_size: block_size as u32,
+        copy_on_read: options.copy_on_read,
+        max_outstanding_copy_on_read_data: options.max_outstanding_copy_on_read_bytes.unwrap_or(2_000_000),
+        data_file: options.data_file.clone().unwrap_or_default(),
+        data_file_fmt: if options.data_file.is_some() { "raw".into() } else { String::new() },
+        prefetch_start_delay: if prefetch.start_delay_s <= 0 { -1 } else { prefetch.start_delay_s },
+        prefetch_profile_offset: 0,
+        prefetch_profile_entries: 0,
+        num_prefetch_slots: prefetch.slots,
+        bytes_per_prefetch: i32::try_from(bytes_per_prefetch).map_err(|_| invalid("bytes_per_prefetch", bytes_per_prefetch, "must fit in 31 bits"))?,
+        prefetch_read_throughput_measure_time: prefetch.measure_time_ms,
+        prefetch_write_throughput_measure_time: prefetch.measure_time_ms,
+        prefetch_perf_calc_alpha: prefetch.alpha_percent,
+        prefetch_min_read_throughput: prefetch.min_throughput_kb_s,
+        prefetch_min_write_throughput: prefetch.min_throughput_kb_s,
+        prefetch_max_read_throughput: 1_000_000_000,
+        prefetch_max_write_throughput: 1_000_000_000,
+        prefetch_throttle_time: prefetch.throttle_time_ms,
+        compact_image: options.compact,
+        table_offset,
+        chunk_size: if options.compact { chunk_size } else { 0 },
+        storage_grow_unit: if options.compact { grow_unit } else { 0 },
+        add_storage_cmd: String::new(),
+        journal_offset,
+        journal_size,
+        clean_shutdown: true,
+        need_zero_init: false,
+        generate_prefetch_profile: false,
+        unit_of_prefetch_profile_entry_len: 4096,
+        profile_directed_prefetch_start_delay: -1,
+        write_updates_base_img: String::new(),
+    })
+}
+
+fn io(context: &'static str) -> impl FnOnce(crate::device::DeviceError) -> FvdError {
+    FvdError::io(context)
+}
+
+impl FvdImage {
+    /// Creates an image on `devices.image` (and `devices.data` when `options.data_file` is set),
+    /// replacing whatever they held. The base image device, if given, is only measured.
+    ///
+    /// Errors: [`FvdError::InvalidOption`] naming the option; [`FvdError::Io`].
+    pub async fn create(devices: &Devices, options: &CreateOptions) -> Result<(), FvdError> {
+        if options.data_file.is_some() != devices.data.is_some() {
+            return Err(invalid("data_file", options.data_file.clone().unwrap_or_default(), "a data file name needs a data device and the other way round"));
+        }
+        let header = header_for(options)?;
+        let layout = Layout::from_header(&header, header.metadata_size).expect("create builds valid headers");
+        let image = &devices.image;
+        // Shrinking to zero and growing back makes every metadata byte zero (BlockDevice contract).
+        image.set_len(0).await.map_err(io("create: truncate image"))?;
+        let data_end = if layout.compact { 0 } else { layout.virtual_size };
+        let image_len = layout.metadata_size + if layout.separate_data { 0 } else { data_end };
+        image.set_len(image_len).await.map_err(io("create: size image"))?;
+        if let Some(data) = &devices.data {
+            data.set_len(0).await.map_err(io("create: truncate data file"))?;
+            data.set_len(data_end).await.map_err(io("create: size data file"))?;
+        }
+        let mut region = vec![0u8; HEADER_REGION_BYTES as usize];
+        region[..HEADER_BYTES].copy_from_slice(&header.encode());
+        if options.profile == Profile::Hardened {
+            let extension = HeaderExtension { generation: 1, journal_epoch: 1, flags: 0 };
+            let at = extension.slot_offset() as usize;
+            region[at..at + 512].copy_from_slice(&extension.encode_sector());
+        }
+        image.write_at(0, &region, WriteFlags::NONE).await.map_err(io("create: write header"))?;
+        if layout.compact {
+            let table = encode_table(&vec![EMPTY_TABLE_ENTRY; layout.table_entries as usize], layout.table_size);
+            image.write_at(layout.table_offset, &table, WriteFlags::NONE).await.map_err(io("create: write table"))?;
+        }
+        image.flush().await.map_err(io("create: flush image"))?;
+        if let Some(data) = &devices.data {
+            data.flush().await.map_err(io("create: flush data file"))?;
+        }
+        Ok(())
+    }
+
+    /// Opens an image. A read-write open of an image not shut down cleanly replays its journal
+    /// (hardened: only checksummed sectors of the current epoch) and writes the metadata home.
+    /// Nothing is ever written to an image that failed to open.
+    ///
+    /// Errors: [`FvdError::Corrupt`] naming the field; [`FvdError::DirtyWithoutJournal`];
+    /// [`FvdError::InvalidOption`] when the header needs a device that is missing; [`FvdError::Io`].
+    pub async fn open(devices: Devices, env: Rc<dyn Env>, options: OpenOptions) -> Result<FvdImage, FvdError> {
+        let loaded = load(&devices, options.profile).await?;
+        let Loaded { header, layout, extension, bitmap, table, storage_chunks } = loaded;
+        if layout.has_base() && devices.base.is_none() && !header.all_data_in_fvd_img {
+            return Err(invalid("backing_file", &header.base_img, "the header names a base image but none was given"));
+        }
+        if layout.separate_data != devices.data.is_some() {
+            return Err(invalid("data_file", &header.data_file, "the header and the devices disagree about a separate data file"));
+        }
+        let used_chunks = table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e) + 1).max().unwrap_or(0);
+        let dirty = !header.clean_shutdown;
+        if dirty && layout.journal_size == 0 && (layout.has_base() || layout.compact) {
+            return Err(FvdError::DirtyWithoutJournal);
+        }
+        let state = State {
+            header,
+            extension,
+            fresh: bitmap.clone(),
+            stale: bitmap,
+            table,
+            unlanded: BTreeSet::new(),
+            used_chunks,
+            storage_chunks,
+            growing: false,
+            journal: JournalState::default(),
+            copy_locks: LockSet::default(),
+            write_locks: LockSet::default(),
+            next_lock_id: 0,
+            stats: Default::default(),
+            waiters: Vec::new(),
+        };
+        let image = FvdImage { inner: Rc::new(Inner { devices, env, layout, options, state: RefCell::new(state) }) };
+        if dirty {
+            image.replay_journal().await?;
+        }
+        if !options.read_only {
+            if dirty {
+                // Recovered metadata goes home and the journal starts a new round.
+                image.write_metadata_home().await?;
+                image.start_new_journal_round().await?;
+            } else if image.inner.hardened() {
+                image.start_new_journal_round().await?;
+            }
+            image.write_clean_flag(false).await?;
+        }
+        Ok(image)
+    }
+
+    /// Applies the journal to the in-memory metadata (recovery).
+    async fn replay_journal(&self) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let layout = inner.layout;
+        let mut journal = vec![0u8; layout.journal_size as usize];
+        inner.devices.image.read_at(layout.journal_offset, &mut journal).await.map_err(io("recovery: read journal"))?;
+        let mut state = inner.state.borrow_mut();
+        let epoch = state.extension.map(|e| e.journal_epoch);
+        let mut applied = 0u64;
+        for (index, sector) in journal.chunks_exact(SECTOR as usize).enumerate() {
+            let records = match (crate::format::journal::decode_sector(sector), epoch) {
+                // A hardened image applies only checksummed sectors of its current epoch.
+                (DecodedSector::Hardened { epoch: e, records, .. }, Some(current)) if e == current => records,
+                (DecodedSector::Hardened { .. } | DecodedSector::Torn, _) => continue,
+                // A v1 image (no extension) replays every sector, as the 2011 code did.
+                (DecodedSector::V1 { records, .. }, None) => records,
+                (DecodedSector::V1 { .. }, Some(_)) => continue,
+            };
+            for record in records {
+                apply_record(&mut state, &layout, &record, index)?;
+            }
+            applied += 1;
+        }
+        state.stats.recovered_sectors = applied;
+        state.used_chunks = state.table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e & !DIRTY_TABLE_BIT) + 1).max().unwrap_or(0);
+        if state.used_chunks > state.storage_chunks {
+            return Err(FvdError::corrupt("journal", format!("maps chunk {}", state.used_chunks - 1), format!("beyond the data storage ({} chunks)", state.storage_chunks)));
+        }
+        state.stale = state.fresh.clone();
+        Ok(())
+    }
+
+    /// Writes the bitmap and table home. Hardened: flushes the data first and the metadata after,
+    /// and persists only table entries whose data landed. v1: neither.
+    pub(crate) async fn write_metadata_home(&self) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let layout = inner.layout;
+        if inner.hardened() {
+            inner.devices.data().flush().await.map_err(io("metadata write-home: flush data"))?;
+        }
+        let (bitmap_bytes, table_bytes) = {
+            let state = inner.state.borrow();
+            let bitmap = layout.has_base().then(|| state.fresh.encode(layout.bitmap_size));
+            let table = layout.compact.then(|| {
+                let entries: Vec<u32> = state
+                    .table
+                    .iter()
+                    .enumerate()
+                    .map(|(chunk, &entry)| if inner.hardened() && state.unlanded.contains(&(chunk as u64)) { EMPTY_TABLE_ENTRY } else { entry })
+                    .collect();
+                encode_table(&entries, layout.table_size)
+            });
+            (bitmap, table)
+        };
+        if let Some(bytes) = &bitmap_bytes {
+            inner.devices.image.write_at(layout.bitmap_offset, bytes, WriteFlags::NONE).await.map_err(io("metadata write-home: bitmap"))?;
+        }
+        if let Some(bytes) = &table_bytes {
+            inner.devices.image.write_at(layout.table_offset, bytes, WriteFlags::NONE).await.map_err(io("metadata write-home: table"))?;
+        }
+        if inner.hardened() {
+            inner.devices.image.flush().await.map_err(io("metadata write-home: flush image"))?;
+        }
+        let mut state = inner.state.borrow_mut();
+        state.stale = state.fresh.clone();
+        let hardened = inner.hardened();
+        let State { table, unlanded, .. } = &mut *state;
+        for (chunk, entry) in table.iter_mut().enumerate() {
+            if *entry != EMPTY_TABLE_ENTRY && (!hardened || !unlanded.contains(&(chunk as u64))) {
+                *entry &= !DIRTY_TABLE_BIT;
+            }
+        }
+        if !hardened {
+            // v1 clears every dirty bit, including chunks whose data never landed (§2.5).
+            unlanded.clear();
+        }
+        drop(state);
+        inner.progress(ProgressPoint::MetadataWrittenHome, 0);
+        Ok(())
+    }
+
+    /// Hardened: writes a header extension with the next journal epoch (FUA) and restarts the
+    /// journal at sector 0; older sectors can never be replayed again. v1: just restarts.
+    pub(crate) async fn start_new_journal_round(&self) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let next = {
+            let state = inner.state.borrow();
+            state.extension.map(|e| HeaderExtension { generation: e.generation + 1, journal_epoch: e.journal_epoch + 1, flags: e.flags })
+        };
+        let next = match (inner.hardened(), next) {
+            (true, Some(next)) => Some(next),
+            // A v1 image opened by the hardened engine gains an extension.
+            (true, None) => Some(HeaderExtension { generation: 1, journal_epoch: 1, flags: 0 }),
+            (false, _) => None,
+        };
+        if let Some(extension) = next {
+            inner.devices.image.write_at(extension.slot_offset(), &extension.encode_sector(), WriteFlags::FUA).await.map_err(io("journal round: write header extension"))?;
+        }
+        let mut state = inner.state.borrow_mut();
+        if next.is_some() {
+            state.extension = next;
+        }
+        state.journal.next_sector = 0;
+        Ok(())
+    }
+
+    /// Writes the clean-shutdown flag by rewriting header sector 8 alone.
+    pub(crate) async fn write_clean_flag(&self, clean: bool) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let sector = {
+            let mut state = inner.state.borrow_mut();
+            state.header.clean_shutdown = clean;
+            let encoded = state.header.encode();
+            let mut sector = [0u8; 512];
+            sector[..HEADER_BYTES - 4096].copy_from_slice(&encoded[4096..]);
+            sector
+        };
+        let flags = if inner.hardened() { WriteFlags::FUA } else { WriteFlags::NONE };
+        inner.devices.image.write_at(4096, &sector, flags).await.map_err(io("write clean-shutdown flag"))?;
+        inner.progress(ProgressPoint::CleanFlagWritten, u64::from(clean));
+        Ok(())
+    }
+
+    /// Flushes every device the image writes (a guest flush).
+    pub async fn flush(&self) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        inner.devices.data().flush().await.map_err(io("guest flush: data"))?;
+        if inner.devices.data.is_some() {
+            inner.devices.image.flush().await.map_err(io("guest flush: image"))?;
+        }
+        inner.state.borrow_mut().stats.flushes += 1;
+        Ok(())
+    }
+
+    /// Clean shutdown: metadata home, flushes, `clean_shutdown = true`. Call once every request
+    /// has completed.
+    pub async fn close(self) -> Result<(), FvdError> {
+        if self.inner.options.read_only {
+            return Ok(());
+        }
+        self.write_metadata_home().await?;
+        self.write_clean_flag(true).await?;
+        self.inner.devices.image.flush().await.map_err(io("close: flush image"))?;
+        Ok(())
+    }
+}
+
+fn apply_record(state: &mut State, layout: &Layout, record: &JournalRecord, sector: usize) -> Result<(), FvdError> {
+    match record {
+        JournalRecord::Bitmap { first_sector, sectors } => {
+            if layout.has_base() && *sectors > 0 {
+                let first_block = first_sector * SECTOR / layout.block_size;
+                let end_block = (first_sector + u64::from(*sectors)) * SECTOR;
+                state.fresh.set_range(first_block, end_block.div_ceil(layout.block_size));
+            }
+        }
+        JournalRecord::Table { first_chunk, entries } => {
+            for (i, &raw) in entries.iter().enumerate() {
+                let chunk = u64::from(*first_chunk) + i as u64;
+                let entry = if raw == EMPTY_TABLE_ENTRY { raw } else { raw & !DIRTY_TABLE_BIT };
+                if chunk >= layout.table_entries || (entry != EMPTY_TABLE_ENTRY && u64::from(entry) >= state.storage_chunks) {
+                    return Err(FvdError::corrupt(format!("journal sector {sector}"), format!("table[{chunk}] = {entry:#x}"), format!("outside the table ({} chunks) or the data storage ({} chunks)", layout.table_entries, state.storage_chunks)));
+                }
+                if entry != EMPTY_TABLE_ENTRY {
+                    state.table[chunk as usize] = entry;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`load`] read.
+pub(crate) struct Loaded {
+    pub(crate) header: Header,
+    pub(crate) layout: Layout,
+    pub(crate) extension: Option<HeaderExtension>,
+    pub(crate) bitmap: Bitmap,
+    pub(crate) table: Vec<u32>,
+    pub(crate) storage_chunks: u64,
+}
+
+/// Reads and checks header, extension, bitmap and table. Writes nothing.
+pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, FvdError> {
+    let image = &devices.image;
+    let image_len = image.len_bytes();
+    if image_len < HEADER_REGION_BYTES {
+        return Err(FvdError::corrupt("image", format!("{image_len} bytes"), format!("an FVD image holds at least the {HEADER_REGION_BYTES}-byte header region")));
+    }
+    let mut region = vec![0u8; HEADER_REGION_BYTES as usize];
+    image.read_at(0, &mut region).await.map_err(io("open: read header"))?;
+    let header = Header::decode(&region)?;
+    let layout = Layout::from_header(&header, image_len)?;
+    let extension = match profile {
+        Profile::Hardened => HeaderExtension::newest(&region),
+        Profile::V1 => None,
+    };
+    let bitmap = if layout.has_base() {
+        let mut bytes = vec![0u8; layout.bitmap_size as usize];
+        image.read_at(layout.bitmap_offset, &mut bytes).await.map_err(io("open: read bitmap"))?;
+        Bitmap::decode(&bytes, layout.bitmap_blocks)?
+    } else {
+        Bitmap::new(0)
+    };
+    let data_len = devices.data.as_ref().map_or(image_len, |d| d.len_bytes());
+    let storage_chunks = if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
+    let table = if layout.compact {
+        let mut bytes = vec![0u8; layout.table_size as usize];
+        image.read_at(layout.table_offset, &mut bytes).await.map_err(io("open: read table"))?;
+        decode_table(&bytes, layout.table_entries, storage_chunks)?
+    } else {
+        Vec::new()
+    };
+    if !layout.compact && data_len < layout.data_offset + layout.virtual_size {
+        return Err(FvdError::corrupt("data area", format!("{data_len} bytes"), format!("must hold the whole virtual disk ({} bytes from offset {})", layout.virtual_size, layout.data_offset)));
+    }
+    Ok(Loaded { header, layout, extension, bitmap, table, storage_chunks })
+}

@@ -1,0 +1,261 @@
+//! An open FVD image: create, open (with journal recovery), read, write, flush, close, info.
+//!
+//! Guest requests may run concurrently (clone the [`FvdImage`] handle into several tasks);
+//! correctness never depends on completion order. The write path, journal and recovery follow
+//! `docs/format.md` §7; the `v1` [`Profile`] reproduces the 2011 behaviour, flaws included.
+
+mod check;
+mod io;
+mod journal;
+mod lifecycle;
+mod state;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::device::BlockDevice;
+use crate::env::{Env, Progress, ProgressPoint};
+use crate::format::Layout;
+
+pub use check::{CheckReport, check};
+pub use state::EngineStats;
+use state::{State, Until};
+
+/// Which behaviour the engine follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// Correct on media with a volatile write cache: data flushed before its journal record, the
+    /// record written with FUA before the acknowledgement, checksummed and epoch-stamped journal
+    /// sectors, recycles that can never resurrect stale records. The default.
+    #[default]
+    Hardened,
+    /// The 2011 code's behaviour, flaws included (`fvd-v1.md` §2.3–2.5): no ordering between data
+    /// and journal record, unchecksummed sectors, every sector of the journal replayed, table
+    /// entries of unlanded writes persisted by a recycle.
+    V1,
+}
+
+/// Journal size at create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JournalSize {
+    /// 16 MiB (v1's default), or the minimum if larger.
+    #[default]
+    Default,
+    /// No journal (metadata only reaches disk at clean close).
+    Disabled,
+    /// This many bytes, rounded up to 4 KiB and raised to the minimum.
+    Bytes(u64),
+}
+
+/// The base image an image is created over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// Name recorded in the header (a path for real files).
+    pub name: String,
+    /// Format name recorded in the header (`raw`).
+    pub format: String,
+    /// Length of the base image in bytes.
+    pub len_bytes: u64,
+}
+
+/// Whole-image prefetch settings recorded at create (`fvd-v1.md` §4.1; used by the prefetcher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefetchSettings {
+    /// Seconds after open before prefetch starts; 0 or less disables it.
+    pub start_delay_s: i32,
+    /// Slots (buffers).
+    pub slots: i32,
+    /// Bytes per slot (rounded up to the block size).
+    pub bytes_per_prefetch: u32,
+    /// Throughput measurement windows, ms of accumulated latency.
+    pub measure_time_ms: i32,
+    /// Moving-average weight, percent.
+    pub alpha_percent: i32,
+    /// Minimum read and write throughput, KB/s.
+    pub min_throughput_kb_s: i32,
+    /// Longest pause, ms.
+    pub throttle_time_ms: i32,
+}
+
+impl Default for PrefetchSettings {
+    fn default() -> PrefetchSettings {
+        PrefetchSettings { start_delay_s: -1, slots: 2, bytes_per_prefetch: 1 << 20, measure_time_ms: 100, alpha_percent: 80, min_throughput_kb_s: 5120, throttle_time_ms: 30_000 }
+    }
+}
+
+/// Options of [`FvdImage::create`] (the v1 create options, `fvd-v1.md` §1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Virtual disk size in bytes (rounded up to 512).
+    pub size_bytes: u64,
+    /// Base image, if any.
+    pub base: Option<BaseImage>,
+    /// Bytes per bitmap bit: a multiple of 512 (default: 512, doubled until the bitmap is at most
+    /// 4 MiB).
+    pub block_size: Option<u64>,
+    /// Compact image (chunks allocated on first write).
+    pub compact: bool,
+    /// Bytes per chunk (default 1 MiB; a multiple of 512).
+    pub chunk_size: Option<u64>,
+    /// Bytes the data storage grows by (default 100 MiB, at least one chunk).
+    pub storage_grow_unit: Option<u64>,
+    /// Journal size.
+    pub journal: JournalSize,
+    /// Copy-on-read.
+    pub copy_on_read: bool,
+    /// Cap on copy-on-read bytes in flight (default 2,000,000).
+    pub max_outstanding_copy_on_read_bytes: Option<u64>,
+    /// Prefetch settings.
+    pub prefetch: PrefetchSettings,
+    /// Name of a separate data file (the caller passes its device).
+    pub data_file: Option<String>,
+    /// Journal format and behaviour.
+    pub profile: Profile,
+}
+
+impl CreateOptions {
+    /// A non-compact image of `size_bytes` with no base image and default settings.
+    pub fn new(size_bytes: u64) -> CreateOptions {
+        CreateOptions {
+            size_bytes,
+            base: None,
+            block_size: None,
+            compact: false,
+            chunk_size: None,
+            storage_grow_unit: None,
+            journal: JournalSize::Default,
+            copy_on_read: false,
+            max_outstanding_copy_on_read_bytes: None,
+            prefetch: PrefetchSettings::default(),
+            data_file: None,
+            profile: Profile::Hardened,
+        }
+    }
+}
+
+/// Options of [`FvdImage::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenOptions {
+    /// Open read-only: no recovery writes, writes refused.
+    pub read_only: bool,
+    /// Engine behaviour.
+    pub profile: Profile,
+}
+
+/// The devices an image uses.
+#[derive(Clone)]
+pub struct Devices {
+    /// The image file: header, bitmap, table, journal (and data, without a data file).
+    pub image: Rc<dyn BlockDevice>,
+    /// A separate data file, if the header names one.
+    pub data: Option<Rc<dyn BlockDevice>>,
+    /// The base image, if the header names one. Never written.
+    pub base: Option<Rc<dyn BlockDevice>>,
+}
+
+impl std::fmt::Debug for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Devices").field("image", &self.image.name()).field("data", &self.data.as_ref().map(|d| d.name().to_owned())).field("base", &self.base.as_ref().map(|d| d.name().to_owned())).finish()
+    }
+}
+
+impl Devices {
+    /// The device holding the data area.
+    pub(crate) fn data(&self) -> &Rc<dyn BlockDevice> {
+        self.data.as_ref().unwrap_or(&self.image)
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) devices: Devices,
+    pub(crate) env: Rc<dyn Env>,
+    pub(crate) layout: Layout,
+    pub(crate) options: OpenOptions,
+    pub(crate) state: RefCell<State>,
+}
+
+impl Inner {
+    pub(crate) fn until<F: Fn(&State) -> bool>(&self, condition: F) -> Until<'_, F> {
+        Until { state: &self.state, condition }
+    }
+
+    pub(crate) fn progress(&self, point: ProgressPoint, detail: u64) {
+        self.env.progress(Progress { point, detail });
+    }
+
+    pub(crate) fn hardened(&self) -> bool {
+        self.options.profile == Profile::Hardened
+    }
+}
+
+/// A handle on an open image. Clones share the image; requests may run concurrently.
+#[derive(Clone)]
+pub struct FvdImage {
+    pub(crate) inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for FvdImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FvdImage").field("devices", &self.inner.devices).field("layout", &self.inner.layout).finish()
+    }
+}
+
+/// What `info` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The checked geometry.
+    pub layout: Layout,
+    /// Base image name (empty: none).
+    pub base_image: String,
+    /// Separate data file name (empty: none).
+    pub data_file: String,
+    /// Blocks whose data is in the image (fresh bitmap).
+    pub blocks_in_image: u64,
+    /// Chunks allocated (compact).
+    pub chunks_allocated: u64,
+    /// Bytes of data storage.
+    pub storage_bytes: u64,
+    /// Hardened journal epoch (None: a v1 image).
+    pub journal_epoch: Option<u64>,
+    /// Every block is in the image (prefetch finished or no base).
+    pub all_data_in_image: bool,
+    /// Activity counters.
+    pub stats: EngineStats,
+}
+
+impl FvdImage {
+    /// The checked geometry.
+    pub fn layout(&self) -> Layout {
+        self.inner.layout
+    }
+
+    /// Activity counters.
+    pub fn stats(&self) -> EngineStats {
+        self.inner.state.borrow().stats
+    }
+
+    /// A summary of the image.
+    pub fn info(&self) -> ImageInfo {
+        let state = self.inner.state.borrow();
+        ImageInfo {
+            layout: self.inner.layout,
+            base_image: state.header.base_img.clone(),
+            data_file: state.header.data_file.clone(),
+            blocks_in_image: state.fresh.count_set(),
+            chunks_allocated: state.used_chunks,
+            storage_bytes: state.storage_chunks * self.inner.layout.chunk_size,
+            journal_epoch: state.extension.map(|e| e.journal_epoch),
+            all_data_in_image: state.header.all_data_in_fvd_img,
+            stats: state.stats,
+        }
+    }
+
+    /// Checks the engine's in-memory invariants (tests and the simulator call it at quiescence).
+    pub fn assert_invariants(&self) {
+        let state = self.inner.state.borrow();
+        state.assert_invariants();
+        assert_eq!(state.journal.ongoing, 0, "no journal write in flight at quiescence");
+        assert_eq!(state.copy_locks.len(), 0, "no copy lock leaked");
+        assert_eq!(state.write_locks.len(), 0, "no write lock leaked");
+    }
+}
