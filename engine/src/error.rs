@@ -28,7 +28,9 @@ pub enum FvdError {
         rule: String,
     },
     /// A guest request lies outside the virtual disk or is not sector-aligned.
-    #[error("guest {kind} of {len_bytes} bytes at offset {offset_bytes}: {rule} (virtual disk is {disk_size_bytes} bytes)")]
+    #[error(
+        "guest {kind} of {len_bytes} bytes at offset {offset_bytes}: {rule} (virtual disk is {disk_size_bytes} bytes)"
+    )]
     BadRequest {
         /// `read` or `write`.
         kind: &'static str,
@@ -50,7 +52,9 @@ pub enum FvdError {
         source: DeviceError,
     },
     /// The image was not shut down cleanly and has no journal to recover from.
-    #[error("the image was not shut down cleanly and has no journal: its bitmap and table cannot be trusted (run check --repair)")]
+    #[error(
+        "the image was not shut down cleanly and has no journal: its bitmap and table cannot be trusted (run check --repair)"
+    )]
     DirtyWithoutJournal,
     /// A write to an image opened read-only.
     #[error("the image is open read-only")]

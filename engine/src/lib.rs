@@ -15,4 +15,7 @@ pub mod format;
 pub mod image;
 
 pub use error::FvdError;
-pub use image::{BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, OpenOptions, PrefetchSettings, Profile, check};
+pub use image::{
+    BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, OpenOptions,
+    PrefetchSettings, Profile, check,
+};

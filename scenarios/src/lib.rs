@@ -3,3 +3,5 @@
 pub mod bench;
 pub mod demo;
 pub mod host;
+pub mod rig;
+pub mod stamp;

@@ -20,12 +20,22 @@ impl Bitmap {
     pub fn decode(on_disk: &[u8], blocks: u64) -> Result<Bitmap, FvdError> {
         let needed = blocks.div_ceil(8) as usize;
         if on_disk.len() < needed {
-            return Err(FvdError::corrupt("bitmap", format!("{} bytes", on_disk.len()), format!("must hold {blocks} bits")));
+            return Err(FvdError::corrupt(
+                "bitmap",
+                format!("{} bytes", on_disk.len()),
+                format!("must hold {blocks} bits"),
+            ));
         }
         let bitmap = Bitmap { bytes: on_disk[..needed].to_vec(), blocks };
-        let stray = (blocks..needed as u64 * 8).find(|&b| bitmap.bytes[(b / 8) as usize] & (1 << (b % 8)) != 0).or_else(|| on_disk[needed..].iter().position(|b| *b != 0).map(|i| (needed + i) as u64 * 8));
+        let stray = (blocks..needed as u64 * 8)
+            .find(|&b| bitmap.bytes[(b / 8) as usize] & (1 << (b % 8)) != 0)
+            .or_else(|| on_disk[needed..].iter().position(|b| *b != 0).map(|i| (needed + i) as u64 * 8));
         if let Some(block) = stray {
-            return Err(FvdError::corrupt(format!("bitmap bit {block}"), 1, format!("lies beyond the base image ({blocks} blocks)")));
+            return Err(FvdError::corrupt(
+                format!("bitmap bit {block}"),
+                1,
+                format!("lies beyond the base image ({blocks} blocks)"),
+            ));
         }
         Ok(bitmap)
     }

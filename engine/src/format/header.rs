@@ -181,8 +181,11 @@ fn get_bool(buf: &[u8], at: usize, field: &str) -> Result<bool, FvdError> {
 }
 fn get_str(buf: &[u8], at: usize, len: usize, field: &str) -> Result<String, FvdError> {
     let raw = &buf[at..at + len];
-    let end = raw.iter().position(|b| *b == 0).ok_or_else(|| FvdError::corrupt(format!("header.{field}"), format!("{len} bytes without NUL"), "must be NUL-terminated"))?;
-    String::from_utf8(raw[..end].to_vec()).map_err(|_| FvdError::corrupt(format!("header.{field}"), format!("{:?}", &raw[..end]), "must be UTF-8"))
+    let end = raw.iter().position(|b| *b == 0).ok_or_else(|| {
+        FvdError::corrupt(format!("header.{field}"), format!("{len} bytes without NUL"), "must be NUL-terminated")
+    })?;
+    String::from_utf8(raw[..end].to_vec())
+        .map_err(|_| FvdError::corrupt(format!("header.{field}"), format!("{:?}", &raw[..end]), "must be UTF-8"))
 }
 
 /// String field capacities (bytes, including the NUL).
@@ -248,15 +251,27 @@ impl Header {
     /// [`crate::format::Layout::from_header`]'s.
     pub fn decode(buf: &[u8]) -> Result<Header, FvdError> {
         if buf.len() < HEADER_BYTES {
-            return Err(FvdError::corrupt("header", format!("{} bytes", buf.len()), format!("the image must hold the {HEADER_BYTES}-byte header")));
+            return Err(FvdError::corrupt(
+                "header",
+                format!("{} bytes", buf.len()),
+                format!("the image must hold the {HEADER_BYTES}-byte header"),
+            ));
         }
         let magic = get_u32(buf, off::MAGIC);
         if magic != HEADER_MAGIC {
-            return Err(FvdError::corrupt("header.magic", format!("{magic:#010x}"), format!("must be {HEADER_MAGIC:#010x} (not an FVD image)")));
+            return Err(FvdError::corrupt(
+                "header.magic",
+                format!("{magic:#010x}"),
+                format!("must be {HEADER_MAGIC:#010x} (not an FVD image)"),
+            ));
         }
         let version = get_u32(buf, off::VERSION);
         if version != HEADER_VERSION {
-            return Err(FvdError::corrupt("header.version", version, format!("only version {HEADER_VERSION} is supported")));
+            return Err(FvdError::corrupt(
+                "header.version",
+                version,
+                format!("only version {HEADER_VERSION} is supported"),
+            ));
         }
         Ok(Header {
             all_data_in_fvd_img: get_bool(buf, off::ALL_DATA_IN_FVD_IMG, "all_data_in_fvd_img")?,
@@ -267,9 +282,15 @@ impl Header {
             base_img_size: get_u64(buf, off::BASE_IMG_SIZE, "base_img_size")?,
             bitmap_offset: get_u64(buf, off::BITMAP_OFFSET, "bitmap_offset")?,
             bitmap_size: get_u64(buf, off::BITMAP_SIZE, "bitmap_size")?,
-            block_size: get_u32(buf, off::BLOCK_SIZE),
+            block_size: u32::try_from(get_i32(buf, off::BLOCK_SIZE)).map_err(|_| {
+                FvdError::corrupt("header.block_size", get_i32(buf, off::BLOCK_SIZE), "must not be negative")
+            })?,
             copy_on_read: get_bool(buf, off::COPY_ON_READ, "copy_on_read")?,
-            max_outstanding_copy_on_read_data: get_u64(buf, off::MAX_OUTSTANDING_COPY_ON_READ_DATA, "max_outstanding_copy_on_read_data")?,
+            max_outstanding_copy_on_read_data: get_u64(
+                buf,
+                off::MAX_OUTSTANDING_COPY_ON_READ_DATA,
+                "max_outstanding_copy_on_read_data",
+            )?,
             data_file: get_str(buf, off::DATA_FILE, DATA_FILE_CAPACITY, "data_file")?,
             data_file_fmt: get_str(buf, off::DATA_FILE_FMT, FORMAT_NAME_CAPACITY, "data_file_fmt")?,
             prefetch_start_delay: get_i32(buf, off::PREFETCH_START_DELAY),
@@ -297,7 +318,12 @@ impl Header {
             generate_prefetch_profile: get_bool(buf, off::GENERATE_PREFETCH_PROFILE, "generate_prefetch_profile")?,
             unit_of_prefetch_profile_entry_len: get_i32(buf, off::UNIT_OF_PROFILE_ENTRY_LEN),
             profile_directed_prefetch_start_delay: get_i32(buf, off::PROFILE_DIRECTED_PREFETCH_START_DELAY),
-            write_updates_base_img: get_str(buf, off::WRITE_UPDATES_BASE_IMG, FORMAT_NAME_CAPACITY, "write_updates_base_img")?,
+            write_updates_base_img: get_str(
+                buf,
+                off::WRITE_UPDATES_BASE_IMG,
+                FORMAT_NAME_CAPACITY,
+                "write_updates_base_img",
+            )?,
         })
     }
 
@@ -309,14 +335,18 @@ impl Header {
 /// separate sectors; the valid slot with the higher generation wins, so a torn extension write
 /// falls back to the previous one.
 ///
-/// Slot layout (32 bytes, LE): `u32 magic "FVDH"`, `u32 version (1)`, `u64 generation`,
-/// `u64 journal_epoch`, `u32 flags`, `u32 crc32c` of the first 28 bytes.
+/// Slot layout (40 bytes, LE): `u32 magic "FVDH"`, `u32 version (1)`, `u64 generation`,
+/// `u64 journal_epoch`, `u64 allocated_chunks`, `u32 flags`, `u32 crc32c` of the first 36 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderExtension {
     /// Increases with every extension write.
     pub generation: u64,
     /// Only journal sectors stamped with this epoch are replayed.
     pub journal_epoch: u64,
+    /// Physical chunks ever handed out (a high-water mark raised before any chunk beyond it is
+    /// used). Chunks below it that no table entry references may hold data of lost writes and are
+    /// never reused; chunks at or above it have never been written.
+    pub allocated_chunks: u64,
     /// Reserved flags (0).
     pub flags: u32,
 }
@@ -326,7 +356,7 @@ pub const EXTENSION_MAGIC: u32 = u32::from_le_bytes(*b"FVDH");
 /// Byte offsets of the two extension slots (sectors 9 and 10 of the header region).
 pub const EXTENSION_SLOT_OFFSETS: [u64; 2] = [4608, 5120];
 /// Bytes per slot.
-pub const EXTENSION_SLOT_BYTES: usize = 32;
+pub const EXTENSION_SLOT_BYTES: usize = 40;
 
 impl HeaderExtension {
     /// The 512-byte sector that holds this extension in its slot (`generation % 2`).
@@ -336,9 +366,10 @@ impl HeaderExtension {
         sector[4..8].copy_from_slice(&1u32.to_le_bytes());
         sector[8..16].copy_from_slice(&self.generation.to_le_bytes());
         sector[16..24].copy_from_slice(&self.journal_epoch.to_le_bytes());
-        sector[24..28].copy_from_slice(&self.flags.to_le_bytes());
-        let crc = crc32c::crc32c(&sector[..28]);
-        sector[28..32].copy_from_slice(&crc.to_le_bytes());
+        sector[24..32].copy_from_slice(&self.allocated_chunks.to_le_bytes());
+        sector[32..36].copy_from_slice(&self.flags.to_le_bytes());
+        let crc = crc32c::crc32c(&sector[..36]);
+        sector[36..40].copy_from_slice(&crc.to_le_bytes());
         sector
     }
 
@@ -352,14 +383,15 @@ impl HeaderExtension {
         if bytes.len() < EXTENSION_SLOT_BYTES || u32::from_le_bytes(bytes[0..4].try_into().ok()?) != EXTENSION_MAGIC {
             return None;
         }
-        let crc = u32::from_le_bytes(bytes[28..32].try_into().ok()?);
-        if crc != crc32c::crc32c(&bytes[..28]) || u32::from_le_bytes(bytes[4..8].try_into().ok()?) != 1 {
+        let crc = u32::from_le_bytes(bytes[36..40].try_into().ok()?);
+        if crc != crc32c::crc32c(&bytes[..36]) || u32::from_le_bytes(bytes[4..8].try_into().ok()?) != 1 {
             return None;
         }
         Some(HeaderExtension {
             generation: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
             journal_epoch: u64::from_le_bytes(bytes[16..24].try_into().ok()?),
-            flags: u32::from_le_bytes(bytes[24..28].try_into().ok()?),
+            allocated_chunks: u64::from_le_bytes(bytes[24..32].try_into().ok()?),
+            flags: u32::from_le_bytes(bytes[32..36].try_into().ok()?),
         })
     }
 
@@ -367,7 +399,9 @@ impl HeaderExtension {
     pub fn newest(region: &[u8]) -> Option<HeaderExtension> {
         EXTENSION_SLOT_OFFSETS
             .iter()
-            .filter_map(|&at| region.get(at as usize..at as usize + EXTENSION_SLOT_BYTES).and_then(HeaderExtension::decode_slot))
+            .filter_map(|&at| {
+                region.get(at as usize..at as usize + EXTENSION_SLOT_BYTES).and_then(HeaderExtension::decode_slot)
+            })
             .max_by_key(|ext| ext.generation)
     }
 }
@@ -456,7 +490,7 @@ mod tests {
         let mut region = vec![0u8; 8192];
         assert_eq!(HeaderExtension::newest(&region), None);
         for generation in [4u64, 5] {
-            let ext = HeaderExtension { generation, journal_epoch: generation * 10, flags: 0 };
+            let ext = HeaderExtension { generation, journal_epoch: generation * 10, allocated_chunks: 3, flags: 0 };
             let at = ext.slot_offset() as usize;
             region[at..at + 512].copy_from_slice(&ext.encode_sector());
         }

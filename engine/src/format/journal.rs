@@ -158,7 +158,8 @@ fn parse_records(bytes: &[u8]) -> (Vec<JournalRecord>, bool) {
                 let (Some(first_chunk), Some(count)) = (word(at + 4), word(at + 8)) else { return (records, true) };
                 let end = at + 12 + 4 * count as usize;
                 let Some(body) = bytes.get(at + 12..end) else { return (records, true) };
-                let entries = body.chunks_exact(4).map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes"))).collect();
+                let entries =
+                    body.chunks_exact(4).map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes"))).collect();
                 records.push(JournalRecord::Table { first_chunk, entries });
                 at = end;
             }
@@ -198,7 +199,12 @@ pub fn decode_sector(sector: &[u8]) -> DecodedSector {
 /// `bitmap`: the guest sector range `(first, count)` whose blocks enter the image, if any.
 /// `table`: `(first_chunk, entries)` for the chunks the write touches, if compact.
 /// `sectors_per_chunk`: chunk size in sectors (compact only).
-pub fn pack_sectors(format: SectorFormat, bitmap: Option<(u64, u64)>, table: Option<(u32, &[u32])>, sectors_per_chunk: u64) -> Result<Vec<Vec<JournalRecord>>, FvdError> {
+pub fn pack_sectors(
+    format: SectorFormat,
+    bitmap: Option<(u64, u64)>,
+    table: Option<(u32, &[u32])>,
+    sectors_per_chunk: u64,
+) -> Result<Vec<Vec<JournalRecord>>, FvdError> {
     let capacity = format.capacity();
     let mut sectors = Vec::new();
     match table {
@@ -207,7 +213,10 @@ pub fn pack_sectors(format: SectorFormat, bitmap: Option<(u64, u64)>, table: Opt
             // A bitmap record covers up to u32::MAX sectors; split longer ranges.
             let per_record = u64::from(u32::MAX);
             let records: Vec<JournalRecord> = (0..count.div_ceil(per_record))
-                .map(|i| JournalRecord::Bitmap { first_sector: first + i * per_record, sectors: (count - i * per_record).min(per_record) as u32 })
+                .map(|i| JournalRecord::Bitmap {
+                    first_sector: first + i * per_record,
+                    sectors: (count - i * per_record).min(per_record) as u32,
+                })
                 .collect();
             for chunk in records.chunks(capacity / 16) {
                 sectors.push(chunk.to_vec());
@@ -245,7 +254,10 @@ mod tests {
 
     #[test]
     fn v1_sectors_round_trip_and_stop_at_the_terminator() {
-        let records = vec![JournalRecord::Table { first_chunk: 3, entries: vec![7, 8 | 0x8000_0000] }, JournalRecord::Bitmap { first_sector: 100, sectors: 8 }];
+        let records = vec![
+            JournalRecord::Table { first_chunk: 3, entries: vec![7, 8 | 0x8000_0000] },
+            JournalRecord::Bitmap { first_sector: 100, sectors: 8 },
+        ];
         let sector = encode_sector(SectorFormat::V1, 0, &records);
         assert_eq!(&sector[0..4], &TABLE_RECORD.to_le_bytes(), "v1 records start at byte 0");
         assert_eq!(decode_sector(&sector), DecodedSector::V1 { records: records.clone(), stopped_at_garbage: false });

@@ -58,7 +58,8 @@ impl Layout {
     /// Checks every cross-field rule of `header` against an image file of `image_len` bytes.
     /// Errors name the field, its value and the rule.
     pub fn from_header(header: &Header, image_len: u64) -> Result<Layout, FvdError> {
-        let corrupt = |field: &str, value: u64, rule: String| Err(FvdError::corrupt(format!("header.{field}"), value, rule));
+        let corrupt =
+            |field: &str, value: u64, rule: String| Err(FvdError::corrupt(format!("header.{field}"), value, rule));
         let virtual_size = header.virtual_disk_size;
         if virtual_size == 0 || !virtual_size.is_multiple_of(SECTOR) {
             return corrupt("virtual_disk_size", virtual_size, "must be a positive multiple of 512".into());
@@ -66,7 +67,11 @@ impl Layout {
         let has_base = !header.base_img.is_empty() || header.bitmap_size > 0;
         let base_size = if has_base { header.base_img_size } else { 0 };
         if has_base && (base_size > virtual_size || !base_size.is_multiple_of(SECTOR)) {
-            return corrupt("base_img_size", base_size, format!("must be a multiple of 512 no larger than the virtual disk ({virtual_size})"));
+            return corrupt(
+                "base_img_size",
+                base_size,
+                format!("must be a multiple of 512 no larger than the virtual disk ({virtual_size})"),
+            );
         }
         let block_size = u64::from(header.block_size);
         if has_base && (block_size == 0 || !block_size.is_multiple_of(SECTOR)) {
@@ -75,10 +80,18 @@ impl Layout {
         let bitmap_blocks = if has_base { base_size.div_ceil(block_size) } else { 0 };
         let bitmap_needed = round_up(bitmap_blocks.div_ceil(8), 4096);
         if has_base && header.bitmap_offset != HEADER_REGION_BYTES {
-            return corrupt("bitmap_offset", header.bitmap_offset, format!("must be {HEADER_REGION_BYTES} when there is a base image"));
+            return corrupt(
+                "bitmap_offset",
+                header.bitmap_offset,
+                format!("must be {HEADER_REGION_BYTES} when there is a base image"),
+            );
         }
         if has_base && header.bitmap_size != bitmap_needed {
-            return corrupt("bitmap_size", header.bitmap_size, format!("must be {bitmap_needed} for {bitmap_blocks} blocks of {block_size} bytes"));
+            return corrupt(
+                "bitmap_size",
+                header.bitmap_size,
+                format!("must be {bitmap_needed} for {bitmap_blocks} blocks of {block_size} bytes"),
+            );
         }
         let bitmap_size = if has_base { bitmap_needed } else { 0 };
         let after_bitmap = HEADER_REGION_BYTES + bitmap_size;
@@ -93,10 +106,18 @@ impl Layout {
                 return corrupt("chunk_size", chunk, "gives more chunks than a table can address (2^31)".into());
             }
             if header.table_offset != after_bitmap {
-                return corrupt("table_offset", header.table_offset, format!("must follow the bitmap at {after_bitmap}"));
+                return corrupt(
+                    "table_offset",
+                    header.table_offset,
+                    format!("must follow the bitmap at {after_bitmap}"),
+                );
             }
             if header.storage_grow_unit < chunk {
-                return corrupt("storage_grow_unit", header.storage_grow_unit, format!("must be at least chunk_size ({chunk})"));
+                return corrupt(
+                    "storage_grow_unit",
+                    header.storage_grow_unit,
+                    format!("must be at least chunk_size ({chunk})"),
+                );
             }
             (chunk, entries, round_up(4 * entries, 4096))
         } else {
@@ -105,7 +126,11 @@ impl Layout {
         let journal_offset = after_bitmap + table_size;
         let journal_size = header.journal_size;
         if journal_size > 0 && header.journal_offset != journal_offset {
-            return corrupt("journal_offset", header.journal_offset, format!("must follow the table at {journal_offset}"));
+            return corrupt(
+                "journal_offset",
+                header.journal_offset,
+                format!("must follow the table at {journal_offset}"),
+            );
         }
         if !journal_size.is_multiple_of(SECTOR) {
             return corrupt("journal_size", journal_size, "must be a multiple of 512".into());
@@ -115,10 +140,18 @@ impl Layout {
         }
         let metadata_needed = journal_offset + journal_size;
         if header.metadata_size < metadata_needed {
-            return corrupt("metadata_size", header.metadata_size, format!("must cover header, bitmap, table and journal ({metadata_needed} bytes)"));
+            return corrupt(
+                "metadata_size",
+                header.metadata_size,
+                format!("must cover header, bitmap, table and journal ({metadata_needed} bytes)"),
+            );
         }
         if header.metadata_size > image_len {
-            return corrupt("metadata_size", header.metadata_size, format!("lies beyond the end of the image file ({image_len} bytes)"));
+            return corrupt(
+                "metadata_size",
+                header.metadata_size,
+                format!("lies beyond the end of the image file ({image_len} bytes)"),
+            );
         }
         let separate_data = !header.data_file.is_empty();
         Ok(Layout {

@@ -10,22 +10,42 @@ use crate::error::FvdError;
 /// twice.
 pub fn decode_table(on_disk: &[u8], entries: u64, storage_chunks: u64) -> Result<Vec<u32>, FvdError> {
     if (on_disk.len() as u64) < entries * 4 {
-        return Err(FvdError::corrupt("table", format!("{} bytes", on_disk.len()), format!("must hold {entries} entries")));
+        return Err(FvdError::corrupt(
+            "table",
+            format!("{} bytes", on_disk.len()),
+            format!("must hold {entries} entries"),
+        ));
     }
-    let table: Vec<u32> = on_disk.chunks_exact(4).take(entries as usize).map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes"))).collect();
+    let table: Vec<u32> = on_disk
+        .chunks_exact(4)
+        .take(entries as usize)
+        .map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes")))
+        .collect();
     let mut owner = std::collections::BTreeMap::new();
     for (chunk, &entry) in table.iter().enumerate() {
         if entry == EMPTY_TABLE_ENTRY {
             continue;
         }
         if entry & DIRTY_TABLE_BIT != 0 {
-            return Err(FvdError::corrupt(format!("table[{chunk}]"), format!("{entry:#010x}"), "the dirty bit never reaches the on-disk table"));
+            return Err(FvdError::corrupt(
+                format!("table[{chunk}]"),
+                format!("{entry:#010x}"),
+                "the dirty bit never reaches the on-disk table",
+            ));
         }
         if u64::from(entry) >= storage_chunks {
-            return Err(FvdError::corrupt(format!("table[{chunk}]"), entry, format!("points beyond the data storage ({storage_chunks} chunks)")));
+            return Err(FvdError::corrupt(
+                format!("table[{chunk}]"),
+                entry,
+                format!("points beyond the data storage ({storage_chunks} chunks)"),
+            ));
         }
         if let Some(first) = owner.insert(entry, chunk) {
-            return Err(FvdError::corrupt(format!("table[{chunk}]"), entry, format!("physical chunk already used by table[{first}]")));
+            return Err(FvdError::corrupt(
+                format!("table[{chunk}]"),
+                entry,
+                format!("physical chunk already used by table[{first}]"),
+            ));
         }
     }
     Ok(table)

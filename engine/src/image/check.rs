@@ -9,7 +9,10 @@ use crate::device::{BlockDevice, WriteFlags};
 use crate::error::FvdError;
 use crate::format::journal::{DecodedSector, JournalRecord, decode_sector};
 use crate::format::table::encode_table;
-use crate::format::{Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR};
+use crate::format::{
+    Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout,
+    SECTOR,
+};
 
 /// What `check` found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,20 +73,29 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
                 bitmap.set_range(block, block + 1);
             }
         }
-        let stray = (layout.bitmap_blocks..layout.bitmap_size * 8).filter(|&b| bytes[(b / 8) as usize] & (1 << (b % 8)) != 0).count();
+        let stray = (layout.bitmap_blocks..layout.bitmap_size * 8)
+            .filter(|&b| bytes[(b / 8) as usize] & (1 << (b % 8)) != 0)
+            .count();
         if stray > 0 {
-            report.corruptions.push(format!("bitmap: {stray} bit(s) set beyond the base image ({} blocks)", layout.bitmap_blocks));
+            report
+                .corruptions
+                .push(format!("bitmap: {stray} bit(s) set beyond the base image ({} blocks)", layout.bitmap_blocks));
             report.fixes.push(format!("clear {stray} bitmap bit(s) beyond the base image"));
         }
     }
     // Table: dirty bits, entries beyond storage, shared chunks.
     let data_len = devices.data.as_ref().map_or(image_len, |d| d.len_bytes());
-    let storage_chunks = if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
+    let storage_chunks =
+        if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
     let mut table = Vec::new();
     if layout.compact {
         let mut bytes = vec![0u8; layout.table_size as usize];
         image.read_at(layout.table_offset, &mut bytes).await.map_err(FvdError::io("check: read table"))?;
-        table = bytes.chunks_exact(4).take(layout.table_entries as usize).map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes"))).collect();
+        table = bytes
+            .chunks_exact(4)
+            .take(layout.table_entries as usize)
+            .map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes")))
+            .collect();
         fix_table(&mut table, storage_chunks, &mut report, "table");
     }
     // Journal.
@@ -100,7 +112,10 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
                 }
                 (DecodedSector::V1 { records, stopped_at_garbage }, None) => {
                     if stopped_at_garbage && report.needs_recovery {
-                        report.corruptions.push(format!("journal sector {index}: unknown record type after {} record(s)", records.len()));
+                        report.corruptions.push(format!(
+                            "journal sector {index}: unknown record type after {} record(s)",
+                            records.len()
+                        ));
                     }
                     records
                 }
@@ -117,38 +132,66 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
             }
         }
         if report.needs_recovery {
-            report.fixes.push(format!("replay {} journal sector(s) and write the metadata home", report.journal_sectors_valid));
+            report
+                .fixes
+                .push(format!("replay {} journal sector(s) and write the metadata home", report.journal_sectors_valid));
             fix_table(&mut table, storage_chunks, &mut report, "journal-recovered table");
         }
     } else if report.needs_recovery && (layout.has_base() || layout.compact) {
-        report.corruptions.push("header.clean_shutdown = 0: not shut down cleanly and no journal, so the bitmap and table may miss changes".into());
+        report.corruptions.push(
+            "header.clean_shutdown = 0: not shut down cleanly and no journal, so the bitmap and table may miss changes"
+                .into(),
+        );
         report.fixes.push("accept the metadata as it is and mark the image clean".into());
     }
     // Leaks: physical chunks below the highest used one that nothing references.
     if layout.compact {
-        let referenced: std::collections::BTreeSet<u32> = table.iter().copied().filter(|e| *e != EMPTY_TABLE_ENTRY).collect();
+        let referenced: std::collections::BTreeSet<u32> =
+            table.iter().copied().filter(|e| *e != EMPTY_TABLE_ENTRY).collect();
         if let Some(&highest) = referenced.iter().next_back() {
             let leaked = (0..highest).filter(|id| !referenced.contains(id)).count();
             if leaked > 0 {
-                report.leaks.push(format!("{leaked} physical chunk(s) of {} bytes below chunk {highest} are allocated but unreferenced", layout.chunk_size));
+                report.leaks.push(format!(
+                    "{leaked} physical chunk(s) of {} bytes below chunk {highest} are allocated but unreferenced",
+                    layout.chunk_size
+                ));
             }
         }
     }
     if repair && (!report.fixes.is_empty() || report.needs_recovery) {
         if layout.has_base() {
-            image.write_at(layout.bitmap_offset, &bitmap.encode(layout.bitmap_size), WriteFlags::NONE).await.map_err(FvdError::io("repair: write bitmap"))?;
+            image
+                .write_at(layout.bitmap_offset, &bitmap.encode(layout.bitmap_size), WriteFlags::NONE)
+                .await
+                .map_err(FvdError::io("repair: write bitmap"))?;
         }
         if layout.compact {
-            image.write_at(layout.table_offset, &encode_table(&table, layout.table_size), WriteFlags::NONE).await.map_err(FvdError::io("repair: write table"))?;
+            image
+                .write_at(layout.table_offset, &encode_table(&table, layout.table_size), WriteFlags::NONE)
+                .await
+                .map_err(FvdError::io("repair: write table"))?;
         }
         image.flush().await.map_err(FvdError::io("repair: flush"))?;
         if let Some(ext) = extension {
             // A new journal round: the replayed records can never be applied again.
-            let next = HeaderExtension { generation: ext.generation + 1, journal_epoch: ext.journal_epoch + 1, flags: ext.flags };
-            image.write_at(next.slot_offset(), &next.encode_sector(), WriteFlags::FUA).await.map_err(FvdError::io("repair: write header extension"))?;
+            let referenced =
+                table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e) + 1).max().unwrap_or(0);
+            let next = HeaderExtension {
+                generation: ext.generation + 1,
+                journal_epoch: ext.journal_epoch + 1,
+                allocated_chunks: ext.allocated_chunks.max(referenced),
+                flags: ext.flags,
+            };
+            image
+                .write_at(next.slot_offset(), &next.encode_sector(), WriteFlags::FUA)
+                .await
+                .map_err(FvdError::io("repair: write header extension"))?;
         } else if layout.journal_size > 0 {
             // A v1 image: zero the journal so its records are not replayed over the repair.
-            image.write_at(layout.journal_offset, &vec![0u8; layout.journal_size as usize], WriteFlags::NONE).await.map_err(FvdError::io("repair: clear journal"))?;
+            image
+                .write_at(layout.journal_offset, &vec![0u8; layout.journal_size as usize], WriteFlags::NONE)
+                .await
+                .map_err(FvdError::io("repair: clear journal"))?;
         }
         header.clean_shutdown = true;
         let encoded = header.encode();
@@ -173,20 +216,31 @@ fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, w
             *entry &= !DIRTY_TABLE_BIT;
         }
         if u64::from(*entry) >= storage_chunks {
-            report.corruptions.push(format!("{what}[{chunk}] = {entry}: beyond the data storage ({storage_chunks} chunks)"));
+            report
+                .corruptions
+                .push(format!("{what}[{chunk}] = {entry}: beyond the data storage ({storage_chunks} chunks)"));
             report.fixes.push(format!("unmap {what}[{chunk}] (its data is lost)"));
             *entry = EMPTY_TABLE_ENTRY;
             continue;
         }
         if let Some(first) = owner.insert(*entry, chunk) {
-            report.corruptions.push(format!("{what}[{chunk}] = {entry}: physical chunk already used by {what}[{first}]"));
+            report
+                .corruptions
+                .push(format!("{what}[{chunk}] = {entry}: physical chunk already used by {what}[{first}]"));
             report.fixes.push(format!("unmap {what}[{chunk}]"));
             *entry = EMPTY_TABLE_ENTRY;
         }
     }
 }
 
-fn apply_lenient(record: &JournalRecord, layout: &Layout, bitmap: &mut Bitmap, table: &mut [u32], sector: usize, report: &mut CheckReport) {
+fn apply_lenient(
+    record: &JournalRecord,
+    layout: &Layout,
+    bitmap: &mut Bitmap,
+    table: &mut [u32],
+    sector: usize,
+    report: &mut CheckReport,
+) {
     match record {
         JournalRecord::Bitmap { first_sector, sectors } => {
             if layout.has_base() {
@@ -198,7 +252,10 @@ fn apply_lenient(record: &JournalRecord, layout: &Layout, bitmap: &mut Bitmap, t
             for (i, &raw) in entries.iter().enumerate() {
                 let chunk = u64::from(*first_chunk) + i as u64;
                 if chunk >= layout.table_entries {
-                    report.corruptions.push(format!("journal sector {sector}: table record for chunk {chunk} beyond the table ({} chunks)", layout.table_entries));
+                    report.corruptions.push(format!(
+                        "journal sector {sector}: table record for chunk {chunk} beyond the table ({} chunks)",
+                        layout.table_entries
+                    ));
                     continue;
                 }
                 if raw != EMPTY_TABLE_ENTRY {

@@ -9,6 +9,10 @@ use crate::env::ProgressPoint;
 use crate::error::FvdError;
 use crate::format::{DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, SECTOR, round_up};
 
+/// How many chunks a raise of the allocation high-water mark covers: one extension write per this
+/// many allocations, and at most this many chunks left unused after a crash.
+const ALLOCATION_MARK_STEP_CHUNKS: u64 = 64;
+
 /// Where a run of guest sectors is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -66,12 +70,16 @@ impl FvdImage {
         let layout = self.inner.layout;
         let state = self.inner.state.borrow();
         let block_sectors = layout.block_size / SECTOR;
+        let base_sectors = layout.base_size / SECTOR;
         let mut runs: Vec<(Source, u64, u64)> = Vec::new();
         let mut at = start;
         while at < end {
             let block = at / block_sectors;
-            let next = ((block + 1) * block_sectors).min(end);
-            let source = if state.fresh.get(block) { Source::Image } else { Source::Base };
+            // Sectors at or beyond the base end always live in the image, even inside a block
+            // that straddles the end (v1 decides per sector there, `fvd-v1.md` §1.3).
+            let block_end = (block + 1) * block_sectors;
+            let next = if at < base_sectors { block_end.min(base_sectors) } else { block_end }.min(end);
+            let source = if at >= base_sectors || state.fresh.get(block) { Source::Image } else { Source::Base };
             match runs.last_mut() {
                 Some((last, _, last_end)) if *last == source && *last_end == at => *last_end = next,
                 _ => runs.push((source, at, next)),
@@ -99,7 +107,10 @@ impl FvdImage {
         let layout = self.inner.layout;
         let data = self.inner.devices.data();
         if !layout.compact {
-            return data.read_at(layout.data_offset + start * SECTOR, out).await.map_err(FvdError::io("image data read"));
+            return data
+                .read_at(layout.data_offset + start * SECTOR, out)
+                .await
+                .map_err(FvdError::io("image data read"));
         }
         let mut done = 0usize;
         while done < out.len() {
@@ -110,7 +121,10 @@ impl FvdImage {
             let physical = self.inner.state.borrow().physical_chunk(chunk);
             match physical {
                 None => out[done..done + n].fill(0),
-                Some(id) => data.read_at(layout.data_offset + id * layout.chunk_size + in_chunk, &mut out[done..done + n]).await.map_err(FvdError::io("image data read"))?,
+                Some(id) => data
+                    .read_at(layout.data_offset + id * layout.chunk_size + in_chunk, &mut out[done..done + n])
+                    .await
+                    .map_err(FvdError::io("image data read"))?,
             }
             done += n;
         }
@@ -163,10 +177,13 @@ impl FvdImage {
             assert!(!state.copy_locks.overlaps(start, end), "classification runs with no overlapping copy");
             let head_block = start / block_sectors;
             let tail_block = (end - 1) / block_sectors;
-            let head_partial = start % block_sectors != 0 && head_block * block_sectors < base_sectors && !state.fresh.get(head_block);
-            let tail_partial = end % block_sectors != 0 && end < base_sectors && !state.fresh.get(tail_block);
+            let head_partial = !start.is_multiple_of(block_sectors)
+                && head_block * block_sectors < base_sectors
+                && !state.fresh.get(head_block);
+            let tail_partial = !end.is_multiple_of(block_sectors) && end < base_sectors && !state.fresh.get(tail_block);
             let merged_start = if head_partial { head_block * block_sectors } else { start };
-            let merged_end = if tail_partial { ((tail_block + 1) * block_sectors).min(base_sectors).max(end) } else { end };
+            let merged_end =
+                if tail_partial { ((tail_block + 1) * block_sectors).min(base_sectors).max(end) } else { end };
             let copy_range = match (head_partial, tail_partial) {
                 (true, true) => Some((merged_start, merged_end)),
                 (true, false) => Some((merged_start, ((head_block + 1) * block_sectors).min(merged_end))),
@@ -210,7 +227,15 @@ impl FvdImage {
 
     /// Reads the base parts of partial blocks, merges them around the guest data and stores the
     /// merged range. Returns the chunks whose table entries the journal must record.
-    async fn copy_on_write_store(&self, start: u64, end: u64, merged_start: u64, merged_end: u64, data: &[u8], copy_lock: Option<RangeLock>) -> Result<Option<(u64, u64)>, FvdError> {
+    async fn copy_on_write_store(
+        &self,
+        start: u64,
+        end: u64,
+        merged_start: u64,
+        merged_end: u64,
+        data: &[u8],
+        copy_lock: Option<RangeLock>,
+    ) -> Result<Option<(u64, u64)>, FvdError> {
         if merged_start == start && merged_end == end {
             return self.store_data(start, data).await;
         }
@@ -218,7 +243,9 @@ impl FvdImage {
         let head = ((start - merged_start) * SECTOR) as usize;
         let tail = ((end - merged_start) * SECTOR) as usize;
         if head > 0 {
-            self.read_base(merged_start, &mut merged[..head]).await.map_err(|e| relabel(e, "copy-on-write base read"))?;
+            self.read_base(merged_start, &mut merged[..head])
+                .await
+                .map_err(|e| relabel(e, "copy-on-write base read"))?;
         }
         if tail < merged.len() {
             self.read_base(end, &mut merged[tail..]).await.map_err(|e| relabel(e, "copy-on-write base read"))?;
@@ -229,7 +256,10 @@ impl FvdImage {
             let state = self.inner.state.borrow();
             let block_sectors = self.inner.layout.block_size / SECTOR;
             for block in lock.start / block_sectors..lock.end.div_ceil(block_sectors) {
-                assert!(!state.fresh.get(block) || (block * block_sectors >= start && (block + 1) * block_sectors <= end), "copy-on-write into block {block}, which already holds newer data");
+                assert!(
+                    !state.fresh.get(block) || (block * block_sectors >= start && (block + 1) * block_sectors <= end),
+                    "copy-on-write into block {block}, which already holds newer data"
+                );
             }
         }
         self.store_data(merged_start, &merged).await
@@ -243,7 +273,10 @@ impl FvdImage {
         let layout = inner.layout;
         let device = inner.devices.data();
         if !layout.compact {
-            device.write_at(layout.data_offset + start * SECTOR, data, WriteFlags::NONE).await.map_err(FvdError::io("image data write"))?;
+            device
+                .write_at(layout.data_offset + start * SECTOR, data, WriteFlags::NONE)
+                .await
+                .map_err(FvdError::io("image data write"))?;
             return Ok(None);
         }
         let offset = start * SECTOR;
@@ -258,7 +291,14 @@ impl FvdImage {
             let in_chunk = at % layout.chunk_size;
             let n = ((layout.chunk_size - in_chunk) as usize).min(data.len() - done);
             let id = inner.state.borrow().physical_chunk(chunk).expect("chunks are allocated before the store");
-            if let Err(error) = device.write_at(layout.data_offset + id * layout.chunk_size + in_chunk, &data[done..done + n], WriteFlags::NONE).await {
+            if let Err(error) = device
+                .write_at(
+                    layout.data_offset + id * layout.chunk_size + in_chunk,
+                    &data[done..done + n],
+                    WriteFlags::NONE,
+                )
+                .await
+            {
                 result = Err(FvdError::io("image data write")(error));
                 break;
             }
@@ -271,56 +311,82 @@ impl FvdImage {
             }
         }
         result?;
-        let uncommitted = (first_chunk..end_chunk).any(|c| state.table[c as usize] & DIRTY_TABLE_BIT != 0 && state.table[c as usize] != EMPTY_TABLE_ENTRY);
+        let uncommitted = (first_chunk..end_chunk)
+            .any(|c| state.table[c as usize] & DIRTY_TABLE_BIT != 0 && state.table[c as usize] != EMPTY_TABLE_ENTRY);
         Ok(uncommitted.then_some((first_chunk, end_chunk)))
     }
 
-    /// Allocates every empty chunk in `first..end`, growing the storage as needed. Returns the
-    /// chunks allocated by this call.
+    /// Allocates every empty chunk in `first..end`, raising the allocation mark and growing the
+    /// storage as needed (one task at a time). Returns the chunks allocated by this call.
     async fn allocate_chunks(&self, first: u64, end: u64) -> Result<Vec<u64>, FvdError> {
+        enum Step {
+            AlreadyMapped,
+            Allocated,
+            RaiseMark,
+            Grow { storage_chunks: u64, used_chunks: u64 },
+        }
         let inner = &self.inner;
         let layout = inner.layout;
         let mut allocated = Vec::new();
         for chunk in first..end {
-            if inner.state.borrow().table[chunk as usize] != EMPTY_TABLE_ENTRY {
-                continue;
-            }
-            // One grower at a time; others wait and re-check.
-            inner.until(|s| !s.growing).await;
-            let needs_growth = {
-                let mut state = inner.state.borrow_mut();
-                if state.table[chunk as usize] != EMPTY_TABLE_ENTRY {
-                    continue;
+            loop {
+                inner.until(|s| !s.growing).await;
+                let step = {
+                    let mut state = inner.state.borrow_mut();
+                    let at_mark =
+                        inner.hardened() && state.extension.is_some_and(|e| state.used_chunks >= e.allocated_chunks);
+                    if state.table[chunk as usize] != EMPTY_TABLE_ENTRY {
+                        Step::AlreadyMapped
+                    } else if at_mark {
+                        state.growing = true;
+                        Step::RaiseMark
+                    } else if state.used_chunks < state.storage_chunks {
+                        let id = state.used_chunks;
+                        state.used_chunks += 1;
+                        state.table[chunk as usize] = id as u32 | DIRTY_TABLE_BIT;
+                        state.unlanded.insert(chunk);
+                        state.stats.chunks_allocated += 1;
+                        Step::Allocated
+                    } else {
+                        state.growing = true;
+                        Step::Grow { storage_chunks: state.storage_chunks, used_chunks: state.used_chunks }
+                    }
+                };
+                match step {
+                    Step::AlreadyMapped => break,
+                    Step::Allocated => {
+                        allocated.push(chunk);
+                        break;
+                    }
+                    Step::RaiseMark => {
+                        let raised = self.raise_allocation_mark(ALLOCATION_MARK_STEP_CHUNKS).await;
+                        let mut state = inner.state.borrow_mut();
+                        state.growing = false;
+                        state.wake_all();
+                        drop(state);
+                        raised?;
+                    }
+                    Step::Grow { storage_chunks, used_chunks } => {
+                        let grow_chunks = (layout.storage_grow_unit / layout.chunk_size).max(1);
+                        // Grow by whole units until the next chunk to hand out fits.
+                        let units = (used_chunks + 1).saturating_sub(storage_chunks).div_ceil(grow_chunks).max(1);
+                        let target_chunks = storage_chunks + grow_chunks * units;
+                        let new_len = round_up(layout.data_offset + target_chunks * layout.chunk_size, SECTOR);
+                        let grown = inner.devices.data().set_len(new_len).await;
+                        let mut state = inner.state.borrow_mut();
+                        state.growing = false;
+                        state.wake_all();
+                        match grown {
+                            Ok(()) => state.storage_chunks = target_chunks,
+                            Err(_) => {
+                                return Err(FvdError::NoSpace {
+                                    chunk,
+                                    storage_bytes: storage_chunks * layout.chunk_size,
+                                });
+                            }
+                        }
+                    }
                 }
-                if state.used_chunks < state.storage_chunks {
-                    let id = state.used_chunks;
-                    state.used_chunks += 1;
-                    state.table[chunk as usize] = id as u32 | DIRTY_TABLE_BIT;
-                    state.unlanded.insert(chunk);
-                    state.stats.chunks_allocated += 1;
-                    allocated.push(chunk);
-                    false
-                } else {
-                    state.growing = true;
-                    true
-                }
-            };
-            if needs_growth {
-                let storage_chunks = inner.state.borrow().storage_chunks;
-                let grow_chunks = (layout.storage_grow_unit / layout.chunk_size).max(1);
-                let new_len = layout.data_offset + (storage_chunks + grow_chunks) * layout.chunk_size;
-                let grown = inner.devices.data().set_len(round_up(new_len, SECTOR)).await;
-                let mut state = inner.state.borrow_mut();
-                state.growing = false;
-                state.wake_all();
-                match grown {
-                    Ok(()) => state.storage_chunks = storage_chunks + grow_chunks,
-                    Err(_) => return Err(FvdError::NoSpace { chunk, storage_bytes: storage_chunks * layout.chunk_size }),
-                }
-                drop(state);
-                // Retry this chunk with the grown storage.
-                let retry = Box::pin(self.allocate_chunks(chunk, chunk + 1)).await?;
-                allocated.extend(retry);
             }
         }
         Ok(allocated)

@@ -34,12 +34,20 @@ impl FvdImage {
         }
         let entries: Option<(u32, Vec<u32>)> = change.chunks.map(|(first, end)| {
             let state = inner.state.borrow();
-            let entries = state.table[first as usize..end as usize].iter().map(|&e| if inner.hardened() { clean_entry(e) } else { e }).collect();
+            let entries = state.table[first as usize..end as usize]
+                .iter()
+                .map(|&e| if inner.hardened() { clean_entry(e) } else { e })
+                .collect();
             (first as u32, entries)
         });
         let sectors_per_chunk = layout.chunk_size / SECTOR;
         let format_probe = if inner.hardened() { SectorFormat::Hardened { epoch: 0 } } else { SectorFormat::V1 };
-        let packed = pack_sectors(format_probe, change.bitmap, entries.as_ref().map(|(f, e)| (*f, e.as_slice())), sectors_per_chunk)?;
+        let packed = pack_sectors(
+            format_probe,
+            change.bitmap,
+            entries.as_ref().map(|(f, e)| (*f, e.as_slice())),
+            sectors_per_chunk,
+        )?;
         let count = packed.len() as u64;
         let first = self.allocate_journal_sectors(count).await?;
         let (epoch, sequence) = {
@@ -69,7 +77,10 @@ impl FvdImage {
             {
                 let first_block = first_sector * SECTOR / layout.block_size;
                 let end_block = ((first_sector + sectors) * SECTOR).div_ceil(layout.block_size);
-                debug_assert!(state.fresh.all_set(first_block, end_block), "a block is committed only after its data landed");
+                debug_assert!(
+                    state.fresh.all_set(first_block, end_block),
+                    "a block is committed only after its data landed"
+                );
                 state.stale.set_range(first_block, end_block);
             }
             if let Some((first, end)) = change.chunks {
@@ -92,10 +103,16 @@ impl FvdImage {
         let inner = &self.inner;
         let total = inner.layout.journal_sectors();
         if count > total {
-            return Err(FvdError::InvalidOption { option: "journal_size", value: inner.layout.journal_size.to_string(), rule: format!("too small for one write's {count} journal sectors") });
+            return Err(FvdError::InvalidOption {
+                option: "journal_size",
+                value: inner.layout.journal_size.to_string(),
+                rule: format!("too small for one write's {count} journal sectors"),
+            });
         }
         loop {
-            inner.until(|s| !s.journal.recycling && (s.journal.next_sector + count <= total || s.journal.ongoing == 0)).await;
+            inner
+                .until(|s| !s.journal.recycling && (s.journal.next_sector + count <= total || s.journal.ongoing == 0))
+                .await;
             let recycle = {
                 let mut state = inner.state.borrow_mut();
                 if state.journal.next_sector + count <= total {

@@ -12,7 +12,10 @@ use crate::error::FvdError;
 use crate::format::header::{BASE_IMG_CAPACITY, DATA_FILE_CAPACITY, FORMAT_NAME_CAPACITY};
 use crate::format::journal::{DecodedSector, JournalRecord};
 use crate::format::table::{decode_table, encode_table};
-use crate::format::{Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR, round_up};
+use crate::format::{
+    Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout,
+    SECTOR, round_up,
+};
 
 /// v1's bound on the bitmap when choosing a default block size (`MODERATE_BITMAP_SIZE`).
 const MODERATE_BITMAP_BYTES: u64 = 4 << 20;
@@ -62,6 +65,15 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     if options.compact && (chunk_size == 0 || !chunk_size.is_multiple_of(SECTOR)) {
         return Err(invalid("chunk_size", chunk_size, "must be a positive multiple of 512"));
     }
+    if options.compact && base.is_some() && !chunk_size.is_multiple_of(block_size) {
+        // Otherwise a block can straddle two journal sectors' chunk runs, and a torn journal
+        // write could make its bit durable without all of its mappings.
+        return Err(invalid(
+            "chunk_size",
+            chunk_size,
+            format!("must be a multiple of block_size ({block_size}) in a compact image with a base image"),
+        ));
+    }
     let table_entries = if options.compact { virtual_size.div_ceil(chunk_size) } else { 0 };
     if table_entries > u64::from(DIRTY_TABLE_BIT) {
         return Err(invalid("chunk_size", chunk_size, "gives more than 2^31 chunks"));
@@ -73,7 +85,8 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     let table_size = round_up(4 * table_entries, 4096);
     let has_metadata = base.is_some() || options.compact;
     // The journal must hold the records of one write touching every chunk (v1's rule).
-    let minimum_journal = if options.compact { table_entries.div_ceil(ENTRIES_PER_MIXED_SECTOR) * SECTOR } else { SECTOR };
+    let minimum_journal =
+        if options.compact { table_entries.div_ceil(ENTRIES_PER_MIXED_SECTOR) * SECTOR } else { SECTOR };
     let journal_size = match options.journal {
         _ if !has_metadata => 0,
         JournalSize::Disabled => 0,
@@ -108,7 +121,8 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
         prefetch_profile_offset: 0,
         prefetch_profile_entries: 0,
         num_prefetch_slots: prefetch.slots,
-        bytes_per_prefetch: i32::try_from(bytes_per_prefetch).map_err(|_| invalid("bytes_per_prefetch", bytes_per_prefetch, "must fit in 31 bits"))?,
+        bytes_per_prefetch: i32::try_from(bytes_per_prefetch)
+            .map_err(|_| invalid("bytes_per_prefetch", bytes_per_prefetch, "must fit in 31 bits"))?,
         prefetch_read_throughput_measure_time: prefetch.measure_time_ms,
         prefetch_write_throughput_measure_time: prefetch.measure_time_ms,
         prefetch_perf_calc_alpha: prefetch.alpha_percent,
@@ -144,7 +158,11 @@ impl FvdImage {
     /// Errors: [`FvdError::InvalidOption`] naming the option; [`FvdError::Io`].
     pub async fn create(devices: &Devices, options: &CreateOptions) -> Result<(), FvdError> {
         if options.data_file.is_some() != devices.data.is_some() {
-            return Err(invalid("data_file", options.data_file.clone().unwrap_or_default(), "a data file name needs a data device and the other way round"));
+            return Err(invalid(
+                "data_file",
+                options.data_file.clone().unwrap_or_default(),
+                "a data file name needs a data device and the other way round",
+            ));
         }
         let header = header_for(options)?;
         let layout = Layout::from_header(&header, header.metadata_size).expect("create builds valid headers");
@@ -161,7 +179,7 @@ impl FvdImage {
         let mut region = vec![0u8; HEADER_REGION_BYTES as usize];
         region[..HEADER_BYTES].copy_from_slice(&header.encode());
         if options.profile == Profile::Hardened {
-            let extension = HeaderExtension { generation: 1, journal_epoch: 1, flags: 0 };
+            let extension = HeaderExtension { generation: 1, journal_epoch: 1, allocated_chunks: 0, flags: 0 };
             let at = extension.slot_offset() as usize;
             region[at..at + 512].copy_from_slice(&extension.encode_sector());
         }
@@ -190,9 +208,16 @@ impl FvdImage {
             return Err(invalid("backing_file", &header.base_img, "the header names a base image but none was given"));
         }
         if layout.separate_data != devices.data.is_some() {
-            return Err(invalid("data_file", &header.data_file, "the header and the devices disagree about a separate data file"));
+            return Err(invalid(
+                "data_file",
+                &header.data_file,
+                "the header and the devices disagree about a separate data file",
+            ));
         }
-        let used_chunks = table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e) + 1).max().unwrap_or(0);
+        let referenced =
+            table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e) + 1).max().unwrap_or(0);
+        // Chunks below the high-water mark may hold data of lost writes: never hand them out again.
+        let used_chunks = referenced.max(extension.map_or(0, |e| e.allocated_chunks));
         let dirty = !header.clean_shutdown;
         if dirty && layout.journal_size == 0 && (layout.has_base() || layout.compact) {
             return Err(FvdError::DirtyWithoutJournal);
@@ -255,9 +280,25 @@ impl FvdImage {
             applied += 1;
         }
         state.stats.recovered_sectors = applied;
-        state.used_chunks = state.table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e & !DIRTY_TABLE_BIT) + 1).max().unwrap_or(0);
-        if state.used_chunks > state.storage_chunks {
-            return Err(FvdError::corrupt("journal", format!("maps chunk {}", state.used_chunks - 1), format!("beyond the data storage ({} chunks)", state.storage_chunks)));
+        let referenced = state
+            .table
+            .iter()
+            .filter(|e| **e != EMPTY_TABLE_ENTRY)
+            .map(|e| u64::from(*e & !DIRTY_TABLE_BIT) + 1)
+            .max()
+            .unwrap_or(0);
+        state.used_chunks = state.used_chunks.max(referenced);
+        let mut owners = std::collections::BTreeMap::new();
+        for (chunk, &entry) in state.table.iter().enumerate() {
+            if entry != EMPTY_TABLE_ENTRY
+                && let Some(first) = owners.insert(entry, chunk)
+            {
+                return Err(FvdError::corrupt(
+                    format!("journal-recovered table[{chunk}]"),
+                    entry,
+                    format!("physical chunk already used by table[{first}]"),
+                ));
+            }
         }
         state.stale = state.fresh.clone();
         Ok(())
@@ -268,10 +309,9 @@ impl FvdImage {
     pub(crate) async fn write_metadata_home(&self) -> Result<(), FvdError> {
         let inner = &self.inner;
         let layout = inner.layout;
-        if inner.hardened() {
-            inner.devices.data().flush().await.map_err(io("metadata write-home: flush data"))?;
-        }
-        let (bitmap_bytes, table_bytes) = {
+        // Snapshot first, then flush: everything in the snapshot landed before the flush was
+        // submitted, so the flush makes it durable before the metadata pointing at it is written.
+        let (bitmap_bytes, table_bytes, snapshot_fresh, persisted) = {
             let state = inner.state.borrow();
             let bitmap = layout.has_base().then(|| state.fresh.encode(layout.bitmap_size));
             let table = layout.compact.then(|| {
@@ -279,32 +319,65 @@ impl FvdImage {
                     .table
                     .iter()
                     .enumerate()
-                    .map(|(chunk, &entry)| if inner.hardened() && state.unlanded.contains(&(chunk as u64)) { EMPTY_TABLE_ENTRY } else { entry })
+                    .map(|(chunk, &entry)| {
+                        if inner.hardened() && state.unlanded.contains(&(chunk as u64)) {
+                            EMPTY_TABLE_ENTRY
+                        } else {
+                            entry
+                        }
+                    })
                     .collect();
                 encode_table(&entries, layout.table_size)
             });
-            (bitmap, table)
+            let persisted: Vec<u64> = state
+                .table
+                .iter()
+                .enumerate()
+                .filter(|(chunk, e)| {
+                    **e != EMPTY_TABLE_ENTRY && (!inner.hardened() || !state.unlanded.contains(&(*chunk as u64)))
+                })
+                .map(|(chunk, _)| chunk as u64)
+                .collect();
+            (bitmap, table, state.fresh.clone(), persisted)
         };
+        if inner.hardened() {
+            inner.devices.data().flush().await.map_err(io("metadata write-home: flush data"))?;
+        }
         if let Some(bytes) = &bitmap_bytes {
-            inner.devices.image.write_at(layout.bitmap_offset, bytes, WriteFlags::NONE).await.map_err(io("metadata write-home: bitmap"))?;
+            inner
+                .devices
+                .image
+                .write_at(layout.bitmap_offset, bytes, WriteFlags::NONE)
+                .await
+                .map_err(io("metadata write-home: bitmap"))?;
         }
         if let Some(bytes) = &table_bytes {
-            inner.devices.image.write_at(layout.table_offset, bytes, WriteFlags::NONE).await.map_err(io("metadata write-home: table"))?;
+            inner
+                .devices
+                .image
+                .write_at(layout.table_offset, bytes, WriteFlags::NONE)
+                .await
+                .map_err(io("metadata write-home: table"))?;
         }
         if inner.hardened() {
             inner.devices.image.flush().await.map_err(io("metadata write-home: flush image"))?;
         }
         let mut state = inner.state.borrow_mut();
-        state.stale = state.fresh.clone();
-        let hardened = inner.hardened();
-        let State { table, unlanded, .. } = &mut *state;
-        for (chunk, entry) in table.iter_mut().enumerate() {
-            if *entry != EMPTY_TABLE_ENTRY && (!hardened || !unlanded.contains(&(chunk as u64))) {
+        // What went home is now guaranteed on disk; later changes stay fresh-only until committed.
+        let State { stale, fresh, table, unlanded, .. } = &mut *state;
+        debug_assert!(
+            stale.is_subset_of(&snapshot_fresh) && snapshot_fresh.is_subset_of(fresh),
+            "stale ⊆ snapshot ⊆ fresh"
+        );
+        *stale = snapshot_fresh;
+        for chunk in persisted {
+            table[chunk as usize] &= !DIRTY_TABLE_BIT;
+        }
+        if !inner.hardened() {
+            // v1 clears every dirty bit, including chunks whose data never landed (§2.5).
+            for entry in table.iter_mut().filter(|e| **e != EMPTY_TABLE_ENTRY) {
                 *entry &= !DIRTY_TABLE_BIT;
             }
-        }
-        if !hardened {
-            // v1 clears every dirty bit, including chunks whose data never landed (§2.5).
             unlanded.clear();
         }
         drop(state);
@@ -318,22 +391,65 @@ impl FvdImage {
         let inner = &self.inner;
         let next = {
             let state = inner.state.borrow();
-            state.extension.map(|e| HeaderExtension { generation: e.generation + 1, journal_epoch: e.journal_epoch + 1, flags: e.flags })
+            state.extension.map(|e| HeaderExtension {
+                generation: e.generation + 1,
+                journal_epoch: e.journal_epoch + 1,
+                allocated_chunks: e.allocated_chunks.max(state.used_chunks),
+                flags: e.flags,
+            })
         };
         let next = match (inner.hardened(), next) {
             (true, Some(next)) => Some(next),
             // A v1 image opened by the hardened engine gains an extension.
-            (true, None) => Some(HeaderExtension { generation: 1, journal_epoch: 1, flags: 0 }),
+            (true, None) => Some(HeaderExtension {
+                generation: 1,
+                journal_epoch: 1,
+                allocated_chunks: inner.state.borrow().used_chunks,
+                flags: 0,
+            }),
             (false, _) => None,
         };
         if let Some(extension) = next {
-            inner.devices.image.write_at(extension.slot_offset(), &extension.encode_sector(), WriteFlags::FUA).await.map_err(io("journal round: write header extension"))?;
+            inner
+                .devices
+                .image
+                .write_at(extension.slot_offset(), &extension.encode_sector(), WriteFlags::FUA)
+                .await
+                .map_err(io("journal round: write header extension"))?;
         }
         let mut state = inner.state.borrow_mut();
         if next.is_some() {
             state.extension = next;
         }
         state.journal.next_sector = 0;
+        Ok(())
+    }
+
+    /// Hardened: records in the header extension (FUA) that physical chunks up to
+    /// `used_chunks + extra` may be handed out. Runs before any chunk beyond the old mark is used,
+    /// so chunks above the mark never held data; `extra` batches the extension writes.
+    pub(crate) async fn raise_allocation_mark(&self, extra: u64) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let next = {
+            let state = inner.state.borrow();
+            let Some(e) = state.extension else { return Ok(()) };
+            HeaderExtension {
+                generation: e.generation + 1,
+                journal_epoch: e.journal_epoch,
+                allocated_chunks: state.used_chunks + extra,
+                flags: e.flags,
+            }
+        };
+        inner
+            .devices
+            .image
+            .write_at(next.slot_offset(), &next.encode_sector(), WriteFlags::FUA)
+            .await
+            .map_err(io("chunk allocation: write header extension"))?;
+        let mut state = inner.state.borrow_mut();
+        let journal_epoch = state.extension.map_or(next.journal_epoch, |e| e.journal_epoch);
+        debug_assert_eq!(journal_epoch, next.journal_epoch, "no journal round starts during an allocation-mark write");
+        state.extension = Some(next);
         Ok(())
     }
 
@@ -372,6 +488,10 @@ impl FvdImage {
             return Ok(());
         }
         self.write_metadata_home().await?;
+        if self.inner.hardened() && self.inner.layout.compact {
+            // Record the exact high-water mark so the next open wastes no storage.
+            self.raise_allocation_mark(0).await?;
+        }
         self.write_clean_flag(true).await?;
         self.inner.devices.image.flush().await.map_err(io("close: flush image"))?;
         Ok(())
@@ -391,11 +511,28 @@ fn apply_record(state: &mut State, layout: &Layout, record: &JournalRecord, sect
             for (i, &raw) in entries.iter().enumerate() {
                 let chunk = u64::from(*first_chunk) + i as u64;
                 let entry = if raw == EMPTY_TABLE_ENTRY { raw } else { raw & !DIRTY_TABLE_BIT };
-                if chunk >= layout.table_entries || (entry != EMPTY_TABLE_ENTRY && u64::from(entry) >= state.storage_chunks) {
-                    return Err(FvdError::corrupt(format!("journal sector {sector}"), format!("table[{chunk}] = {entry:#x}"), format!("outside the table ({} chunks) or the data storage ({} chunks)", layout.table_entries, state.storage_chunks)));
+                if chunk >= layout.table_entries
+                    || (entry != EMPTY_TABLE_ENTRY && u64::from(entry) >= state.storage_chunks)
+                {
+                    return Err(FvdError::corrupt(
+                        format!("journal sector {sector}"),
+                        format!("table[{chunk}] = {entry:#x}"),
+                        format!(
+                            "outside the table ({} chunks) or the data storage ({} chunks)",
+                            layout.table_entries, state.storage_chunks
+                        ),
+                    ));
                 }
-                if entry != EMPTY_TABLE_ENTRY {
+                let current = state.table[chunk as usize];
+                if entry != EMPTY_TABLE_ENTRY && current == EMPTY_TABLE_ENTRY {
                     state.table[chunk as usize] = entry;
+                } else if entry != EMPTY_TABLE_ENTRY && current & !DIRTY_TABLE_BIT != entry {
+                    // An entry is written once: a different mapping is damage, never applied.
+                    return Err(FvdError::corrupt(
+                        format!("journal sector {sector}"),
+                        format!("table[{chunk}] = {entry}"),
+                        format!("conflicts with the mapping {current} already recorded"),
+                    ));
                 }
             }
         }
@@ -418,7 +555,11 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
     let image = &devices.image;
     let image_len = image.len_bytes();
     if image_len < HEADER_REGION_BYTES {
-        return Err(FvdError::corrupt("image", format!("{image_len} bytes"), format!("an FVD image holds at least the {HEADER_REGION_BYTES}-byte header region")));
+        return Err(FvdError::corrupt(
+            "image",
+            format!("{image_len} bytes"),
+            format!("an FVD image holds at least the {HEADER_REGION_BYTES}-byte header region"),
+        ));
     }
     let mut region = vec![0u8; HEADER_REGION_BYTES as usize];
     image.read_at(0, &mut region).await.map_err(io("open: read header"))?;
@@ -428,7 +569,12 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
         Profile::Hardened => HeaderExtension::newest(&region),
         Profile::V1 => None,
     };
-    let bitmap = if layout.has_base() {
+    let bitmap = if layout.has_base() && header.all_data_in_fvd_img {
+        // Prefetch finished: v1 sets the whole bitmap, padding included (`fvd-v1.md` §4.3).
+        let mut all = Bitmap::new(layout.bitmap_blocks);
+        all.set_all();
+        all
+    } else if layout.has_base() {
         let mut bytes = vec![0u8; layout.bitmap_size as usize];
         image.read_at(layout.bitmap_offset, &mut bytes).await.map_err(io("open: read bitmap"))?;
         Bitmap::decode(&bytes, layout.bitmap_blocks)?
@@ -436,7 +582,8 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
         Bitmap::new(0)
     };
     let data_len = devices.data.as_ref().map_or(image_len, |d| d.len_bytes());
-    let storage_chunks = if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
+    let storage_chunks =
+        if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
     let table = if layout.compact {
         let mut bytes = vec![0u8; layout.table_size as usize];
         image.read_at(layout.table_offset, &mut bytes).await.map_err(io("open: read table"))?;
@@ -445,7 +592,14 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
         Vec::new()
     };
     if !layout.compact && data_len < layout.data_offset + layout.virtual_size {
-        return Err(FvdError::corrupt("data area", format!("{data_len} bytes"), format!("must hold the whole virtual disk ({} bytes from offset {})", layout.virtual_size, layout.data_offset)));
+        return Err(FvdError::corrupt(
+            "data area",
+            format!("{data_len} bytes"),
+            format!(
+                "must hold the whole virtual disk ({} bytes from offset {})",
+                layout.virtual_size, layout.data_offset
+            ),
+        ));
     }
     Ok(Loaded { header, layout, extension, bitmap, table, storage_chunks })
 }

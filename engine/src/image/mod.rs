@@ -79,7 +79,15 @@ pub struct PrefetchSettings {
 
 impl Default for PrefetchSettings {
     fn default() -> PrefetchSettings {
-        PrefetchSettings { start_delay_s: -1, slots: 2, bytes_per_prefetch: 1 << 20, measure_time_ms: 100, alpha_percent: 80, min_throughput_kb_s: 5120, throttle_time_ms: 30_000 }
+        PrefetchSettings {
+            start_delay_s: -1,
+            slots: 2,
+            bytes_per_prefetch: 1 << 20,
+            measure_time_ms: 100,
+            alpha_percent: 80,
+            min_throughput_kb_s: 5120,
+            throttle_time_ms: 30_000,
+        }
     }
 }
 
@@ -155,7 +163,11 @@ pub struct Devices {
 
 impl std::fmt::Debug for Devices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Devices").field("image", &self.image.name()).field("data", &self.data.as_ref().map(|d| d.name().to_owned())).field("base", &self.base.as_ref().map(|d| d.name().to_owned())).finish()
+        f.debug_struct("Devices")
+            .field("image", &self.image.name())
+            .field("data", &self.data.as_ref().map(|d| d.name().to_owned()))
+            .field("base", &self.base.as_ref().map(|d| d.name().to_owned()))
+            .finish()
     }
 }
 

@@ -133,7 +133,15 @@ impl State {
     /// Checks the invariants that must hold whenever no borrow is active.
     pub(crate) fn assert_invariants(&self) {
         assert!(self.stale.is_subset_of(&self.fresh), "stale ⊆ fresh");
-        assert!(self.used_chunks <= self.storage_chunks || self.table.is_empty(), "used chunks within storage");
+        for (chunk, &entry) in self.table.iter().enumerate() {
+            if entry != EMPTY_TABLE_ENTRY {
+                let id = u64::from(entry & !DIRTY_TABLE_BIT);
+                assert!(
+                    id < self.storage_chunks && id < self.used_chunks,
+                    "table[{chunk}] = {id} lies within storage and below the bump pointer"
+                );
+            }
+        }
         for &chunk in &self.unlanded {
             assert!(self.table[chunk as usize] & DIRTY_TABLE_BIT != 0, "an unlanded chunk {chunk} is never committed");
         }

@@ -1,0 +1,133 @@
+//! A simulated world wired for the engine: the image disk, an optional separate data disk, an
+//! optional procedural base image, and the engine's environment.
+
+use std::rc::Rc;
+
+use fvd_engine::{BaseImage, CreateOptions, Devices, Env, FvdError, FvdImage, OpenOptions, Profile};
+use fvd_sim::{DeviceProfile, DiskConfig, ProceduralContent, RunError, Seed, Sim, SimDisk, SimEnv};
+
+/// How to build a rig.
+#[derive(Debug, Clone)]
+pub struct RigConfig {
+    /// Image create options (the base image, if any, is filled in from `base_bytes`).
+    pub create: CreateOptions,
+    /// Base image length; 0 for none.
+    pub base_bytes: u64,
+    /// Profile of the disk holding the image (and data file).
+    pub image_profile: DeviceProfile,
+    /// Profile of the base image's disk.
+    pub base_profile: DeviceProfile,
+    /// Put the data in a separate file.
+    pub separate_data: bool,
+}
+
+/// The world and its devices.
+pub struct Rig {
+    /// The world.
+    pub sim: Sim,
+    /// The image disk.
+    pub image: SimDisk,
+    /// The data disk, when separate.
+    pub data: Option<SimDisk>,
+    /// The base image disk.
+    pub base: Option<SimDisk>,
+    /// The base image's content.
+    pub base_content: Option<ProceduralContent>,
+    /// The engine environment.
+    pub env: Rc<dyn Env>,
+    /// The create options used.
+    pub create: CreateOptions,
+}
+
+impl std::fmt::Debug for Rig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rig").field("sim", &self.sim).finish_non_exhaustive()
+    }
+}
+
+/// Why an engine step in the rig failed.
+#[derive(Debug)]
+pub enum RigError {
+    /// The world stopped (stall, time limit or halt).
+    Run(RunError),
+    /// The engine returned an error.
+    Engine(FvdError),
+}
+
+impl std::fmt::Display for RigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RigError::Run(error) => write!(f, "{error}"),
+            RigError::Engine(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl Rig {
+    /// Builds the devices (nothing is created on them yet).
+    pub fn new(seed: Seed, config: RigConfig) -> Rig {
+        let sim = Sim::new(seed);
+        let handle = sim.handle();
+        let mut create = config.create;
+        let image_len = 0;
+        let image = SimDisk::new(&handle, "image", image_len, DiskConfig::new(config.image_profile.clone()));
+        let data = config
+            .separate_data
+            .then(|| SimDisk::new(&handle, "data", 0, DiskConfig::new(config.image_profile.clone())));
+        if config.separate_data {
+            create.data_file = Some("image.data".into());
+        }
+        let (base, base_content) = if config.base_bytes > 0 {
+            let content = ProceduralContent { seed: sim.stream("base-content").next_u64() };
+            let disk = SimDisk::with_content(
+                &handle,
+                "base",
+                config.base_bytes,
+                DiskConfig::new(config.base_profile.clone()),
+                Rc::new(content),
+            );
+            create.base =
+                Some(BaseImage { name: "base.raw".into(), format: "raw".into(), len_bytes: config.base_bytes });
+            (Some(disk), Some(content))
+        } else {
+            (None, None)
+        };
+        let env: Rc<dyn Env> = Rc::new(SimEnv::new(&handle));
+        Rig { sim, image, data, base, base_content, env, create }
+    }
+
+    /// The engine's view of the devices.
+    pub fn devices(&self) -> Devices {
+        Devices {
+            image: Rc::new(self.image.clone()),
+            data: self.data.as_ref().map(|d| Rc::new(d.clone()) as Rc<dyn fvd_engine::BlockDevice>),
+            base: self.base.as_ref().map(|d| Rc::new(d.clone()) as Rc<dyn fvd_engine::BlockDevice>),
+        }
+    }
+
+    /// The base content and its length in sectors, for the oracle.
+    pub fn base_for_oracle(&self) -> Option<(&ProceduralContent, u64)> {
+        let base_sectors = self.create.base.as_ref().map_or(0, |b| b.len_bytes.min(self.create.size_bytes) / 512);
+        self.base_content.as_ref().map(|c| (c, base_sectors))
+    }
+
+    /// Creates the image (runs the world).
+    pub fn create_image(&self) -> Result<(), RigError> {
+        let devices = self.devices();
+        let create = self.create.clone();
+        self.sim
+            .run(async move { FvdImage::create(&devices, &create).await })
+            .map_err(RigError::Run)?
+            .map_err(RigError::Engine)
+    }
+
+    /// Opens the image (runs the world, including any recovery).
+    pub fn open(&self, profile: Profile) -> Result<FvdImage, RigError> {
+        let devices = self.devices();
+        let env = Rc::clone(&self.env);
+        self.sim
+            .run(async move { FvdImage::open(devices, env, OpenOptions { read_only: false, profile }).await })
+            .map_err(RigError::Run)?
+            .map_err(RigError::Engine)
+    }
+}

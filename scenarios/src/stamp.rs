@@ -1,0 +1,143 @@
+//! Stamped sectors: every sector a workload writes names the write, the sector it was meant for
+//! and the run's seed, so a wrong sector says which operation put it there (qemu-test's idea,
+//! `fvd-v1.md` §5.3, with the sector number added).
+//!
+//! Layout of a stamped 512-byte sector (little-endian): `u64 write_id`, `u64 sector`,
+//! `8 bytes "FVDSIMv1"`, `u64 seed`, then 60 words of `mix(seed, write_id, sector, i)`.
+
+use fvd_sim::ProceduralContent;
+use fvd_sim::disk::content::BASE_SECTOR_MAGIC;
+
+/// Bytes per sector.
+pub const SECTOR: u64 = 512;
+/// The stamp magic at bytes 16..24.
+pub const STAMP_MAGIC: &[u8; 8] = b"FVDSIMv1";
+
+fn mix(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
+    let mut z = seed
+        ^ write_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ sector.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ word.rotate_left(29);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fills `out` (a whole number of sectors) with the stamps of write `write_id` starting at
+/// sector `first_sector`.
+pub fn stamp(seed: u64, write_id: u64, first_sector: u64, out: &mut [u8]) {
+    assert!(out.len().is_multiple_of(SECTOR as usize), "stamps fill whole sectors");
+    for (i, sector_bytes) in out.chunks_exact_mut(SECTOR as usize).enumerate() {
+        let sector = first_sector + i as u64;
+        sector_bytes[0..8].copy_from_slice(&write_id.to_le_bytes());
+        sector_bytes[8..16].copy_from_slice(&sector.to_le_bytes());
+        sector_bytes[16..24].copy_from_slice(STAMP_MAGIC);
+        sector_bytes[24..32].copy_from_slice(&seed.to_le_bytes());
+        for word in 4..64u64 {
+            let at = (word * 8) as usize;
+            sector_bytes[at..at + 8].copy_from_slice(&mix(seed, write_id, sector, word).to_le_bytes());
+        }
+    }
+}
+
+/// What a sector holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SectorValue {
+    /// Never written: the base image's bytes for this sector, or zeros beyond the base.
+    Original,
+    /// A whole, intact stamp of write `write_id` for sector `sector` (which may differ from the
+    /// sector it was read from: misplaced data).
+    Stamped {
+        /// The write that produced it.
+        write_id: u64,
+        /// The sector the write meant it for.
+        sector: u64,
+    },
+    /// The base image's bytes of another sector.
+    OtherBaseSector {
+        /// The base sector it came from.
+        sector: u64,
+    },
+    /// Anything else: zeros where the base has data, torn or foreign bytes.
+    Garbage,
+}
+
+impl std::fmt::Display for SectorValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SectorValue::Original => f.write_str("its original content"),
+            SectorValue::Stamped { write_id, sector } => write!(f, "write #{write_id}'s data for sector {sector}"),
+            SectorValue::OtherBaseSector { sector } => write!(f, "base image sector {sector}"),
+            SectorValue::Garbage => f.write_str("garbage (neither original, stamped nor base data)"),
+        }
+    }
+}
+
+/// The original content of `sector`: base bytes inside the base image, zeros beyond.
+pub fn original(sector: u64, base: Option<(&ProceduralContent, u64)>, out: &mut [u8]) {
+    match base {
+        Some((content, base_sectors)) if sector < base_sectors => out.copy_from_slice(&content.sector(sector)),
+        _ => out.fill(0),
+    }
+}
+
+/// Decodes the 512 bytes read from `sector`. `base` is the base image content and its length in
+/// sectors, if any.
+pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralContent, u64)>) -> SectorValue {
+    let mut expected = [0u8; SECTOR as usize];
+    original(sector, base, &mut expected);
+    if bytes == expected {
+        return SectorValue::Original;
+    }
+    if &bytes[16..24] == STAMP_MAGIC {
+        let write_id = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
+        let meant = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let mut intact = [0u8; SECTOR as usize];
+        stamp(seed, write_id, meant, &mut intact);
+        if bytes == intact {
+            return SectorValue::Stamped { write_id, sector: meant };
+        }
+        return SectorValue::Garbage;
+    }
+    if u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")) == BASE_SECTOR_MAGIC
+        && let Some((content, _)) = base
+    {
+        let other = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        if bytes == content.sector(other) {
+            return SectorValue::OtherBaseSector { sector: other };
+        }
+    }
+    SectorValue::Garbage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_decode_and_name_misplaced_or_torn_data() {
+        let base = ProceduralContent { seed: 5 };
+        let mut data = vec![0u8; 1024];
+        stamp(9, 42, 100, &mut data);
+        assert_eq!(
+            decode(9, 100, &data[..512], Some((&base, 1000))),
+            SectorValue::Stamped { write_id: 42, sector: 100 }
+        );
+        assert_eq!(decode(9, 7, &data[512..], Some((&base, 1000))), SectorValue::Stamped { write_id: 42, sector: 101 });
+        let mut torn = data[..512].to_vec();
+        torn[400] ^= 1;
+        assert_eq!(decode(9, 100, &torn, Some((&base, 1000))), SectorValue::Garbage);
+        assert_eq!(decode(9, 100, &base.sector(100), Some((&base, 1000))), SectorValue::Original);
+        assert_eq!(decode(9, 100, &base.sector(3), Some((&base, 1000))), SectorValue::OtherBaseSector { sector: 3 });
+        assert_eq!(
+            decode(9, 100, &[0u8; 512], Some((&base, 1000))),
+            SectorValue::Garbage,
+            "zeros where the base has data are wrong"
+        );
+        assert_eq!(
+            decode(9, 2000, &[0u8; 512], Some((&base, 1000))),
+            SectorValue::Original,
+            "beyond the base, zeros are original"
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! The FVD engine against a per-sector model on `SimDisk`: random geometry, concurrent guest
+//! writes and reads, flushes, crashes at random events with recovery, clean reopens.
+//!
+//! After every batch each sector must read as the last write that completed; after a crash and
+//! recovery each sector must hold the value as of the last completed flush or that of a write
+//! submitted since; the engine's check must find no corruption; the engine's invariants must hold.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use fvd_engine::{CreateOptions, FvdImage, JournalSize, Profile, check};
+use fvd_scenarios::rig::{Rig, RigConfig};
+use fvd_scenarios::stamp::{SECTOR, decode, original, stamp};
+use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, RunError, Seed};
+use proptest::prelude::*;
+
+fn pinned_config(cases: u32) -> ProptestConfig {
+    let mut config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(0xf5d_0001);
+    }
+    config
+}
+
+#[derive(Debug, Clone)]
+struct Geometry {
+    size_sectors: u64,
+    base_sectors: u64,
+    block_sectors: u64,
+    compact: bool,
+    chunk_blocks: u64,
+    separate_data: bool,
+    journal_bytes: u64,
+}
+
+fn geometry() -> impl Strategy<Value = Geometry> {
+    (
+        prop_oneof![Just(1u64), Just(8), Just(15), Just(128)],
+        any::<bool>(),
+        1u64..4,
+        any::<bool>(),
+        prop_oneof![Just(0u64), Just(1), Just(2)],
+        prop_oneof![Just(4096u64), Just(16384)],
+    )
+        .prop_map(|(block_sectors, compact, chunk_blocks, separate_data, base_kind, journal_bytes)| {
+            let size_sectors = 4096; // 2 MiB
+            let base_sectors = match base_kind {
+                0 => 0,
+                1 => 3000, // shorter than the disk: requests straddle the base end
+                _ => size_sectors,
+            };
+            Geometry { size_sectors, base_sectors, block_sectors, compact, chunk_blocks, separate_data, journal_bytes }
+        })
+}
+
+impl Geometry {
+    fn rig(&self, seed: u64) -> Rig {
+        let mut create = CreateOptions::new(self.size_sectors * SECTOR);
+        create.block_size = Some(self.block_sectors * SECTOR);
+        create.compact = self.compact;
+        create.chunk_size = Some(self.block_sectors * self.chunk_blocks * SECTOR * 4);
+        create.storage_grow_unit = Some(self.block_sectors * self.chunk_blocks * SECTOR * 16);
+        create.journal = JournalSize::Bytes(self.journal_bytes);
+        Rig::new(
+            Seed(seed),
+            RigConfig {
+                create,
+                base_bytes: self.base_sectors * SECTOR,
+                image_profile: DeviceProfile::ssd(),
+                base_profile: DeviceProfile::nfs(),
+                separate_data: self.separate_data,
+            },
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Concurrent writes `(first_sector, sectors)` and reads of other sectors.
+    Batch(Vec<(u64, u64)>, Vec<(u64, u64)>),
+    Flush,
+    /// Crash at the given event of the next batch of writes.
+    CrashDuring(Vec<(u64, u64)>, u64, CrashPlan),
+    CloseAndReopen,
+}
+
+fn extent() -> impl Strategy<Value = (u64, u64)> {
+    (0u64..4096, prop_oneof![1u64..9, 1u64..300]).prop_map(|(first, count)| (first, count.min(4096 - first)))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let plan = (
+        prop_oneof![Just(CrashStrategy::RANDOM), Just(CrashStrategy::Prefix), Just(CrashStrategy::Clean)],
+        prop_oneof![Just(AtomicUnit::Sector), Just(AtomicUnit::Page)],
+    )
+        .prop_map(|(strategy, atomic_unit)| CrashPlan { strategy, atomic_unit });
+    prop_oneof![
+        6 => (proptest::collection::vec(extent(), 1..5), proptest::collection::vec(extent(), 0..3)).prop_map(|(w, r)| Op::Batch(w, r)),
+        2 => Just(Op::Flush),
+        2 => (proptest::collection::vec(extent(), 1..5), 1u64..400, plan).prop_map(|(w, at, plan)| Op::CrashDuring(w, at, plan)),
+        1 => Just(Op::CloseAndReopen),
+    ]
+}
+
+/// Per-sector model: values are write ids, 0 = original content.
+struct Model {
+    current: Vec<u64>,
+    durable: Vec<u64>,
+    since: Vec<Vec<u64>>,
+    next_id: u64,
+}
+
+impl Model {
+    fn expected(&self, rig: &Rig, seed: u64, sector: u64, value: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; SECTOR as usize];
+        if value == 0 {
+            original(sector, rig.base_for_oracle(), &mut bytes);
+        } else {
+            stamp(seed, value, sector, &mut bytes);
+        }
+        bytes
+    }
+}
+
+/// Drops extents that overlap an earlier one, so a batch's final state is well defined.
+fn disjoint(extents: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut taken = BTreeSet::new();
+    extents
+        .iter()
+        .copied()
+        .filter(|&(first, count)| {
+            if count == 0 || (first..first + count).any(|s| taken.contains(&s)) {
+                return false;
+            }
+            taken.extend(first..first + count);
+            true
+        })
+        .collect()
+}
+
+fn read_all(rig: &Rig, image: &FvdImage, sectors: u64) -> Vec<u8> {
+    let image = image.clone();
+    rig.sim
+        .run(async move {
+            let mut all = vec![0u8; (sectors * SECTOR) as usize];
+            image.read(0, &mut all).await.map(|()| all)
+        })
+        .expect("reading the whole disk cannot stall")
+        .expect("no faults")
+}
+
+fn run_case(seed: u64, geometry: &Geometry, ops: Vec<Op>) -> Result<(), String> {
+    let rig = geometry.rig(seed);
+    rig.create_image().map_err(|e| format!("create: {e}"))?;
+    let mut image = rig.open(Profile::Hardened).map_err(|e| format!("open: {e}"))?;
+    let sectors = geometry.size_sectors;
+    let model = Rc::new(RefCell::new(Model {
+        current: vec![0; sectors as usize],
+        durable: vec![0; sectors as usize],
+        since: vec![Vec::new(); sectors as usize],
+        next_id: 0,
+    }));
+    for (step, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Flush => {
+                let target = image.clone();
+                rig.sim
+                    .run(async move { target.flush().await })
+                    .map_err(|e| format!("step {step}: flush: {e}"))?
+                    .map_err(|e| format!("step {step}: flush: {e}"))?;
+                let mut m = model.borrow_mut();
+                m.durable = m.current.clone();
+                m.since.iter_mut().for_each(Vec::clear);
+            }
+            Op::Batch(writes, reads) => {
+                let writes = disjoint(&writes);
+                let written: BTreeSet<u64> = writes.iter().flat_map(|&(f, c)| f..f + c).collect();
+                let reads: Vec<(u64, u64)> =
+                    reads.into_iter().filter(|&(f, c)| (f..f + c).all(|s| !written.contains(&s))).collect();
+                let jobs = submit_writes(&rig, &image, &model, seed, &writes);
+                let read_results = Rc::new(RefCell::new(Vec::new()));
+                let handle = rig.sim.handle();
+                let (reader_image, results) = (image.clone(), Rc::clone(&read_results));
+                let outcome = rig.sim.run(async move {
+                    let readers: Vec<_> = reads
+                        .into_iter()
+                        .map(|(first, count)| {
+                            let (image, results) = (reader_image.clone(), Rc::clone(&results));
+                            handle.spawn("reader", async move {
+                                let mut buf = vec![0u8; (count * SECTOR) as usize];
+                                let result = image.read(first * SECTOR, &mut buf).await;
+                                results.borrow_mut().push((first, buf, result));
+                            })
+                        })
+                        .collect();
+                    for job in jobs {
+                        job.await;
+                    }
+                    for reader in readers {
+                        reader.await;
+                    }
+                });
+                outcome.map_err(|e| format!("step {step}: batch: {e}"))?;
+                let m = model.borrow();
+                for (first, buf, result) in read_results.borrow().iter() {
+                    result.as_ref().map_err(|e| format!("step {step}: read: {e}"))?;
+                    for (i, bytes) in buf.chunks_exact(SECTOR as usize).enumerate() {
+                        let sector = first + i as u64;
+                        if bytes != m.expected(&rig, seed, sector, m.current[sector as usize]) {
+                            return Err(format!(
+                                "step {step}: read of sector {sector} gave {} instead of value {}",
+                                decode(seed, sector, bytes, rig.base_for_oracle()),
+                                m.current[sector as usize]
+                            ));
+                        }
+                    }
+                }
+            }
+            Op::CrashDuring(writes, at, plan) => {
+                let writes = disjoint(&writes);
+                rig.sim.halt_after_events(Some(rig.sim.event_count() + at));
+                let jobs = submit_writes(&rig, &image, &model, seed, &writes);
+                let outcome = rig.sim.run(async move {
+                    for job in jobs {
+                        job.await;
+                    }
+                });
+                rig.sim.halt_after_events(None);
+                match outcome {
+                    Ok(()) | Err(RunError::Halted(_)) => {}
+                    Err(other) => return Err(format!("step {step}: crash batch: {other}")),
+                }
+                rig.sim.abort_all_tasks();
+                rig.image.crash(plan);
+                if let Some(data) = &rig.data {
+                    data.crash(plan);
+                }
+                image = rig
+                    .open(Profile::Hardened)
+                    .map_err(|e| format!("step {step}: recovery after crash ({plan:?}): {e}"))?;
+                let all = read_all(&rig, &image, sectors);
+                let mut m = model.borrow_mut();
+                for sector in 0..sectors {
+                    let bytes = &all[(sector * SECTOR) as usize..((sector + 1) * SECTOR) as usize];
+                    let durable = m.durable[sector as usize];
+                    let found = [durable]
+                        .into_iter()
+                        .chain(m.since[sector as usize].iter().copied())
+                        .find(|&v| bytes == m.expected(&rig, seed, sector, v).as_slice());
+                    match found {
+                        Some(value) => {
+                            m.current[sector as usize] = value;
+                            m.durable[sector as usize] = value;
+                        }
+                        None => {
+                            return Err(format!(
+                                "step {step}: after a crash ({plan:?}) sector {sector} holds {}; allowed: value {durable} (flushed) or {:?} (written since)",
+                                decode(seed, sector, bytes, rig.base_for_oracle()),
+                                m.since[sector as usize]
+                            ));
+                        }
+                    }
+                }
+                m.since.iter_mut().for_each(Vec::clear);
+                image.assert_invariants();
+            }
+            Op::CloseAndReopen => {
+                image.assert_invariants();
+                let closing = image.clone();
+                rig.sim
+                    .run(async move { closing.close().await })
+                    .map_err(|e| format!("step {step}: close: {e}"))?
+                    .map_err(|e| format!("step {step}: close: {e}"))?;
+                let devices = rig.devices();
+                let report = rig
+                    .sim
+                    .run(async move { check(&devices, Profile::Hardened, false).await })
+                    .expect("check cannot stall")
+                    .map_err(|e| e.to_string())?;
+                if !report.is_clean() || report.needs_recovery {
+                    return Err(format!("step {step}: check after a clean close: {report:?}"));
+                }
+                image = rig.open(Profile::Hardened).map_err(|e| format!("step {step}: reopen: {e}"))?;
+                let mut m = model.borrow_mut();
+                m.durable = m.current.clone();
+                m.since.iter_mut().for_each(Vec::clear);
+            }
+        }
+    }
+    image.assert_invariants();
+    let all = read_all(&rig, &image, sectors);
+    let m = model.borrow();
+    for sector in 0..sectors {
+        if all[(sector * SECTOR) as usize..((sector + 1) * SECTOR) as usize]
+            != *m.expected(&rig, seed, sector, m.current[sector as usize])
+        {
+            return Err(format!("final: sector {sector} differs from the model"));
+        }
+    }
+    Ok(())
+}
+
+/// Submits writes as tasks; the model learns of each at submission (`since`) and completion
+/// (`current`).
+fn submit_writes(
+    rig: &Rig,
+    image: &FvdImage,
+    model: &Rc<RefCell<Model>>,
+    seed: u64,
+    writes: &[(u64, u64)],
+) -> Vec<fvd_sim::JoinHandle<()>> {
+    writes
+        .iter()
+        .map(|&(first, count)| {
+            let id = {
+                let mut m = model.borrow_mut();
+                m.next_id += 1;
+                let id = m.next_id;
+                for sector in first..first + count {
+                    m.since[sector as usize].push(id);
+                }
+                id
+            };
+            let mut data = vec![0u8; (count * SECTOR) as usize];
+            stamp(seed, id, first, &mut data);
+            let (image, model) = (image.clone(), Rc::clone(model));
+            rig.sim.spawn("writer", async move {
+                image.write(first * SECTOR, &data).await.expect("no faults are injected");
+                let mut m = model.borrow_mut();
+                for sector in first..first + count {
+                    m.current[sector as usize] = id;
+                }
+            })
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(pinned_config(48))]
+
+    #[test]
+    fn the_engine_matches_the_model_through_concurrency_crashes_and_reopens(seed in any::<u64>(), geometry in geometry(), ops in proptest::collection::vec(op(), 1..25)) {
+        if let Err(failure) = run_case(seed, &geometry, ops) {
+            prop_assert!(false, "{failure} (geometry {geometry:?})");
+        }
+    }
+}
+
+#[test]
+fn reads_of_unwritten_sectors_return_the_base_image_or_zeros_beyond_it() {
+    let geometry = Geometry {
+        size_sectors: 4096,
+        base_sectors: 3000,
+        block_sectors: 15,
+        compact: true,
+        chunk_blocks: 3,
+        separate_data: false,
+        journal_bytes: 4096,
+    };
+    run_case(
+        7,
+        &geometry,
+        vec![Op::Batch(vec![(2990, 20)], vec![(0, 100), (2900, 50), (3500, 10)]), Op::Flush, Op::CloseAndReopen],
+    )
+    .unwrap();
+}
