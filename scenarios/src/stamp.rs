@@ -58,7 +58,9 @@ pub enum SectorValue {
         /// The base sector it came from.
         sector: u64,
     },
-    /// Anything else: zeros where the base has data, torn or foreign bytes.
+    /// All zeros where the base image has data (read from never-written image storage).
+    Zeros,
+    /// Anything else: torn or foreign bytes.
     Garbage,
 }
 
@@ -68,6 +70,7 @@ impl std::fmt::Display for SectorValue {
             SectorValue::Original => f.write_str("its original content"),
             SectorValue::Stamped { write_id, sector } => write!(f, "write #{write_id}'s data for sector {sector}"),
             SectorValue::OtherBaseSector { sector } => write!(f, "base image sector {sector}"),
+            SectorValue::Zeros => f.write_str("zeros where the base image has data"),
             SectorValue::Garbage => f.write_str("garbage (neither original, stamped nor base data)"),
         }
     }
@@ -106,6 +109,9 @@ pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralCon
         if bytes == content.sector(other) {
             return SectorValue::OtherBaseSector { sector: other };
         }
+    }
+    if bytes.iter().all(|b| *b == 0) {
+        return SectorValue::Zeros;
     }
     SectorValue::Garbage
 }

@@ -151,9 +151,14 @@ fn read_all(rig: &Rig, image: &FvdImage, sectors: u64) -> Vec<u8> {
 }
 
 fn run_case(seed: u64, geometry: &Geometry, ops: Vec<Op>) -> Result<(), String> {
-    let rig = geometry.rig(seed);
+    run_case_with(seed, geometry, ops, Profile::Hardened)
+}
+
+fn run_case_with(seed: u64, geometry: &Geometry, ops: Vec<Op>, profile: Profile) -> Result<(), String> {
+    let mut rig = geometry.rig(seed);
+    rig.create.profile = profile;
     rig.create_image().map_err(|e| format!("create: {e}"))?;
-    let mut image = rig.open(Profile::Hardened).map_err(|e| format!("open: {e}"))?;
+    let mut image = rig.open(profile).map_err(|e| format!("open: {e}"))?;
     let sectors = geometry.size_sectors;
     let model = Rc::new(RefCell::new(Model {
         current: vec![0; sectors as usize],
@@ -275,13 +280,13 @@ fn run_case(seed: u64, geometry: &Geometry, ops: Vec<Op>) -> Result<(), String> 
                 let devices = rig.devices();
                 let report = rig
                     .sim
-                    .run(async move { check(&devices, Profile::Hardened, false).await })
+                    .run(async move { check(&devices, profile, false).await })
                     .expect("check cannot stall")
                     .map_err(|e| e.to_string())?;
                 if !report.is_clean() || report.needs_recovery {
                     return Err(format!("step {step}: check after a clean close: {report:?}"));
                 }
-                image = rig.open(Profile::Hardened).map_err(|e| format!("step {step}: reopen: {e}"))?;
+                image = rig.open(profile).map_err(|e| format!("step {step}: reopen: {e}"))?;
                 let mut m = model.borrow_mut();
                 m.durable = m.current.clone();
                 m.since.iter_mut().for_each(Vec::clear);
@@ -364,4 +369,39 @@ fn reads_of_unwritten_sectors_return_the_base_image_or_zeros_beyond_it() {
         vec![Op::Batch(vec![(2990, 20)], vec![(0, 100), (2900, 50), (3500, 10)]), Op::Flush, Op::CloseAndReopen],
     )
     .unwrap();
+}
+
+/// The `v1` profile loses data where the hardened engine does not: the same seeds, geometry and
+/// crash points. v1 lets a journal record reach the media before the data it describes, so after a
+/// crash a block maps to the image while its data never landed.
+#[test]
+fn the_v1_profile_loses_data_where_the_hardened_engine_does_not() {
+    let geometry = Geometry {
+        size_sectors: 4096,
+        base_sectors: 4096,
+        block_sectors: 8,
+        compact: false,
+        chunk_blocks: 1,
+        separate_data: false,
+        journal_bytes: 4096,
+    };
+    let ops = |at| {
+        vec![Op::CrashDuring(
+            vec![(3, 2), (100, 20), (1000, 9)],
+            at,
+            CrashPlan { strategy: CrashStrategy::RANDOM, atomic_unit: AtomicUnit::Sector },
+        )]
+    };
+    let mut v1_failures = Vec::new();
+    for seed in 0..40u64 {
+        let at = 20 + seed * 3;
+        if let Err(failure) = run_case_with(seed, &geometry, ops(at), Profile::V1) {
+            v1_failures.push((seed, failure));
+        }
+        run_case_with(seed, &geometry, ops(at), Profile::Hardened)
+            .unwrap_or_else(|f| panic!("hardened failed on seed {seed}: {f}"));
+    }
+    assert!(!v1_failures.is_empty(), "the v1 profile should lose data on at least one of 40 seeds");
+    let (seed, failure) = &v1_failures[0];
+    assert!(failure.contains("after a crash"), "seed {seed}: {failure}");
 }
