@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(decode(9, 100, &base.sector(3), Some((&base, 1000))), SectorValue::OtherBaseSector { sector: 3 });
         assert_eq!(
             decode(9, 100, &[0u8; 512], Some((&base, 1000))),
-            SectorValue::Garbage,
+            SectorValue::Zeros,
             "zeros where the base has data are wrong"
         );
         assert_eq!(
