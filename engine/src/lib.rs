@@ -16,6 +16,6 @@ pub mod image;
 
 pub use error::FvdError;
 pub use image::{
-    BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, OpenOptions,
-    PrefetchSettings, Profile, check,
+    BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, MapExtent,
+    MapSource, OpenOptions, PrefetchSettings, Profile, check,
 };

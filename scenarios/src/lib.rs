@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod demo;
 pub mod host;
+pub mod img;
 pub mod rig;
 pub mod stamp;

@@ -28,6 +28,11 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         crashes: u32,
     },
+    /// Create, inspect, check, read and write FVD images on real files (like qemu-img and qemu-io).
+    Img {
+        #[command(subcommand)]
+        command: fvd_scenarios::img::ImgCommand,
+    },
     /// Wall-clock benchmarks; prints figures (and one JSON object with --json).
     Bench {
         /// Which benchmark.
@@ -80,6 +85,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Command::Img { command } => match fvd_scenarios::img::run(command) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("fvdsim img: {}", error.message);
+                ExitCode::from(error.code)
+            }
+        },
         Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles } => {
             let report = run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, ..SimBenchOptions::default() });
             if json {

@@ -271,3 +271,84 @@ impl FvdImage {
         assert_eq!(state.write_locks.len(), 0, "no write lock leaked");
     }
 }
+
+/// Where a run of the virtual disk's data lives (`fvdsim img map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapSource {
+    /// In the base image at the same offset.
+    Base,
+    /// In the image's data area at this byte offset of the data device.
+    Image {
+        /// Byte offset on the data device.
+        data_offset_bytes: u64,
+    },
+    /// Unallocated (compact): reads as zeros.
+    Zero,
+}
+
+/// One extent of [`FvdImage::map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapExtent {
+    /// First virtual byte.
+    pub offset_bytes: u64,
+    /// Length in bytes.
+    pub len_bytes: u64,
+    /// Where it lives.
+    pub source: MapSource,
+}
+
+impl FvdImage {
+    /// The virtual disk as extents by where their data lives, merged where contiguous.
+    pub fn map(&self) -> Vec<MapExtent> {
+        let layout = self.inner.layout;
+        let state = self.inner.state.borrow();
+        let step = match (layout.has_base(), layout.compact) {
+            (true, true) => layout.block_size.min(layout.chunk_size),
+            (true, false) => layout.block_size,
+            (false, true) => layout.chunk_size,
+            (false, false) => layout.virtual_size,
+        };
+        let mut extents: Vec<MapExtent> = Vec::new();
+        let mut at = 0u64;
+        while at < layout.virtual_size {
+            let mut next = (at / step + 1) * step;
+            if layout.has_base() && at < layout.base_size {
+                next = next.min(layout.base_size);
+            }
+            let next = next.min(layout.virtual_size);
+            let in_base = layout.has_base()
+                && !state.header.all_data_in_fvd_img
+                && at < layout.base_size
+                && !state.fresh.get(at / layout.block_size);
+            let source = if in_base {
+                MapSource::Base
+            } else if layout.compact {
+                match state.physical_chunk(at / layout.chunk_size) {
+                    Some(id) => MapSource::Image {
+                        data_offset_bytes: layout.data_offset + id * layout.chunk_size + at % layout.chunk_size,
+                    },
+                    None => MapSource::Zero,
+                }
+            } else {
+                MapSource::Image { data_offset_bytes: layout.data_offset + at }
+            };
+            let len = next - at;
+            match extents.last_mut() {
+                Some(last) if contiguous(last, source) => last.len_bytes += len,
+                _ => extents.push(MapExtent { offset_bytes: at, len_bytes: len, source }),
+            }
+            at = next;
+        }
+        extents
+    }
+}
+
+fn contiguous(last: &MapExtent, next: MapSource) -> bool {
+    match (last.source, next) {
+        (MapSource::Base, MapSource::Base) | (MapSource::Zero, MapSource::Zero) => true,
+        (MapSource::Image { data_offset_bytes: a }, MapSource::Image { data_offset_bytes: b }) => {
+            a + last.len_bytes == b
+        }
+        _ => false,
+    }
+}
