@@ -57,6 +57,8 @@ enum Command {
 enum BenchKind {
     /// The simulator: random writes and crash cycles.
     Sim,
+    /// The FVD engine on real files: allocating writes and rewrites over a base image.
+    Engine,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +94,22 @@ fn main() -> ExitCode {
                 ExitCode::from(error.code)
             }
         },
+        Command::Bench { which: BenchKind::Engine, json, .. } => {
+            match fvd_scenarios::bench::run_engine_bench(&fvd_scenarios::bench::EngineBenchOptions::default()) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&report).expect("bench report serialises"));
+                    } else {
+                        println!("{report}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("fvdsim bench engine: {error:#}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
         Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles } => {
             let report = run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, ..SimBenchOptions::default() });
             if json {
