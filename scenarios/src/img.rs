@@ -47,17 +47,15 @@ impl From<FvdError> for ImgError {
 /// Parses a byte size: a number with an optional `K`, `M`, `G` or `T` suffix (powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    let shift_of = |c: char| match c.to_ascii_uppercase() {
+        'K' => Some(10),
+        'M' => Some(20),
+        'G' => Some(30),
+        'T' => Some(40),
+        _ => None,
+    };
     let (digits, shift) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("invalid size {text:?}: unknown suffix {c:?} (use K, M, G or T)")),
-            };
-            (&text[..i], shift)
-        }
+        Some((i, c)) if shift_of(c).is_some() && !text.starts_with("0x") => (&text[..i], shift_of(c).unwrap_or(0)),
         _ => (text, 0),
     };
     let value: u64 =
@@ -400,7 +398,7 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(64 << 10));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert_eq!(parse_size("0x200"), Ok(512));
-        assert!(parse_size("12Q").unwrap_err().contains("unknown suffix"));
+        assert!(parse_size("12Q").unwrap_err().contains("K, M, G or T"));
         assert!(parse_size("abc").unwrap_err().contains("expected a number"));
         assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
         assert_eq!(parse_pattern("0xab"), Ok(0xab));
