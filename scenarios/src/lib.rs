@@ -4,5 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod host;
 pub mod img;
+pub mod oracle;
 pub mod rig;
 pub mod stamp;
+pub mod trace;
