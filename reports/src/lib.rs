@@ -1,1 +1,10 @@
+//! Reports of fvdsim runs: simulated-latency histograms (HdrHistogram), SVG charts (plotters,
+//! SVG backend only) and the HTML index. Depends on no other fvdsim crate: the runner fills plain
+//! data in, and charts redraw from saved JSON.
 
+pub mod chart;
+pub mod html;
+pub mod latency;
+
+/// Version of `report.json`; bump on any incompatible change.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
