@@ -1,6 +1,7 @@
 //! Scenarios, the oracle, benchmarks and the `fvdsim` command line.
 
 pub mod bench;
+pub mod campaign;
 pub mod demo;
 pub mod host;
 pub mod img;

@@ -20,6 +20,10 @@ use smallvec::SmallVec;
 /// The value of a never-written sector.
 pub const ORIGINAL: u32 = 0;
 
+/// A sector torn by a crash with no atomic unit: it holds no single value and any content is
+/// accepted until a write replaces it.
+pub const TORN: u32 = u32::MAX;
+
 const LEAF_SECTORS: u64 = 128;
 
 type Set = SmallVec<[u32; 2]>;
@@ -202,7 +206,9 @@ impl Oracle {
             let state = &mut leaf[(sector % LEAF_SECTORS) as usize];
             if ok {
                 // Everything completed before this write was submitted is overwritten.
-                state.current.retain(|v| *v != ORIGINAL && writes[*v as usize - 1].complete_seq > info.submit_seq);
+                state
+                    .current
+                    .retain(|v| *v != ORIGINAL && *v != TORN && writes[*v as usize - 1].complete_seq > info.submit_seq);
             }
             state.current.push(id);
         }

@@ -111,6 +111,26 @@ impl Rig {
         self.base_content.as_ref().map(|c| (c, base_sectors))
     }
 
+    /// Power loss for the whole world: drops every task and timer, resolves the image's (and data
+    /// file's) unflushed writes per `plan`, and resets the base image disk (it holds nothing
+    /// volatile, but its requests in flight are gone too). Returns the image disk's record.
+    pub fn crash(&self, plan: fvd_sim::CrashPlan) -> fvd_sim::CrashRecord {
+        self.sim.abort_all_tasks();
+        self.sim.clear_progress_hook();
+        self.sim.halt_after_events(None);
+        let record = self.image.crash(plan);
+        if let Some(data) = &self.data {
+            data.crash(plan);
+        }
+        if let Some(base) = &self.base {
+            base.crash(fvd_sim::CrashPlan {
+                strategy: fvd_sim::CrashStrategy::Clean,
+                atomic_unit: fvd_sim::AtomicUnit::Sector,
+            });
+        }
+        record
+    }
+
     /// Creates the image (runs the world).
     pub fn create_image(&self) -> Result<(), RigError> {
         let devices = self.devices();

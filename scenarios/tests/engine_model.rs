@@ -236,11 +236,7 @@ fn run_case_with(seed: u64, geometry: &Geometry, ops: Vec<Op>, profile: Profile)
                     Ok(()) | Err(RunError::Halted(_)) => {}
                     Err(other) => return Err(format!("step {step}: crash batch: {other}")),
                 }
-                rig.sim.abort_all_tasks();
-                rig.image.crash(plan);
-                if let Some(data) = &rig.data {
-                    data.crash(plan);
-                }
+                rig.crash(plan);
                 image = rig
                     .open(Profile::Hardened)
                     .map_err(|e| format!("step {step}: recovery after crash ({plan:?}): {e}"))?;

@@ -336,6 +336,9 @@ impl Sim {
     /// Errors: [`RunError::Stall`] and [`RunError::TimeLimit`] (liveness failures) and
     /// [`RunError::Halted`] (a requested crash point). Panics inside tasks propagate.
     pub fn run<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> Result<T, RunError> {
+        // A halt belongs to the run it interrupts: one requested as the previous run finished
+        // anyway is moot.
+        *self.world.halt.borrow_mut() = None;
         let main = self.handle.spawn("main", future);
         loop {
             if let Some(value) = main.try_take() {
@@ -483,36 +486,9 @@ impl Sim {
         StallReport { at_ns: self.world.now_ns.get(), waiting }
     }
 
-    /// Sets the hook called at every engine progress point with the point and the current time;
-    /// returning `true` halts the world there (a crash at a named point).
-    pub fn set_progress_hook(&self, hook: impl FnMut(Progress, u64) -> bool + 'static) {
-        *self.world.progress_hook.borrow_mut() = Some(Box::new(hook));
-    }
-
-    /// Removes the progress hook.
-    pub fn clear_progress_hook(&self) {
-        *self.world.progress_hook.borrow_mut() = None;
-    }
-
-    /// Halts the world once the event log reaches `count` events (a crash at a chosen event);
-    /// `None` clears it.
-    pub fn halt_after_events(&self, count: Option<u64>) {
-        self.world.halt_at_event.set(count);
-    }
-
-    /// Makes [`Sim::run`] fail with [`RunError::TimeLimit`] instead of passing `limit_ns`.
-    pub fn set_time_limit_ns(&self, limit_ns: Option<u64>) {
-        self.world.time_limit_ns.set(limit_ns);
-    }
-
     /// The rolling hash of the event log.
     pub fn log_hash(&self) -> u64 {
         self.world.log.borrow().hash()
-    }
-
-    /// The number of logged events.
-    pub fn event_count(&self) -> u64 {
-        self.world.log.borrow().count()
     }
 
     /// Runs `f` on the event log.
@@ -544,6 +520,28 @@ impl std::fmt::Debug for SimHandle {
 impl SimHandle {
     fn world(&self) -> Rc<World> {
         self.world.upgrade().expect("the simulated world was dropped while a handle was in use")
+    }
+
+    /// Sets the hook called at every engine progress point with the point and the current time;
+    /// returning `true` halts the world there (a crash at a named point).
+    pub fn set_progress_hook(&self, hook: impl FnMut(Progress, u64) -> bool + 'static) {
+        *self.world().progress_hook.borrow_mut() = Some(Box::new(hook));
+    }
+
+    /// Removes the progress hook.
+    pub fn clear_progress_hook(&self) {
+        *self.world().progress_hook.borrow_mut() = None;
+    }
+
+    /// Halts the world once the event log reaches `count` events (a crash at a chosen event);
+    /// `None` clears it.
+    pub fn halt_after_events(&self, count: Option<u64>) {
+        self.world().halt_at_event.set(count);
+    }
+
+    /// Makes [`Sim::run`] fail with [`RunError::TimeLimit`] instead of passing `limit_ns`.
+    pub fn set_time_limit_ns(&self, limit_ns: Option<u64>) {
+        self.world().time_limit_ns.set(limit_ns);
     }
 
     /// The run's master seed.
@@ -608,6 +606,11 @@ impl SimHandle {
             len_bytes: 0,
         });
         JoinHandle { state, task: id, handle: self.clone() }
+    }
+
+    /// The number of events logged so far.
+    pub fn event_count(&self) -> u64 {
+        self.world().log.borrow().count()
     }
 
     /// Records what the current task's leaf future waits on (for stall reports).

@@ -169,35 +169,49 @@ impl FvdImage {
         let layout = inner.layout;
         let block_sectors = layout.block_size / SECTOR;
         let base_sectors = layout.base_size / SECTOR;
-        // Wait for copies overlapping this write (dependent writes), then classify and lock in
-        // one step, with no await between.
-        inner.until(|s| !s.copy_locks.overlaps(start, end)).await;
-        let (merged_start, merged_end, copy_lock, write_lock) = {
-            let mut state = inner.state.borrow_mut();
-            assert!(!state.copy_locks.overlaps(start, end), "classification runs with no overlapping copy");
-            let head_block = start / block_sectors;
-            let tail_block = (end - 1) / block_sectors;
-            let head_partial = !start.is_multiple_of(block_sectors)
-                && head_block * block_sectors < base_sectors
-                && !state.fresh.get(head_block);
-            let tail_partial = !end.is_multiple_of(block_sectors) && end < base_sectors && !state.fresh.get(tail_block);
-            let merged_start = if head_partial { head_block * block_sectors } else { start };
-            let merged_end =
-                if tail_partial { ((tail_block + 1) * block_sectors).min(base_sectors).max(end) } else { end };
-            let copy_range = match (head_partial, tail_partial) {
-                (true, true) => Some((merged_start, merged_end)),
-                (true, false) => Some((merged_start, ((head_block + 1) * block_sectors).min(merged_end))),
-                (false, true) => Some((tail_block * block_sectors, merged_end)),
-                (false, false) => None,
+        // Wait for copies overlapping this write (dependent writes), classify, and make sure the
+        // base data this write copies does not land over an in-flight guest write (a write that
+        // covers a whole block takes no copy lock, so it is found through the write locks).
+        // Checks and lock-taking happen in one step with no await between: no hold-and-wait.
+        let (merged_start, merged_end, copy_lock, write_lock) = loop {
+            inner.until(|s| !s.copy_locks.overlaps(start, end)).await;
+            let blocked_on = {
+                let mut state = inner.state.borrow_mut();
+                assert!(!state.copy_locks.overlaps(start, end), "classification runs with no overlapping copy");
+                let head_block = start / block_sectors;
+                let tail_block = (end - 1) / block_sectors;
+                let head_partial = !start.is_multiple_of(block_sectors)
+                    && head_block * block_sectors < base_sectors
+                    && !state.fresh.get(head_block);
+                let tail_partial =
+                    !end.is_multiple_of(block_sectors) && end < base_sectors && !state.fresh.get(tail_block);
+                let merged_start = if head_partial { head_block * block_sectors } else { start };
+                let merged_end =
+                    if tail_partial { ((tail_block + 1) * block_sectors).min(base_sectors).max(end) } else { end };
+                let copy_range = match (head_partial, tail_partial) {
+                    (true, true) => Some((merged_start, merged_end)),
+                    (true, false) => Some((merged_start, ((head_block + 1) * block_sectors).min(merged_end))),
+                    (false, true) => Some((tail_block * block_sectors, merged_end)),
+                    (false, false) => None,
+                };
+                match copy_range {
+                    Some((s, e)) if state.write_locks.overlaps(s, e) => Err((s, e)),
+                    _ => {
+                        let copy_lock = copy_range.map(|(s, e)| {
+                            let lock = RangeLock { id: state.lock_id(), start: s, end: e };
+                            state.copy_locks.insert(lock);
+                            lock
+                        });
+                        let write_lock = RangeLock { id: state.lock_id(), start, end };
+                        state.write_locks.insert(write_lock);
+                        Ok((merged_start, merged_end, copy_lock, write_lock))
+                    }
+                }
             };
-            let copy_lock = copy_range.map(|(s, e)| {
-                let lock = RangeLock { id: state.lock_id(), start: s, end: e };
-                state.copy_locks.insert(lock);
-                lock
-            });
-            let write_lock = RangeLock { id: state.lock_id(), start, end };
-            state.write_locks.insert(write_lock);
-            (merged_start, merged_end, copy_lock, write_lock)
+            match blocked_on {
+                Ok(locked) => break locked,
+                Err((s, e)) => inner.until(|state| !state.write_locks.overlaps(s, e)).await,
+            }
         };
         let result = self.copy_on_write_store(start, end, merged_start, merged_end, data, copy_lock).await;
         let table_change = {
@@ -306,10 +320,13 @@ impl FvdImage {
         }
         let mut state = inner.state.borrow_mut();
         if result.is_ok() {
-            for chunk in &newly_allocated {
-                state.unlanded.remove(chunk);
+            // Data landed in every touched chunk, including chunks an earlier, failed write
+            // allocated: each now holds data and its mapping may go home.
+            for chunk in first_chunk..end_chunk {
+                state.unlanded.remove(&chunk);
             }
         }
+        drop(newly_allocated);
         result?;
         let uncommitted = (first_chunk..end_chunk)
             .any(|c| state.table[c as usize] & DIRTY_TABLE_BIT != 0 && state.table[c as usize] != EMPTY_TABLE_ENTRY);

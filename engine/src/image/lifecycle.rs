@@ -232,6 +232,7 @@ impl FvdImage {
             used_chunks,
             storage_chunks,
             growing: false,
+            extension_busy: false,
             journal: JournalState::default(),
             copy_locks: LockSet::default(),
             write_locks: LockSet::default(),
@@ -388,40 +389,20 @@ impl FvdImage {
     /// Hardened: writes a header extension with the next journal epoch (FUA) and restarts the
     /// journal at sector 0; older sectors can never be replayed again. v1: just restarts.
     pub(crate) async fn start_new_journal_round(&self) -> Result<(), FvdError> {
-        let inner = &self.inner;
-        let next = {
-            let state = inner.state.borrow();
-            state.extension.map(|e| HeaderExtension {
-                generation: e.generation + 1,
-                journal_epoch: e.journal_epoch + 1,
-                allocated_chunks: e.allocated_chunks.max(state.used_chunks),
-                flags: e.flags,
+        if self.inner.hardened() {
+            self.write_extension(|current, used_chunks| match current {
+                Some(e) => HeaderExtension {
+                    generation: e.generation + 1,
+                    journal_epoch: e.journal_epoch + 1,
+                    allocated_chunks: e.allocated_chunks.max(used_chunks),
+                    flags: e.flags,
+                },
+                // A v1 image opened by the hardened engine gains an extension.
+                None => HeaderExtension { generation: 1, journal_epoch: 1, allocated_chunks: used_chunks, flags: 0 },
             })
-        };
-        let next = match (inner.hardened(), next) {
-            (true, Some(next)) => Some(next),
-            // A v1 image opened by the hardened engine gains an extension.
-            (true, None) => Some(HeaderExtension {
-                generation: 1,
-                journal_epoch: 1,
-                allocated_chunks: inner.state.borrow().used_chunks,
-                flags: 0,
-            }),
-            (false, _) => None,
-        };
-        if let Some(extension) = next {
-            inner
-                .devices
-                .image
-                .write_at(extension.slot_offset(), &extension.encode_sector(), WriteFlags::FUA)
-                .await
-                .map_err(io("journal round: write header extension"))?;
+            .await?;
         }
-        let mut state = inner.state.borrow_mut();
-        if next.is_some() {
-            state.extension = next;
-        }
-        state.journal.next_sector = 0;
+        self.inner.state.borrow_mut().journal.next_sector = 0;
         Ok(())
     }
 
@@ -429,27 +410,42 @@ impl FvdImage {
     /// `used_chunks + extra` may be handed out. Runs before any chunk beyond the old mark is used,
     /// so chunks above the mark never held data; `extra` batches the extension writes.
     pub(crate) async fn raise_allocation_mark(&self, extra: u64) -> Result<(), FvdError> {
-        let inner = &self.inner;
-        let next = {
-            let state = inner.state.borrow();
-            let Some(e) = state.extension else { return Ok(()) };
+        if self.inner.state.borrow().extension.is_none() {
+            return Ok(());
+        }
+        self.write_extension(|current, used_chunks| {
+            let e = current.expect("an extension, once present, is never removed");
             HeaderExtension {
                 generation: e.generation + 1,
                 journal_epoch: e.journal_epoch,
-                allocated_chunks: state.used_chunks + extra,
+                allocated_chunks: used_chunks + extra,
                 flags: e.flags,
             }
+        })
+        .await
+    }
+
+    /// Writes the next header extension, computed by `next` from the current one and the bump
+    /// pointer, one writer at a time (two concurrent writers would pick the same generation and
+    /// slot). The in-memory extension changes only once the write completed.
+    async fn write_extension(
+        &self,
+        next: impl Fn(Option<HeaderExtension>, u64) -> HeaderExtension,
+    ) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        inner.until(|s| !s.extension_busy).await;
+        let extension = {
+            let mut state = inner.state.borrow_mut();
+            state.extension_busy = true;
+            next(state.extension, state.used_chunks)
         };
-        inner
-            .devices
-            .image
-            .write_at(next.slot_offset(), &next.encode_sector(), WriteFlags::FUA)
-            .await
-            .map_err(io("chunk allocation: write header extension"))?;
+        let written =
+            inner.devices.image.write_at(extension.slot_offset(), &extension.encode_sector(), WriteFlags::FUA).await;
         let mut state = inner.state.borrow_mut();
-        let journal_epoch = state.extension.map_or(next.journal_epoch, |e| e.journal_epoch);
-        debug_assert_eq!(journal_epoch, next.journal_epoch, "no journal round starts during an allocation-mark write");
-        state.extension = Some(next);
+        state.extension_busy = false;
+        state.wake_all();
+        written.map_err(io("write header extension"))?;
+        state.extension = Some(extension);
         Ok(())
     }
 

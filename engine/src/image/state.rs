@@ -102,6 +102,8 @@ pub(crate) struct State {
     pub(crate) storage_chunks: u64,
     /// A storage grow is running.
     pub(crate) growing: bool,
+    /// A header-extension write is running (extension writes are serialised).
+    pub(crate) extension_busy: bool,
     pub(crate) journal: JournalState,
     pub(crate) copy_locks: LockSet,
     pub(crate) write_locks: LockSet,

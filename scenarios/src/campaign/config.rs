@@ -1,0 +1,415 @@
+//! What a run does: the configuration recorded in every report and failure file, and the named
+//! scenarios (`fvdsim scenarios`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::trace::TraceFormat;
+use fvd_sim::{AtomicUnit, CrashStrategy, FaultPlan, Seed};
+
+/// Engine profile, as written in configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileName {
+    /// The hardened engine (default).
+    Hardened,
+    /// The 2011 behaviour.
+    V1,
+}
+
+impl From<ProfileName> for fvd_engine::Profile {
+    fn from(name: ProfileName) -> fvd_engine::Profile {
+        match name {
+            ProfileName::Hardened => fvd_engine::Profile::Hardened,
+            ProfileName::V1 => fvd_engine::Profile::V1,
+        }
+    }
+}
+
+/// How trace requests are issued.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ReplayMode {
+    /// At the recorded times, multiplied by `time_scale` (0.01 replays 100× faster).
+    OpenLoop {
+        /// Multiplier of recorded times.
+        time_scale: f64,
+        /// Cap on requests in flight (further requests wait).
+        max_in_flight: u32,
+    },
+    /// As fast as completions allow, `queue_depth` requests in flight.
+    ClosedLoop {
+        /// Requests in flight.
+        queue_depth: u32,
+    },
+}
+
+/// The guest workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum WorkloadConfig {
+    /// Replay a block trace; offsets wrap to the virtual disk.
+    Trace {
+        /// Trace file (relative paths resolve against the current directory).
+        path: String,
+        /// Its format.
+        format: TraceFormat,
+        /// How requests are issued.
+        mode: ReplayMode,
+    },
+    /// qemu-test style (`fvd-v1.md` §5.3): `testers` in parallel, reads and writes, half of the
+    /// offsets near another tester's request so requests overlap and race.
+    Random {
+        /// Parallel testers, one request in flight each.
+        testers: u32,
+        /// Requests in all.
+        requests: u64,
+        /// Longest request, sectors.
+        max_sectors: u64,
+        /// Reads per mille of requests (the rest are writes).
+        read_per_mille: u32,
+    },
+}
+
+/// The image under test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Virtual disk size, bytes.
+    pub size_bytes: u64,
+    /// Base image size, bytes (0: none). Procedural, non-zero content.
+    pub base_bytes: u64,
+    /// Compact image.
+    pub compact: bool,
+    /// Block size, bytes.
+    pub block_bytes: u64,
+    /// Chunk size, bytes (compact).
+    pub chunk_bytes: u64,
+    /// Storage grow unit, bytes (compact).
+    pub grow_unit_bytes: u64,
+    /// Journal size, bytes.
+    pub journal_bytes: u64,
+    /// Data in a separate file.
+    pub separate_data: bool,
+    /// Device profile of the image disk (`nvme`, `ssd`, `hdd`, `nfs`).
+    pub image_device: String,
+    /// Device profile of the base image disk.
+    pub base_device: String,
+}
+
+/// Where a crash is aimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashPoint {
+    /// At a random event of the event log.
+    RandomEvent,
+    /// While a journal write is in flight.
+    JournalWriteInFlight,
+    /// After a journal write landed, before the guest was acknowledged.
+    JournalWriteLanded,
+    /// During a journal recycle (just after it began).
+    MidRecycle,
+    /// Right after the bitmap and table were written home.
+    MetadataWrittenHome,
+    /// During a copy-on-read or prefetch store.
+    CopyStore,
+}
+
+impl CrashPoint {
+    /// The kebab-case name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::RandomEvent => "random-event",
+            CrashPoint::JournalWriteInFlight => "journal-write-in-flight",
+            CrashPoint::JournalWriteLanded => "journal-write-landed",
+            CrashPoint::MidRecycle => "mid-recycle",
+            CrashPoint::MetadataWrittenHome => "metadata-written-home",
+            CrashPoint::CopyStore => "copy-store",
+        }
+    }
+
+    /// True for the two mid-journal points.
+    pub fn is_mid_journal(self) -> bool {
+        matches!(self, CrashPoint::JournalWriteInFlight | CrashPoint::JournalWriteLanded)
+    }
+}
+
+/// One planned crash.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CrashSpec {
+    /// Armed once this many workload requests were issued.
+    pub after_request: u64,
+    /// Where it is aimed.
+    pub point: CrashPoint,
+    /// Which occurrence of the point after arming (1-based), or events after arming for
+    /// `random-event`.
+    pub occurrence: u64,
+    /// How unflushed writes resolve.
+    pub strategy: CrashStrategy,
+    /// The disk's atomic unit.
+    pub atomic_unit: AtomicUnit,
+}
+
+/// The crash plan: either drawn from the seed or explicit (repro and shrink files carry it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashConfig {
+    /// Crashes to draw when `schedule` is absent.
+    pub count: u32,
+    /// Points to cycle through when drawing (in order, with random occurrences).
+    pub points: Vec<CrashPoint>,
+    /// Atomic units to draw from.
+    pub atomic_units: Vec<AtomicUnit>,
+    /// The explicit schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<CrashSpec>>,
+}
+
+/// Everything that determines a run (with the seed and the build).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Scenario name.
+    pub scenario: String,
+    /// Master seed.
+    pub seed: Seed,
+    /// Engine profile.
+    pub profile: ProfileName,
+    /// Workload.
+    pub workload: WorkloadConfig,
+    /// Image.
+    pub image: ImageConfig,
+    /// Crashes.
+    pub crashes: CrashConfig,
+    /// Faults injected on the image disk.
+    #[serde(default)]
+    pub faults: FaultPlan,
+    /// A guest flush after every this many requests (0: never).
+    pub flush_every_requests: u64,
+    /// Stop after this many workload requests (shrink uses it; `None`: all).
+    #[serde(default)]
+    pub max_requests: Option<u64>,
+    /// Touched sectors sampled for verification after each crash, beyond every unsettled one.
+    pub verify_sample_sectors: u64,
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// A named scenario: name, one-line description, and its configuration for a seed.
+pub struct Scenario {
+    /// Name for `--scenario`.
+    pub name: &'static str,
+    /// One line for `fvdsim scenarios`.
+    pub description: &'static str,
+    /// Builds the configuration.
+    pub build: fn(Seed) -> RunConfig,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Path of the CloudPhysics trace beside the repository (`../shared/data`), found from the
+/// current directory or the executable's.
+pub fn default_trace_path() -> String {
+    let candidates = [
+        std::path::PathBuf::from("../shared/data/cloudphysics-vscsi.csv"),
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/cloudphysics-vscsi.csv")),
+    ];
+    candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]).display().to_string()
+}
+
+fn mixed_points() -> Vec<CrashPoint> {
+    // At least half mid-journal.
+    vec![
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::JournalWriteLanded,
+        CrashPoint::RandomEvent,
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::MidRecycle,
+        CrashPoint::JournalWriteLanded,
+        CrashPoint::MetadataWrittenHome,
+    ]
+}
+
+fn cloudphysics(seed: Seed) -> RunConfig {
+    RunConfig {
+        scenario: "cloudphysics".into(),
+        seed,
+        profile: ProfileName::Hardened,
+        workload: WorkloadConfig::Trace {
+            path: default_trace_path(),
+            format: TraceFormat::Cloudphysics,
+            mode: ReplayMode::OpenLoop { time_scale: 0.01, max_in_flight: 64 },
+        },
+        image: ImageConfig {
+            size_bytes: 32 * GIB,
+            base_bytes: 16 * GIB,
+            compact: true,
+            block_bytes: 7680, // 15 sectors: not a power of two, as test-fvd.sh used
+            chunk_bytes: 7680 * 128,
+            grow_unit_bytes: 7680 * 128 * 64,
+            journal_bytes: 256 << 10, // forces a recycle every few hundred writes
+            separate_data: false,
+            image_device: "ssd".into(),
+            base_device: "nfs".into(),
+        },
+        crashes: CrashConfig {
+            count: 24,
+            points: mixed_points(),
+            atomic_units: vec![AtomicUnit::Sector, AtomicUnit::Page],
+            schedule: None,
+        },
+        faults: FaultPlan::default(),
+        flush_every_requests: 64,
+        max_requests: None,
+        verify_sample_sectors: 20_000,
+    }
+}
+
+fn random(seed: Seed) -> RunConfig {
+    RunConfig {
+        scenario: "random".into(),
+        seed,
+        profile: ProfileName::Hardened,
+        workload: WorkloadConfig::Random { testers: 8, requests: 20_000, max_sectors: 128, read_per_mille: 450 },
+        image: ImageConfig {
+            size_bytes: 64 * MIB,
+            base_bytes: 48 * MIB,
+            compact: true,
+            block_bytes: 4096,
+            chunk_bytes: 64 << 10,
+            grow_unit_bytes: MIB,
+            journal_bytes: 64 << 10,
+            separate_data: false,
+            image_device: "nvme".into(),
+            base_device: "nfs".into(),
+        },
+        crashes: CrashConfig {
+            count: 20,
+            points: mixed_points(),
+            atomic_units: vec![AtomicUnit::Sector, AtomicUnit::Page],
+            schedule: None,
+        },
+        faults: FaultPlan::default(),
+        flush_every_requests: 50,
+        max_requests: None,
+        verify_sample_sectors: 4096,
+    }
+}
+
+fn random_faults(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "random-faults".into();
+    config.faults = FaultPlan {
+        read_error_per_million: 2_000,
+        write_error_per_million: 2_000,
+        flush_error_per_million: 5_000,
+        ..FaultPlan::default()
+    };
+    config
+}
+
+fn torn(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "torn".into();
+    config.crashes.atomic_units = vec![AtomicUnit::None];
+    config.image.separate_data = true;
+    config.image.block_bytes = 7680;
+    config.image.chunk_bytes = 7680 * 8;
+    config
+}
+
+fn tiny_journal(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "tiny-journal".into();
+    config.image.journal_bytes = 4096;
+    config.crashes.points = vec![
+        CrashPoint::MidRecycle,
+        CrashPoint::MetadataWrittenHome,
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::JournalWriteLanded,
+    ];
+    config
+}
+
+fn plain(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "plain".into();
+    config.image.compact = false;
+    config.image.block_bytes = 15872; // 31 sectors
+    config
+}
+
+/// Every named scenario.
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "cloudphysics",
+        description: "the main job: the CloudPhysics trace, compact image over a 16 GiB base, tiny journal, 24 crashes (most mid-journal)",
+        build: cloudphysics,
+    },
+    Scenario {
+        name: "random",
+        description: "qemu-test style: 8 racing testers on a 64 MiB compact image, 20 crashes",
+        build: random,
+    },
+    Scenario {
+        name: "random-faults",
+        description: "random, with injected read, write and flush errors on the image disk",
+        build: random_faults,
+    },
+    Scenario {
+        name: "torn",
+        description: "random, with no atomic unit: writes tear inside sectors at crashes; separate data file",
+        build: torn,
+    },
+    Scenario {
+        name: "tiny-journal",
+        description: "random with a one-page journal: recycles all the time, crashes aimed at recycles",
+        build: tiny_journal,
+    },
+    Scenario {
+        name: "plain",
+        description: "random on a non-compact image with 31-sector blocks (bitmap only)",
+        build: plain,
+    },
+];
+
+/// The scenario called `name`.
+pub fn scenario(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// Draws the crash schedule for `config` over `total_requests` from the seed's `crash-plan`
+/// stream.
+pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> {
+    if let Some(schedule) = &config.crashes.schedule {
+        return schedule.clone();
+    }
+    let mut rng = fvd_sim::SimRng::stream(config.seed, "crash-plan");
+    let count = u64::from(config.crashes.count);
+    if count == 0 || total_requests == 0 || config.crashes.points.is_empty() {
+        return Vec::new();
+    }
+    let segment = (total_requests / (count + 1)).max(1);
+    (0..count)
+        .map(|i| {
+            let point = config.crashes.points[(i % config.crashes.points.len() as u64) as usize];
+            let occurrence = match point {
+                CrashPoint::RandomEvent => rng.range_inclusive(1, 5_000),
+                _ => rng.range_inclusive(1, 4),
+            };
+            let strategy = match rng.below(4) {
+                0 => CrashStrategy::Prefix,
+                1 => CrashStrategy::Clean,
+                _ => CrashStrategy::RANDOM,
+            };
+            CrashSpec {
+                after_request: (i + 1) * segment + rng.below(segment / 2 + 1),
+                point,
+                occurrence,
+                strategy,
+                atomic_unit: *rng.pick(&config.crashes.atomic_units),
+            }
+        })
+        .collect()
+}

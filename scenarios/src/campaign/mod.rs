@@ -1,0 +1,9 @@
+//! The scenario runner: configurations and named scenarios, the run loop with crash injection
+//! and recovery, failure files and exact replay, shrinking, and the run directory (report.json,
+//! charts, index.html).
+
+pub mod config;
+pub mod run;
+
+pub use config::{RunConfig, SCENARIOS, scenario};
+pub use run::{Failure, FailureClass, RunOutcome, RunSummary, run};

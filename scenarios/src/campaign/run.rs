@@ -1,0 +1,997 @@
+//! Runs one configuration: builds the world, replays the workload through the engine with the
+//! oracle watching every request, crashes the world where the plan says, recovers, verifies,
+//! carries on, and reports.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use fvd_engine::{CreateOptions, FvdImage, JournalSize, ProgressPoint, check};
+use fvd_reports::latency::LatencyRecorder;
+use fvd_sim::{CrashPlan, DeviceProfile, FaultPlan, RunError, SimHandle, SimRng};
+use serde::{Deserialize, Serialize};
+
+use super::config::{CrashPoint, CrashSpec, ReplayMode, RunConfig, WorkloadConfig, draw_schedule};
+use crate::oracle::{ORIGINAL, Oracle, TORN};
+use crate::rig::{Rig, RigConfig};
+use crate::stamp::{SECTOR, SectorValue, decode, original, stamp};
+use crate::trace::{TraceOp, TraceRequest};
+
+/// What kind of failure a run found. Exit codes: safety, check and invariant 1; liveness 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// A read or a post-crash sector held a value no rule allows.
+    WrongData,
+    /// Recovery failed, or the engine's check found corruption.
+    Check,
+    /// An engine or simulator assertion failed (a panic).
+    Invariant,
+    /// A guest request never completed (stall) or the virtual time limit passed.
+    Liveness,
+    /// The engine returned an I/O error although no fault was injected.
+    UnexpectedError,
+}
+
+impl FailureClass {
+    /// The process exit code for this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            FailureClass::Liveness => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One sector that held a value no rule allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectorFailure {
+    /// Guest sector.
+    pub sector: u64,
+    /// The values it could legally hold, decoded.
+    pub allowed: Vec<String>,
+    /// What it held, decoded.
+    pub actual: String,
+}
+
+/// A failure, with what is needed to understand it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The class.
+    pub class: FailureClass,
+    /// One line.
+    pub message: String,
+    /// Failing sectors (at most 16).
+    pub sectors: Vec<SectorFailure>,
+    /// Workload requests issued when it was found.
+    pub at_request: u64,
+    /// Crashes applied before it was found.
+    pub after_crashes: usize,
+}
+
+/// One applied crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashSummary {
+    /// The plan entry.
+    pub spec: CrashSpec,
+    /// The point it fired at (a named point may fall back to a random event).
+    pub fired_at: CrashPoint,
+    /// Virtual time, ns.
+    pub at_ns: u64,
+    /// Workload requests issued before it.
+    pub at_request: u64,
+    /// Unflushed writes resolved: kept, dropped, torn units.
+    pub units_kept: u64,
+    /// Units dropped.
+    pub units_dropped: u64,
+    /// Units torn.
+    pub units_torn: u64,
+    /// Sectors verified after recovery.
+    pub sectors_verified: u64,
+    /// Journal sectors replayed by the recovery.
+    pub journal_sectors_replayed: u64,
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Workload requests issued.
+    pub requests: u64,
+    /// Reads completed.
+    pub reads: u64,
+    /// Writes completed.
+    pub writes: u64,
+    /// Guest flushes completed.
+    pub flushes: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Requests that failed with an injected I/O error.
+    pub io_errors: u64,
+    /// Crashes by the point they fired at.
+    pub crashes_by_point: BTreeMap<String, u64>,
+    /// Sectors checked by reads during the run and after crashes.
+    pub sectors_verified: u64,
+    /// Simulated time, seconds.
+    pub simulated_seconds: f64,
+    /// Journal recycles (all opens).
+    pub recycles: u64,
+    /// Journal writes (all opens).
+    pub journal_writes: u64,
+    /// Copy-on-write bytes (all opens).
+    pub copy_on_write_bytes: u64,
+}
+
+/// Everything a run produced.
+pub struct RunOutcome {
+    /// The configuration, with the crash schedule made explicit.
+    pub config: RunConfig,
+    /// Counters.
+    pub summary: RunSummary,
+    /// The first failure, if any.
+    pub failure: Option<Failure>,
+    /// Crashes applied.
+    pub crashes: Vec<CrashSummary>,
+    /// Simulated latencies.
+    pub latency: LatencyRecorder,
+    /// Rolling hash of the event log.
+    pub log_hash: u64,
+    /// Hash of the final image disk content.
+    pub image_hash: u64,
+    /// The last events of the log.
+    pub last_events: Vec<String>,
+}
+
+impl std::fmt::Debug for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOutcome")
+            .field("summary", &self.summary)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error in the configuration or its input (exit code 3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The workload's requests, resolved.
+enum Requests {
+    Trace(Rc<Vec<TraceRequest>>, ReplayMode),
+    Random { testers: u32, total: u64, max_sectors: u64, read_per_mille: u32 },
+}
+
+impl Requests {
+    fn total(&self) -> u64 {
+        match self {
+            Requests::Trace(trace, _) => trace.len() as u64,
+            Requests::Random { total, .. } => *total,
+        }
+    }
+}
+
+/// The state every workload task shares.
+struct Driver {
+    oracle: Oracle,
+    seed: u64,
+    disk_sectors: u64,
+    base: Option<(fvd_sim::ProceduralContent, u64)>,
+    next_request: u64,
+    total: u64,
+    flush_every: u64,
+    faults_on: bool,
+    failure: Option<Failure>,
+    summary: RunSummary,
+    latency: LatencyRecorder,
+    rng: SimRng,
+    in_flight: BTreeMap<u64, (u64, u64)>,
+    crashes_applied: usize,
+    arm: Option<Arming>,
+    fired: Option<CrashPoint>,
+}
+
+/// A crash waiting for its request count, then for its point.
+#[derive(Debug, Clone, Copy)]
+struct Arming {
+    spec: CrashSpec,
+    armed: bool,
+    fallback_at_request: u64,
+}
+
+type Shared = Rc<RefCell<Driver>>;
+
+impl Driver {
+    fn fail(&mut self, handle: &SimHandle, class: FailureClass, message: String, sectors: Vec<SectorFailure>) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                class,
+                message,
+                sectors,
+                at_request: self.summary.requests,
+                after_crashes: self.crashes_applied,
+            });
+        }
+        handle.halt();
+    }
+
+    fn describe(&self, sector: u64, value: u32) -> String {
+        if value == TORN {
+            return "torn by an earlier crash (any content)".into();
+        }
+        if value == ORIGINAL {
+            return if self.base.is_some_and(|(_, n)| sector < n) {
+                "original (base image data)".into()
+            } else {
+                "original (zeros)".into()
+            };
+        }
+        let (first, count) = self.oracle.write_range(value);
+        format!("write #{value} (sectors {first}..{})", first + count)
+    }
+
+    /// Checks `bytes` read from `sector` against `allowed`; returns the value found.
+    fn judge(&self, sector: u64, bytes: &[u8], allowed: &[u32]) -> Result<u32, SectorFailure> {
+        let found = match decode(self.seed, sector, bytes, self.base.as_ref().map(|(c, n)| (c, *n))) {
+            SectorValue::Original => Some(ORIGINAL),
+            SectorValue::Stamped { write_id, sector: meant } if meant == sector && write_id <= u64::from(u32::MAX) => {
+                Some(write_id as u32)
+            }
+            _ => None,
+        };
+        if allowed.contains(&TORN) {
+            return Ok(found.unwrap_or(TORN));
+        }
+        match found {
+            Some(value) if allowed.contains(&value) => Ok(value),
+            _ => Err(SectorFailure {
+                sector,
+                allowed: allowed.iter().map(|v| self.describe(sector, *v)).collect(),
+                actual: decode(self.seed, sector, bytes, self.base.as_ref().map(|(c, n)| (c, *n))).to_string(),
+            }),
+        }
+    }
+}
+
+fn device_profile(name: &str) -> Result<DeviceProfile, ConfigError> {
+    DeviceProfile::named(name).ok_or_else(|| {
+        ConfigError(format!("unknown device profile {name:?} (known: {})", DeviceProfile::BUILT_IN.join(", ")))
+    })
+}
+
+fn build_rig(config: &RunConfig) -> Result<Rig, ConfigError> {
+    let image = &config.image;
+    let mut create = CreateOptions::new(image.size_bytes);
+    create.compact = image.compact;
+    create.block_size = Some(image.block_bytes);
+    create.chunk_size = Some(image.chunk_bytes);
+    create.storage_grow_unit = Some(image.grow_unit_bytes);
+    create.journal = JournalSize::Bytes(image.journal_bytes);
+    create.profile = config.profile.into();
+    let rig = Rig::new(
+        config.seed,
+        RigConfig {
+            create,
+            base_bytes: image.base_bytes,
+            image_profile: device_profile(&image.image_device)?,
+            base_profile: device_profile(&image.base_device)?,
+            separate_data: image.separate_data,
+        },
+    );
+    Ok(rig)
+}
+
+fn load_requests(config: &RunConfig) -> Result<Requests, ConfigError> {
+    Ok(match &config.workload {
+        WorkloadConfig::Trace { path, format, mode } => {
+            let trace = crate::trace::load(std::path::Path::new(path), *format)
+                .map_err(|e| ConfigError(format!("trace: {e}")))?;
+            Requests::Trace(Rc::new(trace), *mode)
+        }
+        WorkloadConfig::Random { testers, requests, max_sectors, read_per_mille } => {
+            if *testers == 0 || *max_sectors == 0 {
+                return Err(ConfigError("random workload: testers and max_sectors must be positive".into()));
+            }
+            Requests::Random {
+                testers: *testers,
+                total: *requests,
+                max_sectors: *max_sectors,
+                read_per_mille: *read_per_mille,
+            }
+        }
+    })
+}
+
+/// Runs `config`. Errors only for bad configuration or input; every finding is in the outcome.
+pub fn run(config: &RunConfig) -> Result<RunOutcome, ConfigError> {
+    let requests = load_requests(config)?;
+    let rig = build_rig(config)?;
+    let total = config.max_requests.map_or(requests.total(), |m| m.min(requests.total()));
+    let mut config = config.clone();
+    let schedule: Vec<CrashSpec> =
+        draw_schedule(&config, total).into_iter().filter(|s| s.after_request < total).collect();
+    config.crashes.schedule = Some(schedule.clone());
+    let seed = config.seed;
+    let driver = Rc::new(RefCell::new(Driver {
+        oracle: Oracle::new(),
+        seed: seed.0,
+        disk_sectors: config.image.size_bytes / SECTOR,
+        base: rig.base_content.map(|c| (c, config.image.base_bytes.min(config.image.size_bytes) / SECTOR)),
+        next_request: 0,
+        total,
+        flush_every: config.flush_every_requests,
+        faults_on: !config.faults.is_empty(),
+        failure: None,
+        summary: RunSummary::default(),
+        latency: LatencyRecorder::new(1_000_000_000),
+        rng: SimRng::stream(seed, "workload"),
+        in_flight: BTreeMap::new(),
+        crashes_applied: 0,
+        arm: None,
+        fired: None,
+    }));
+    let mut crashes = Vec::new();
+    let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        campaign(&config, &rig, &requests, &schedule, &driver, &mut crashes)
+    }));
+    if let Err(panic) = body {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "panic".into());
+        let mut d = driver.borrow_mut();
+        if d.failure.is_none() {
+            let at_request = d.summary.requests;
+            let after_crashes = d.crashes_applied;
+            d.failure = Some(Failure {
+                class: FailureClass::Invariant,
+                message: format!("assertion failed: {message}"),
+                sectors: Vec::new(),
+                at_request,
+                after_crashes,
+            });
+        }
+    }
+    let mut d = driver.borrow_mut();
+    d.summary.simulated_seconds = rig.sim.now_ns() as f64 / 1e9;
+    let last_events = rig.sim.with_log(|log| log.tail().map(|e| e.to_string()).collect());
+    let latency = std::mem::replace(&mut d.latency, LatencyRecorder::new(1));
+    Ok(RunOutcome {
+        config,
+        summary: d.summary.clone(),
+        failure: d.failure.clone(),
+        crashes,
+        latency,
+        log_hash: rig.sim.log_hash(),
+        image_hash: rig.image.image_hash(),
+        last_events,
+    })
+}
+
+fn add_stats(driver: &Shared, image: &FvdImage) {
+    let stats = image.stats();
+    let mut d = driver.borrow_mut();
+    d.summary.recycles += stats.recycles;
+    d.summary.journal_writes += stats.journal_writes;
+    d.summary.copy_on_write_bytes += stats.copy_on_write_bytes;
+}
+
+/// The whole run; returns early (with the failure recorded in the driver) on the first finding.
+fn campaign(
+    config: &RunConfig,
+    rig: &Rig,
+    requests: &Requests,
+    schedule: &[CrashSpec],
+    driver: &Shared,
+    crashes: &mut Vec<CrashSummary>,
+) {
+    let profile = config.profile.into();
+    let handle = rig.sim.handle();
+    if let Err(error) = rig.create_image() {
+        driver.borrow_mut().fail(&handle, FailureClass::Check, format!("create failed: {error}"), Vec::new());
+        return;
+    }
+    let mut image = match rig.open(profile) {
+        Ok(image) => image,
+        Err(error) => {
+            return driver.borrow_mut().fail(&handle, FailureClass::Check, format!("open failed: {error}"), Vec::new());
+        }
+    };
+    rig.image.set_faults(config.faults.clone());
+    let mut pending: std::collections::VecDeque<CrashSpec> = schedule.iter().copied().collect();
+    loop {
+        {
+            let mut d = driver.borrow_mut();
+            d.arm = pending.front().map(|spec| Arming {
+                spec: *spec,
+                armed: false,
+                fallback_at_request: spec.after_request + fallback_window(d.total, schedule.len()),
+            });
+            d.fired = None;
+        }
+        let outcome = run_segment(rig, requests, driver, &image);
+        if driver.borrow().failure.is_some() {
+            return;
+        }
+        match outcome {
+            Ok(()) => break,
+            Err(RunError::Halted(_)) => {}
+            Err(error @ (RunError::Stall(_) | RunError::TimeLimit(_))) => {
+                return driver.borrow_mut().fail(
+                    &handle,
+                    FailureClass::Liveness,
+                    format!("liveness: {error}"),
+                    Vec::new(),
+                );
+            }
+        }
+        // A crash fired.
+        let spec = pending.pop_front().expect("a crash fired only when one was pending");
+        let fired_at = driver.borrow().fired.unwrap_or(CrashPoint::RandomEvent);
+        add_stats(driver, &image);
+        let record = rig.crash(CrashPlan { strategy: spec.strategy, atomic_unit: spec.atomic_unit });
+        let (kept, dropped, torn) = record.unit_counts();
+        let at_request = {
+            let mut d = driver.borrow_mut();
+            d.oracle.crashed();
+            d.in_flight.clear();
+            d.crashes_applied += 1;
+            *d.summary.crashes_by_point.entry(fired_at.name().to_string()).or_default() += 1;
+            d.summary.requests
+        };
+        // Recovery runs without injected faults: the plan is about the workload's requests.
+        rig.image.set_faults(FaultPlan::default());
+        image = match rig.open(profile) {
+            Ok(image) => image,
+            Err(error) => {
+                let message = format!(
+                    "recovery after crash {} ({} at request {at_request}) failed: {error}",
+                    crashes.len() + 1,
+                    fired_at.name()
+                );
+                return driver.borrow_mut().fail(&handle, FailureClass::Check, message, Vec::new());
+            }
+        };
+        let replayed = image.stats().recovered_sectors;
+        let verified = match verify_after_crash(
+            rig,
+            &image,
+            driver,
+            config.verify_sample_sectors,
+            spec.atomic_unit == fvd_sim::AtomicUnit::None,
+        ) {
+            Ok(verified) => verified,
+            Err(()) => return,
+        };
+        if !check_image(rig, driver, profile, &format!("after crash {}", crashes.len() + 1)) {
+            return;
+        }
+        image.assert_invariants();
+        crashes.push(CrashSummary {
+            spec,
+            fired_at,
+            at_ns: record.at_ns,
+            at_request,
+            units_kept: kept,
+            units_dropped: dropped,
+            units_torn: torn,
+            sectors_verified: verified,
+            journal_sectors_replayed: replayed,
+        });
+        rig.image.set_faults(config.faults.clone());
+    }
+    // The workload finished: disarm any crash that did not fire, flush, close cleanly, check.
+    rig.sim.clear_progress_hook();
+    rig.sim.halt_after_events(None);
+    rig.image.set_faults(FaultPlan::default());
+    let closing = image.clone();
+    let closed = rig.sim.run(async move {
+        closing.flush().await?;
+        closing.assert_invariants();
+        closing.close().await
+    });
+    add_stats(driver, &image);
+    match closed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return driver.borrow_mut().fail(
+                &handle,
+                FailureClass::UnexpectedError,
+                format!("final flush and close failed: {error}"),
+                Vec::new(),
+            );
+        }
+        Err(error) => {
+            return driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Liveness,
+                format!("liveness at close: {error}"),
+                Vec::new(),
+            );
+        }
+    }
+    check_image(rig, driver, profile, "after the clean close");
+}
+
+fn fallback_window(total: u64, crashes: usize) -> u64 {
+    (total / (crashes as u64 + 1) / 2).max(50)
+}
+
+/// Runs the workload until it ends, a crash fires or a failure halts the world.
+fn run_segment(rig: &Rig, requests: &Requests, driver: &Shared, image: &FvdImage) -> Result<(), RunError> {
+    let handle = rig.sim.handle();
+    let image = image.clone();
+    let driver = Rc::clone(driver);
+    match requests {
+        Requests::Random { testers, max_sectors, read_per_mille, .. } => {
+            let (testers, max_sectors, read_per_mille) = (*testers, *max_sectors, *read_per_mille);
+            rig.sim.run(async move {
+                let lanes: Vec<_> = (0..u64::from(testers))
+                    .map(|lane| {
+                        handle.spawn(
+                            "tester",
+                            random_lane(
+                                lane,
+                                Rc::clone(&driver),
+                                image.clone(),
+                                handle.clone(),
+                                max_sectors,
+                                read_per_mille,
+                            ),
+                        )
+                    })
+                    .collect();
+                for lane in lanes {
+                    lane.await;
+                }
+            })
+        }
+        Requests::Trace(trace, ReplayMode::ClosedLoop { queue_depth }) => {
+            let (trace, depth) = (Rc::clone(trace), *queue_depth);
+            rig.sim.run(async move {
+                let lanes: Vec<_> = (0..u64::from(depth.max(1)))
+                    .map(|lane| {
+                        handle.spawn(
+                            "replayer",
+                            closed_lane(lane, Rc::clone(&driver), image.clone(), handle.clone(), Rc::clone(&trace)),
+                        )
+                    })
+                    .collect();
+                for lane in lanes {
+                    lane.await;
+                }
+            })
+        }
+        Requests::Trace(trace, ReplayMode::OpenLoop { time_scale, max_in_flight }) => {
+            let (trace, scale, cap) = (Rc::clone(trace), *time_scale, *max_in_flight);
+            rig.sim.run(open_loop(driver, image, handle, trace, scale, cap))
+        }
+    }
+}
+
+/// Claims the next request index (arming a crash on the way); `None` when the workload is done.
+fn claim(driver: &Shared, handle: &SimHandle) -> Option<u64> {
+    let mut d = driver.borrow_mut();
+    if d.next_request >= d.total || d.failure.is_some() || handle.halted() {
+        return None;
+    }
+    let index = d.next_request;
+    d.next_request += 1;
+    d.summary.requests += 1;
+    let mut to_arm = None;
+    if let Some(arm) = d.arm.as_mut() {
+        if !arm.armed && index + 1 >= arm.spec.after_request {
+            arm.armed = true;
+            to_arm = Some(arm.spec);
+        } else if arm.armed && index >= arm.fallback_at_request && arm.spec.point != CrashPoint::RandomEvent {
+            // The named point did not come: crash at a random event shortly.
+            let events = 1 + d.rng.below(200);
+            handle.halt_after_events(Some(handle.event_count() + events));
+            d.arm = None;
+            d.fired = Some(CrashPoint::RandomEvent);
+        }
+    }
+    drop(d);
+    if let Some(spec) = to_arm {
+        arm_crash(driver, handle, spec);
+    }
+    Some(index)
+}
+
+fn arm_crash(driver: &Shared, handle: &SimHandle, spec: CrashSpec) {
+    let wanted = match spec.point {
+        CrashPoint::RandomEvent => {
+            handle.halt_after_events(Some(handle.event_count() + spec.occurrence));
+            driver.borrow_mut().fired = Some(CrashPoint::RandomEvent);
+            return;
+        }
+        CrashPoint::JournalWriteInFlight => ProgressPoint::JournalWriteSubmitted,
+        CrashPoint::JournalWriteLanded => ProgressPoint::JournalWriteCompleted,
+        CrashPoint::MidRecycle => ProgressPoint::RecycleBegin,
+        CrashPoint::MetadataWrittenHome => ProgressPoint::MetadataWrittenHome,
+        CrashPoint::CopyStore => ProgressPoint::CopyStored,
+    };
+    let mut seen = 0u64;
+    let hook_driver = Rc::clone(driver);
+    handle.set_progress_hook(move |progress, _| {
+        if progress.point != wanted {
+            return false;
+        }
+        seen += 1;
+        if seen < spec.occurrence {
+            return false;
+        }
+        let mut d = hook_driver.try_borrow_mut().expect("the driver is never borrowed across engine calls");
+        d.fired = Some(spec.point);
+        d.arm = None;
+        true
+    });
+}
+
+/// One request: the oracle sees it before and after; reads are judged sector by sector.
+async fn perform(
+    driver: &Shared,
+    image: &FvdImage,
+    handle: &SimHandle,
+    first: u64,
+    count: u64,
+    op: TraceOp,
+    lane: u64,
+) {
+    let started = handle.now_ns();
+    match op {
+        TraceOp::Write => {
+            let (id, seed) = {
+                let mut d = driver.borrow_mut();
+                d.in_flight.insert(lane, (first, count));
+                (d.oracle.write_submitted(first, count), d.seed)
+            };
+            let mut data = vec![0u8; (count * SECTOR) as usize];
+            stamp(seed, u64::from(id), first, &mut data);
+            let result = image.write(first * SECTOR, &data).await;
+            let mut d = driver.borrow_mut();
+            d.in_flight.remove(&lane);
+            d.oracle.write_completed(id, result.is_ok());
+            d.latency.record("write", handle.now_ns(), handle.now_ns() - started);
+            match result {
+                Ok(()) => {
+                    d.summary.writes += 1;
+                    d.summary.write_bytes += count * SECTOR;
+                }
+                Err(error) => unexpected(&mut d, handle, &error, "write"),
+            }
+        }
+        TraceOp::Read => {
+            let ticket = {
+                let mut d = driver.borrow_mut();
+                d.in_flight.insert(lane, (first, count));
+                d.oracle.read_submitted(first, count)
+            };
+            let mut buf = vec![0u8; (count * SECTOR) as usize];
+            let result = image.read(first * SECTOR, &mut buf).await;
+            let mut d = driver.borrow_mut();
+            d.in_flight.remove(&lane);
+            let allowed = d.oracle.read_completed(ticket);
+            d.latency.record("read", handle.now_ns(), handle.now_ns() - started);
+            match result {
+                Ok(()) => {
+                    d.summary.reads += 1;
+                    d.summary.read_bytes += count * SECTOR;
+                    d.summary.sectors_verified += count;
+                    let bad: Vec<SectorFailure> = (0..count)
+                        .filter_map(|i| {
+                            d.judge(
+                                first + i,
+                                &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize],
+                                &allowed[i as usize],
+                            )
+                            .err()
+                        })
+                        .take(16)
+                        .collect();
+                    if !bad.is_empty() {
+                        let message = format!(
+                            "a read of sectors {first}..{} returned data no rule allows ({} bad sector(s), first: sector {} held {})",
+                            first + count,
+                            bad.len(),
+                            bad[0].sector,
+                            bad[0].actual
+                        );
+                        d.fail(handle, FailureClass::WrongData, message, bad);
+                    }
+                }
+                Err(error) => unexpected(&mut d, handle, &error, "read"),
+            }
+        }
+    }
+}
+
+fn unexpected(d: &mut Driver, handle: &SimHandle, error: &fvd_engine::FvdError, what: &str) {
+    if d.faults_on {
+        d.summary.io_errors += 1;
+    } else {
+        d.fail(
+            handle,
+            FailureClass::UnexpectedError,
+            format!("guest {what} failed with no fault injected: {error}"),
+            Vec::new(),
+        );
+    }
+}
+
+async fn guest_flush(driver: &Shared, image: &FvdImage, handle: &SimHandle) {
+    let started = handle.now_ns();
+    let ticket = driver.borrow_mut().oracle.flush_submitted();
+    let result = image.flush().await;
+    let mut d = driver.borrow_mut();
+    d.oracle.flush_completed(ticket, result.is_ok());
+    d.latency.record("flush", handle.now_ns(), handle.now_ns() - started);
+    match result {
+        Ok(()) => d.summary.flushes += 1,
+        Err(error) => unexpected(&mut d, handle, &error, "flush"),
+    }
+}
+
+fn wrap(driver: &Shared, offset: u64, len: u64) -> (u64, u64) {
+    let sectors = driver.borrow().disk_sectors;
+    let len = len.min(sectors);
+    let offset = if offset + len > sectors { offset % (sectors - len + 1) } else { offset };
+    (offset, len)
+}
+
+fn wants_flush(driver: &Shared, index: u64) -> bool {
+    let every = driver.borrow().flush_every;
+    every > 0 && (index + 1).is_multiple_of(every)
+}
+
+async fn random_lane(
+    lane: u64,
+    driver: Shared,
+    image: FvdImage,
+    handle: SimHandle,
+    max_sectors: u64,
+    read_per_mille: u32,
+) {
+    while let Some(index) = claim(&driver, &handle) {
+        let (first, count, op) = {
+            let mut d = driver.borrow_mut();
+            let op = if d.rng.below(1000) < u64::from(read_per_mille) { TraceOp::Read } else { TraceOp::Write };
+            let count = d.rng.range_inclusive(1, max_sectors);
+            let others: Vec<u64> = d.in_flight.iter().filter(|(l, _)| **l != lane).map(|(_, r)| r.0).collect();
+            let first = if !others.is_empty() && d.rng.ratio(1, 2) {
+                // Near another tester's request, so requests overlap and race (qemu-test).
+                let anchor = *d.rng.pick(&others);
+                (anchor + 2 * max_sectors).saturating_sub(d.rng.below(4 * max_sectors))
+            } else {
+                let sectors = d.disk_sectors;
+                d.rng.below(sectors)
+            };
+            (first, count, op)
+        };
+        let (first, count) = wrap(&driver, first, count);
+        perform(&driver, &image, &handle, first, count, op, lane).await;
+        if wants_flush(&driver, index) {
+            guest_flush(&driver, &image, &handle).await;
+        }
+    }
+}
+
+async fn closed_lane(lane: u64, driver: Shared, image: FvdImage, handle: SimHandle, trace: Rc<Vec<TraceRequest>>) {
+    while let Some(index) = claim(&driver, &handle) {
+        let request = trace[index as usize];
+        let (first, count) = wrap(&driver, request.offset_sectors, request.len_sectors);
+        perform(&driver, &image, &handle, first, count, request.op, lane).await;
+        if wants_flush(&driver, index) {
+            guest_flush(&driver, &image, &handle).await;
+        }
+    }
+}
+
+async fn open_loop(
+    driver: Shared,
+    image: FvdImage,
+    handle: SimHandle,
+    trace: Rc<Vec<TraceRequest>>,
+    scale: f64,
+    cap: u32,
+) {
+    let in_flight = Rc::new(RefCell::new(0u32));
+    let origin = {
+        let next = driver.borrow().next_request.min(trace.len() as u64 - 1);
+        handle.now_ns().saturating_sub((trace[next as usize].time_ns as f64 * scale) as u64)
+    };
+    let mut lane = 0u64;
+    let mut tasks = Vec::new();
+    loop {
+        // Respect the cap on requests in flight.
+        while *in_flight.borrow() >= cap.max(1) {
+            handle.sleep_ns(10_000).await;
+        }
+        let Some(index) = claim(&driver, &handle) else { break };
+        let request = trace[index as usize];
+        let due = origin + (request.time_ns as f64 * scale) as u64;
+        let now = handle.now_ns();
+        if due > now {
+            handle.sleep_ns(due - now).await;
+        }
+        let (first, count) = wrap(&driver, request.offset_sectors, request.len_sectors);
+        lane += 1;
+        *in_flight.borrow_mut() += 1;
+        let (d, img, h, counter) = (Rc::clone(&driver), image.clone(), handle.clone(), Rc::clone(&in_flight));
+        let flush = wants_flush(&driver, index);
+        tasks.push(handle.spawn("request", async move {
+            perform(&d, &img, &h, first, count, request.op, lane).await;
+            if flush {
+                guest_flush(&d, &img, &h).await;
+            }
+            *counter.borrow_mut() -= 1;
+        }));
+        if tasks.len() > 4096 {
+            tasks.retain(|t| t.try_take().is_none());
+        }
+    }
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// Reads back every unsettled sector and a sample of the others after a recovery; returns how
+/// many were verified.
+fn verify_after_crash(
+    rig: &Rig,
+    image: &FvdImage,
+    driver: &Shared,
+    sample: u64,
+    torn_allowed: bool,
+) -> Result<u64, ()> {
+    let handle = rig.sim.handle();
+    let sectors: Vec<u64> = {
+        let mut d = driver.borrow_mut();
+        let mut chosen: std::collections::BTreeSet<u64> = d.oracle.unsettled_sectors().into_iter().collect();
+        let touched: Vec<u64> = d.oracle.touched_sectors().collect();
+        if !touched.is_empty() {
+            for _ in 0..sample.min(touched.len() as u64) {
+                let pick = touched[d.rng.below(touched.len() as u64) as usize];
+                chosen.insert(pick);
+            }
+        }
+        for _ in 0..256 {
+            let sectors = d.disk_sectors;
+            let pick = d.rng.below(sectors);
+            chosen.insert(pick);
+        }
+        chosen.into_iter().collect()
+    };
+    // Group into runs of consecutive sectors (at most 256 each) and read them.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &sector in &sectors {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == sector && *count < 256 => *count += 1,
+            _ => runs.push((sector, 1)),
+        }
+    }
+    let reader = image.clone();
+    let read = rig.sim.run(async move {
+        let mut out = Vec::with_capacity(runs.len());
+        for (first, count) in runs {
+            let mut buf = vec![0u8; (count * SECTOR) as usize];
+            let result = reader.read(first * SECTOR, &mut buf).await;
+            out.push((first, count, buf, result));
+        }
+        out
+    });
+    let results = match read {
+        Ok(results) => results,
+        Err(error) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Liveness,
+                format!("liveness while verifying after a crash: {error}"),
+                Vec::new(),
+            );
+            return Err(());
+        }
+    };
+    let mut d = driver.borrow_mut();
+    let mut bad = Vec::new();
+    let mut verified = 0u64;
+    for (first, count, buf, result) in results {
+        if let Err(error) = result {
+            d.fail(
+                &handle,
+                FailureClass::UnexpectedError,
+                format!("verification read after a crash failed: {error}"),
+                Vec::new(),
+            );
+            return Err(());
+        }
+        for i in 0..count {
+            let sector = first + i;
+            let bytes = &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize];
+            let allowed = d.oracle.allowed_after_crash(sector);
+            match d.judge(sector, bytes, &allowed) {
+                Ok(value) => d.oracle.settle(sector, value),
+                Err(_) if torn_allowed && is_byte_mix(&d, sector, bytes, &allowed) => {
+                    // No atomic unit: an unflushed sector may be torn between its candidates; it
+                    // holds no single value until rewritten.
+                    d.oracle.settle(sector, TORN);
+                }
+                Err(failure) => bad.push(failure),
+            }
+            verified += 1;
+        }
+    }
+    d.summary.sectors_verified += verified;
+    d.oracle.settled_all();
+    if !bad.is_empty() {
+        let message = format!(
+            "after crash {} and recovery, {} sector(s) hold data no rule allows (first: sector {} held {})",
+            d.crashes_applied,
+            bad.len(),
+            bad[0].sector,
+            bad[0].actual
+        );
+        bad.truncate(16);
+        d.fail(&handle, FailureClass::WrongData, message, bad);
+        return Err(());
+    }
+    Ok(verified)
+}
+
+/// True if every byte of `bytes` equals the same byte of some allowed value's content.
+fn is_byte_mix(d: &Driver, sector: u64, bytes: &[u8], allowed: &[u32]) -> bool {
+    if allowed.len() < 2 {
+        return false;
+    }
+    let contents: Vec<Vec<u8>> = allowed
+        .iter()
+        .map(|&v| {
+            let mut content = vec![0u8; SECTOR as usize];
+            if v == ORIGINAL {
+                original(sector, d.base.as_ref().map(|(c, n)| (c, *n)), &mut content);
+            } else {
+                stamp(d.seed, u64::from(v), sector, &mut content);
+            }
+            content
+        })
+        .collect();
+    bytes.iter().enumerate().all(|(i, b)| contents.iter().any(|c| c[i] == *b))
+}
+
+/// Runs the engine's check; records a failure and returns false if it finds corruption.
+fn check_image(rig: &Rig, driver: &Shared, profile: fvd_engine::Profile, when: &str) -> bool {
+    let devices = rig.devices();
+    let handle = rig.sim.handle();
+    match rig.sim.run(async move { check(&devices, profile, false).await }) {
+        Ok(Ok(report)) if report.is_clean() => true,
+        Ok(Ok(report)) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Check,
+                format!("check {when} found corruption: {}", report.corruptions.join("; ")),
+                Vec::new(),
+            );
+            false
+        }
+        Ok(Err(error)) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::UnexpectedError,
+                format!("check {when} failed: {error}"),
+                Vec::new(),
+            );
+            false
+        }
+        Err(error) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Liveness,
+                format!("liveness in check {when}: {error}"),
+                Vec::new(),
+            );
+            false
+        }
+    }
+}
