@@ -42,8 +42,12 @@ pub struct LineChart {
     pub bands: Vec<Band>,
     /// Legend label of the bands.
     pub band_label: String,
+    /// Colour of the bands (RGB); drawn translucent.
+    pub band_rgb: (u8, u8, u8),
     /// Log-scale y axis.
     pub log_y: bool,
+    /// Lowest y shown (values below are drawn at it); `None`: from the data.
+    pub y_floor: Option<f64>,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -74,6 +78,10 @@ fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
     } else {
         y0 = y0.min(0.0);
     }
+    if let Some(floor) = chart.y_floor {
+        y0 = floor;
+        y1 = y1.max(floor * 10.0);
+    }
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
@@ -100,6 +108,7 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<()> {
         ctx.configure_mesh()
             .x_desc(chart.x_label.as_str())
             .y_desc(chart.y_label.as_str())
+            .y_label_formatter(&|v| format_tick(*v))
             .draw()
             .context("chart mesh")?;
         draw_all(&mut ctx, chart, y0, y1)?;
@@ -114,12 +123,24 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<()> {
         ctx.configure_mesh()
             .x_desc(chart.x_label.as_str())
             .y_desc(chart.y_label.as_str())
+            .y_label_formatter(&|v| format_tick(*v))
             .draw()
             .context("chart mesh")?;
         draw_all(&mut ctx, chart, y0, y1)?;
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Tick labels without needless decimals: `100000`, `2.5`, `0.01`.
+fn format_tick(value: f64) -> String {
+    if value.abs() >= 10.0 || value == value.round() {
+        format!("{value:.0}")
+    } else if value.abs() >= 1.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
 }
 
 fn draw_all<'a, X, Y>(
@@ -132,10 +153,19 @@ where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
 {
-    let shade = RGBColor(200, 200, 200).mix(0.35);
+    let (r, g, b) = chart.band_rgb;
+    let shade = RGBColor(r, g, b).mix(0.35);
+    // A band is at least 0.4% of the x range wide, so an instant stays visible.
+    let (x_min, x_max) = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    let min_width = ((x_max - x_min) * 0.004).max(0.0);
     for (i, band) in chart.bands.iter().enumerate() {
+        let to = band.to.max(band.from + min_width);
         let drawn = ctx
-            .draw_series(std::iter::once(Rectangle::new([(band.from, y0), (band.to, y1)], shade.filled())))
+            .draw_series(std::iter::once(Rectangle::new([(band.from, y0), (to, y1)], shade.filled())))
             .context("bands")?;
         if i == 0 && !chart.band_label.is_empty() {
             drawn
@@ -191,7 +221,9 @@ pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[Label
         }],
         bands: Vec::new(),
         band_label: String::new(),
+        band_rgb: (200, 200, 200),
         log_y: false,
+        y_floor: None,
     };
     let (x0, x1, y0, y1) = bounds(&chart);
     let pad = (x1 - x0) * 0.08;
@@ -229,7 +261,9 @@ mod tests {
             ],
             bands: vec![Band { from: 0.2, to: 0.4 }],
             band_label: "paused".into(),
+            band_rgb: (200, 200, 200),
             log_y: true,
+            y_floor: Some(1.0),
         };
         render_line_chart(&chart, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();

@@ -229,9 +229,9 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
             let opened = open_image(&executor, &image, false, Profile::Hardened)?;
             let info = opened.info();
             let l = info.layout;
-            println!("image: {}", image.display());
-            println!("virtual size: {} bytes", l.virtual_size);
-            println!(
+            say!("image: {}", image.display());
+            say!("virtual size: {} bytes", l.virtual_size);
+            say!(
                 "base image: {}",
                 if info.base_image.is_empty() {
                     "none".into()
@@ -239,7 +239,7 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
                     format!("{} ({} bytes covered, block size {})", info.base_image, l.base_size, l.block_size)
                 }
             );
-            println!(
+            say!(
                 "data file: {}",
                 if info.data_file.is_empty() {
                     "none (data follows the metadata)".into()
@@ -247,7 +247,7 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
                     info.data_file.clone()
                 }
             );
-            println!(
+            say!(
                 "compact: {}",
                 if l.compact {
                     format!(
@@ -258,40 +258,44 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
                     "no".into()
                 }
             );
-            println!(
+            say!(
                 "bitmap: {} of {} blocks in the image (offset {}, {} bytes)",
-                info.blocks_in_image, l.bitmap_blocks, l.bitmap_offset, l.bitmap_size
+                info.blocks_in_image,
+                l.bitmap_blocks,
+                l.bitmap_offset,
+                l.bitmap_size
             );
-            println!("table: offset {}, {} entries, {} bytes", l.table_offset, l.table_entries, l.table_size);
-            println!(
+            say!("table: offset {}, {} entries, {} bytes", l.table_offset, l.table_entries, l.table_size);
+            say!(
                 "journal: offset {}, {} bytes, epoch {}",
                 l.journal_offset,
                 l.journal_size,
                 info.journal_epoch.map_or("none (v1 image)".into(), |e| e.to_string())
             );
-            println!("metadata size: {} bytes", l.metadata_size);
-            println!("all data in image: {}", info.all_data_in_image);
+            say!("metadata size: {} bytes", l.metadata_size);
+            say!("all data in image: {}", info.all_data_in_image);
             Ok(EXIT_OK)
         }
         ImgCommand::Check { repair, profile, image } => {
             let devices = open_devices(&image, repair)?;
             let report = executor.block_on(async move { check(&devices, profile.into(), repair).await })?;
             for line in &report.corruptions {
-                println!("ERROR {line}");
+                say!("ERROR {line}");
             }
             for line in &report.leaks {
-                println!("Leaked: {line}");
+                say!("Leaked: {line}");
             }
             if report.needs_recovery {
-                println!(
+                say!(
                     "The image was not shut down cleanly: {} journal sector(s) to replay, {} torn",
-                    report.journal_sectors_valid, report.journal_sectors_torn
+                    report.journal_sectors_valid,
+                    report.journal_sectors_torn
                 );
             }
             for line in &report.fixes {
-                println!("{} {line}", if report.repaired { "Repaired:" } else { "Would" });
+                say!("{} {line}", if report.repaired { "Repaired:" } else { "Would" });
             }
-            println!(
+            say!(
                 "{} corruption(s), {} leak(s){}",
                 report.corruptions.len(),
                 report.leaks.len(),
@@ -309,14 +313,14 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
             if let Some(pattern) = args.pattern
                 && let Some(bad) = data.iter().position(|b| *b != pattern)
             {
-                println!(
+                say!(
                     "Pattern verification failed at offset {}: found {:#04x}, expected {pattern:#04x}",
                     offset + bad as u64,
                     data[bad]
                 );
                 return Ok(EXIT_FOUND);
             }
-            println!("read {len}/{len} bytes at offset {offset}");
+            say!("read {len}/{len} bytes at offset {offset}");
             Ok(EXIT_OK)
         }
         ImgCommand::Write(args) => {
@@ -327,19 +331,19 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
                 opened.flush().await?;
                 opened.close().await
             })?;
-            println!("wrote {len}/{len} bytes at offset {offset}");
+            say!("wrote {len}/{len} bytes at offset {offset}");
             Ok(EXIT_OK)
         }
         ImgCommand::Map { image } => {
             let opened = open_image(&executor, &image, false, Profile::Hardened)?;
-            println!("{:>16} {:>16} {:>16}  where", "offset", "length", "data offset");
+            say!("{:>16} {:>16} {:>16}  where", "offset", "length", "data offset");
             for extent in opened.map() {
                 let (mapped, place) = match extent.source {
                     MapSource::Base => ("-".to_string(), "base image"),
                     MapSource::Image { data_offset_bytes } => (format!("{data_offset_bytes:#x}"), "image"),
                     MapSource::Zero => ("-".to_string(), "unallocated (zeros)"),
                 };
-                println!("{:>#16x} {:>#16x} {:>16}  {place}", extent.offset_bytes, extent.len_bytes, mapped);
+                say!("{:>#16x} {:>#16x} {:>16}  {place}", extent.offset_bytes, extent.len_bytes, mapped);
             }
             Ok(EXIT_OK)
         }
@@ -384,7 +388,7 @@ fn create(executor: &HostExecutor, args: CreateArgs) -> Result<u8, ImgError> {
     };
     let devices = Devices { image, data, base: None };
     executor.block_on(async move { FvdImage::create(&devices, &options).await })?;
-    println!("Formatting '{}', fmt=fvd size={size}", args.image.display());
+    say!("Formatting '{}', fmt=fvd size={size}", args.image.display());
     Ok(EXIT_OK)
 }
 

@@ -1,8 +1,16 @@
 //! Scenarios, the oracle, benchmarks and the `fvdsim` command line.
 
+/// Prints a line to stdout, ignoring a closed pipe (`fvdsim … | head` must not panic).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 pub mod campaign;
-pub mod demo;
 pub mod host;
 pub mod img;
 pub mod oracle;

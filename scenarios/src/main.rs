@@ -1,10 +1,20 @@
 //! `fvdsim`: the deterministic simulation and crash-consistency harness for FVD images.
+//!
+//! Exit codes: 0 all verified, 1 safety failure (wrong data, check, assertion), 2 liveness failure
+//! (stall), 3 usage, configuration or input error.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use fvd_scenarios::bench::{SimBenchOptions, run_sim_bench};
-use fvd_scenarios::demo::{DemoOptions, run_demo};
+use fvd_scenarios::campaign::config::{ProfileName, ReplayMode, WorkloadConfig};
+use fvd_scenarios::campaign::output::{crash_line, read_failure_file, repro_command, write_run_directory};
+use fvd_scenarios::campaign::run::RunOutcome;
+use fvd_scenarios::campaign::{RunConfig, SCENARIOS, run, scenario};
+use fvd_scenarios::say;
+use fvd_scenarios::trace::TraceFormat;
 use fvd_sim::Seed;
 
 /// Exit code: a usage, configuration or input error.
@@ -19,15 +29,29 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The main job (the default with no subcommand): crash campaign on the simulated disk.
-    Run {
-        /// Master seed: decimal, 0x hex, or a 40-hex git commit.
-        #[arg(long, default_value = "1", env = "FVD_SIM_SEED")]
-        seed: Seed,
-        /// Crashes to inject.
-        #[arg(long, default_value_t = 20)]
-        crashes: u32,
+    /// Run a scenario (the default, with no subcommand: the CloudPhysics campaign).
+    Run(RunArgs),
+    /// Replay a failure file exactly: `fvdsim repro failure-….json`.
+    Repro {
+        /// The failure file a run wrote.
+        file: PathBuf,
+        /// Run directory for the replay's report.
+        #[arg(long, default_value = "fvdsim-repro")]
+        out: PathBuf,
     },
+    /// Cut a failure down while the same failure class still occurs; writes FILE.min.json.
+    Shrink {
+        /// The failure file.
+        file: PathBuf,
+        /// Where to write the smaller case (default: FILE with .min.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Most runs to try.
+        #[arg(long, default_value_t = 60)]
+        max_runs: u32,
+    },
+    /// List the named scenarios.
+    Scenarios,
     /// Create, inspect, check, read and write FVD images on real files (like qemu-img and qemu-io).
     Img {
         #[command(subcommand)]
@@ -53,12 +77,175 @@ enum Command {
     },
 }
 
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Scenario (see `fvdsim scenarios`).
+    #[arg(long, default_value = "cloudphysics")]
+    scenario: String,
+    /// Master seed: decimal, 0x hex, or a 40-hex git commit.
+    #[arg(long, default_value = "1", env = "FVD_SIM_SEED")]
+    seed: Seed,
+    /// Engine profile: hardened (default) or v1 (the 2011 behaviour, flaws included).
+    #[arg(long, value_enum)]
+    profile: Option<ProfileName>,
+    /// Run directory for report.json, charts, index.html and failure files.
+    #[arg(long, default_value = "fvdsim-out")]
+    out: PathBuf,
+    /// Crashes to inject.
+    #[arg(long)]
+    crashes: Option<u32>,
+    /// Stop after this many workload requests.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Replay this trace instead of the scenario's workload.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Format of --trace.
+    #[arg(long, value_enum, default_value = "cloudphysics")]
+    trace_format: TraceFormat,
+    /// Replay the trace closed-loop at this queue depth (default: open loop at recorded times).
+    #[arg(long)]
+    queue_depth: Option<u32>,
+    /// Open loop: multiply recorded times by this (0.01 replays 100 times faster).
+    #[arg(long)]
+    time_scale: Option<f64>,
+    /// Run the seed twice and compare the event-log hash and the final image bytes.
+    #[arg(long)]
+    check_determinism: bool,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum BenchKind {
     /// The simulator: random writes and crash cycles.
     Sim,
     /// The FVD engine on real files: allocating writes and rewrites over a base image.
     Engine,
+}
+
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("fvdsim: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
+    let scenario = scenario(&args.scenario)
+        .ok_or_else(|| format!("unknown scenario {:?}; `fvdsim scenarios` lists them", args.scenario))?;
+    let mut config = (scenario.build)(args.seed);
+    if let Some(profile) = args.profile {
+        config.profile = profile;
+    }
+    if let Some(crashes) = args.crashes {
+        config.crashes.count = crashes;
+    }
+    config.max_requests = args.requests.or(config.max_requests);
+    if let Some(trace) = &args.trace {
+        let mode = match &config.workload {
+            WorkloadConfig::Trace { mode, .. } => *mode,
+            WorkloadConfig::Random { .. } => ReplayMode::ClosedLoop { queue_depth: 16 },
+        };
+        let path = std::fs::canonicalize(trace).map_err(|e| format!("--trace {}: {e}", trace.display()))?;
+        config.workload = WorkloadConfig::Trace { path: path.display().to_string(), format: args.trace_format, mode };
+    }
+    if let WorkloadConfig::Trace { mode, .. } = &mut config.workload {
+        if let Some(depth) = args.queue_depth {
+            *mode = ReplayMode::ClosedLoop { queue_depth: depth };
+        } else if let Some(scale) = args.time_scale {
+            let cap = match mode {
+                ReplayMode::OpenLoop { max_in_flight, .. } => *max_in_flight,
+                ReplayMode::ClosedLoop { .. } => 64,
+            };
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(format!("--time-scale {scale} must be a positive number"));
+            }
+            *mode = ReplayMode::OpenLoop { time_scale: scale, max_in_flight: cap };
+        }
+    }
+    Ok(config)
+}
+
+fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
+    let s = &outcome.summary;
+    let c = &outcome.config;
+    say!("fvdsim {} seed {} ({} profile)", c.scenario, c.seed, format!("{:?}", c.profile).to_lowercase());
+    say!(
+        "  requests replayed   {} ({} reads, {} writes, {} flushes, {} I/O errors injected)",
+        s.requests,
+        s.reads,
+        s.writes,
+        s.flushes,
+        s.io_errors
+    );
+    say!(
+        "  bytes replayed      {:.1} MiB read, {:.1} MiB written",
+        s.read_bytes as f64 / 1048576.0,
+        s.write_bytes as f64 / 1048576.0
+    );
+    say!("  crashes             {}", crash_line(s));
+    say!("  sectors verified    {}", s.sectors_verified);
+    say!("  journal             {} writes, {} recycles", s.journal_writes, s.recycles);
+    say!("  failures            {}", u8::from(outcome.failure.is_some()));
+    say!("  simulated time      {:.3} s", s.simulated_seconds);
+    say!("  wall time           {wall_seconds:.3} s");
+    say!("  event-log hash      {:#018x}", outcome.log_hash);
+}
+
+/// Runs a configuration, writes the run directory, prints the table; returns the exit code.
+fn run_and_report(config: &RunConfig, out: &Path) -> ExitCode {
+    let started = Instant::now();
+    let outcome = match run(config) {
+        Ok(outcome) => outcome,
+        Err(error) => return usage(error),
+    };
+    let wall = started.elapsed().as_secs_f64();
+    print_table(&outcome, wall);
+    let failure_path = match write_run_directory(&outcome, out, wall) {
+        Ok(path) => path,
+        Err(error) => return usage(format!("writing {}: {error:#}", out.display())),
+    };
+    say!("  report              {}", out.join("index.html").display());
+    match (&outcome.failure, failure_path) {
+        (Some(failure), Some(path)) => {
+            eprintln!(
+                "FAILURE ({}): {}",
+                serde_json::to_value(failure.class)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                failure.message
+            );
+            for sector in failure.sectors.iter().take(4) {
+                eprintln!(
+                    "  sector {}: held {}; allowed: {}",
+                    sector.sector,
+                    sector.actual,
+                    sector.allowed.join(" | ")
+                );
+            }
+            eprintln!("reproduce with: {}", repro_command(&path));
+            ExitCode::from(failure.class.exit_code())
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn check_determinism(config: &RunConfig) -> ExitCode {
+    let first = match run(config) {
+        Ok(o) => o,
+        Err(error) => return usage(error),
+    };
+    let second = match run(config) {
+        Ok(o) => o,
+        Err(error) => return usage(error),
+    };
+    say!("first run:  event-log hash {:#018x}, image hash {:#018x}", first.log_hash, first.image_hash);
+    say!("second run: event-log hash {:#018x}, image hash {:#018x}", second.log_hash, second.image_hash);
+    if (first.log_hash, first.image_hash) == (second.log_hash, second.image_hash) {
+        say!("deterministic: the seed replayed exactly");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("NONDETERMINISM: the same seed and build gave different runs");
+        ExitCode::from(1)
+    }
 }
 
 fn main() -> ExitCode {
@@ -70,22 +257,65 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.command.unwrap_or(Command::Run { seed: Seed(1), crashes: 20 }) {
-        Command::Run { seed, crashes } => {
-            let summary = run_demo(DemoOptions { seed, crashes });
-            println!("{summary}");
-            if summary.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                for failure in summary.failures.iter().take(10) {
-                    eprintln!("FAILURE: {failure}");
-                }
-                if summary.failures.len() > 10 {
-                    eprintln!("... and {} more", summary.failures.len() - 10);
-                }
-                eprintln!("reproduce with: fvdsim run --seed {} --crashes {}", seed, crashes);
-                ExitCode::from(1)
+    // No subcommand: the main job, `fvdsim run` with its defaults.
+    let command = cli.command.or_else(|| Cli::parse_from(["fvdsim", "run"]).command).expect("`fvdsim run` parses");
+    match command {
+        Command::Run(args) => {
+            let config = match config_for(&args) {
+                Ok(config) => config,
+                Err(error) => return usage(error),
+            };
+            if args.check_determinism { check_determinism(&config) } else { run_and_report(&config, &args.out) }
+        }
+        Command::Repro { file, out } => match read_failure_file(&file) {
+            Ok(failure) => {
+                say!(
+                    "replaying {} (recorded at commit {}; this build is {})",
+                    file.display(),
+                    failure.git_commit,
+                    fvd_scenarios::campaign::output::GIT_COMMIT
+                );
+                say!("recorded failure: {}", failure.failure.message);
+                run_and_report(&failure.config, &out)
             }
+            Err(error) => usage(format!("{error:#}")),
+        },
+        Command::Shrink { file, out, max_runs } => {
+            let failure = match read_failure_file(&file) {
+                Ok(f) => f,
+                Err(error) => return usage(format!("{error:#}")),
+            };
+            let shrunk =
+                fvd_scenarios::campaign::shrink::shrink(&failure.config, failure.failure.class, max_runs, |line| {
+                    say!("  {line}")
+                });
+            match shrunk {
+                Ok(shrunk) => {
+                    let out = out.unwrap_or_else(|| file.with_extension("min.json"));
+                    let file = fvd_scenarios::campaign::output::failure_file(&shrunk.outcome, &out);
+                    if let Err(error) =
+                        std::fs::write(&out, serde_json::to_string_pretty(&file).expect("failure files serialise"))
+                    {
+                        return usage(format!("writing {}: {error}", out.display()));
+                    }
+                    let requests = shrunk.outcome.config.max_requests.map_or("all".into(), |m| m.to_string());
+                    let crashes = shrunk.outcome.config.crashes.schedule.as_ref().map_or(0, Vec::len);
+                    say!(
+                        "shrunk in {} runs to {requests} requests and {crashes} crash(es): {}",
+                        shrunk.runs,
+                        file.failure.message
+                    );
+                    say!("reproduce with: {}", file.repro_command);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => usage(error),
+            }
+        }
+        Command::Scenarios => {
+            for s in SCENARIOS {
+                say!("{:<14} {}", s.name, s.description);
+            }
+            ExitCode::SUCCESS
         }
         Command::Img { command } => match fvd_scenarios::img::run(command) {
             Ok(code) => ExitCode::from(code),
@@ -98,24 +328,21 @@ fn main() -> ExitCode {
             match fvd_scenarios::bench::run_engine_bench(&fvd_scenarios::bench::EngineBenchOptions::default()) {
                 Ok(report) => {
                     if json {
-                        println!("{}", serde_json::to_string(&report).expect("bench report serialises"));
+                        say!("{}", serde_json::to_string(&report).expect("bench report serialises"));
                     } else {
-                        println!("{report}");
+                        say!("{report}");
                     }
                     ExitCode::SUCCESS
                 }
-                Err(error) => {
-                    eprintln!("fvdsim bench engine: {error:#}");
-                    ExitCode::from(EXIT_USAGE)
-                }
+                Err(error) => usage(format!("bench engine: {error:#}")),
             }
         }
         Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles } => {
             let report = run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, ..SimBenchOptions::default() });
             if json {
-                println!("{}", serde_json::to_string(&report).expect("bench report serialises"));
+                say!("{}", serde_json::to_string(&report).expect("bench report serialises"));
             } else {
-                println!("{report}");
+                say!("{report}");
             }
             ExitCode::SUCCESS
         }

@@ -33,6 +33,71 @@ fn random_passes_on_fixed_seeds() {
 }
 
 #[test]
+fn every_other_scenario_passes_on_fixed_seeds() {
+    for name in ["random-faults", "torn", "tiny-journal", "plain"] {
+        assert_passes(name, 0..3);
+    }
+}
+
+#[test]
+fn the_main_job_passes_on_a_prefix_of_the_cloudphysics_trace() {
+    let mut config = small("cloudphysics", 1);
+    config.max_requests = Some(8_000);
+    config.crashes.count = 4;
+    let outcome = run(&config).expect("the trace lies beside the repository");
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    assert_eq!(outcome.summary.requests, 8_000);
+    assert!(outcome.summary.recycles > 0, "the small journal must recycle: {:?}", outcome.summary);
+    assert!(!outcome.crashes.is_empty());
+}
+
+#[test]
+fn the_v1_profile_fails_where_the_hardened_engine_passes() {
+    let mut found = Vec::new();
+    for seed in 0..4 {
+        let mut config = small("random", seed);
+        config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+        if let Some(failure) = run(&config).unwrap().failure {
+            found.push((seed, failure.message));
+        }
+        let mut hardened = small("random", seed);
+        hardened.profile = fvd_scenarios::campaign::config::ProfileName::Hardened;
+        assert!(run(&hardened).unwrap().failure.is_none(), "hardened failed on seed {seed}");
+    }
+    assert!(!found.is_empty(), "the v1 profile should fail on one of four seeds");
+}
+
+#[test]
+fn a_seed_replays_exactly_and_different_seeds_differ() {
+    let config = small("random", 11);
+    let first = run(&config).unwrap();
+    let second = run(&config).unwrap();
+    assert_eq!((first.log_hash, first.image_hash), (second.log_hash, second.image_hash));
+    assert_eq!(first.summary, second.summary);
+    let other = run(&small("random", 12)).unwrap();
+    assert_ne!(first.log_hash, other.log_hash);
+}
+
+#[test]
+fn a_failure_replays_from_its_recorded_config_and_shrinks() {
+    // The v1 profile fails; the recorded config (with its explicit crash schedule) replays it.
+    let failing = (0..8).find_map(|seed| {
+        let mut config = small("random", seed);
+        config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+        let outcome = run(&config).unwrap();
+        outcome.failure.is_some().then_some(outcome)
+    });
+    let outcome = failing.expect("a v1 failure among eight seeds");
+    let replay = run(&outcome.config).unwrap();
+    assert_eq!(replay.failure, outcome.failure);
+    assert_eq!(replay.log_hash, outcome.log_hash);
+    let class = outcome.failure.as_ref().unwrap().class;
+    let shrunk = fvd_scenarios::campaign::shrink::shrink(&outcome.config, class, 40, |_| {}).unwrap();
+    assert_eq!(shrunk.outcome.failure.as_ref().unwrap().class, class);
+    assert!(shrunk.outcome.config.max_requests.unwrap() <= outcome.summary.requests);
+}
+
+#[test]
 #[ignore = "a longer sweep for bug hunting: cargo test --release -- --ignored sweep"]
 fn sweep() {
     let seeds: u64 = std::env::var("SWEEP_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);

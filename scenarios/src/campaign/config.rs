@@ -208,14 +208,16 @@ impl std::fmt::Debug for Scenario {
     }
 }
 
-/// Path of the CloudPhysics trace beside the repository (`../shared/data`), found from the
-/// current directory or the executable's.
+/// Absolute path of the CloudPhysics trace beside the repository (`../shared/data`), found from
+/// the current directory or from where fvdsim was built.
 pub fn default_trace_path() -> String {
     let candidates = [
         std::path::PathBuf::from("../shared/data/cloudphysics-vscsi.csv"),
         std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/cloudphysics-vscsi.csv")),
     ];
-    candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]).display().to_string()
+    let found = candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]);
+    // Absolute, so a failure file replays from any directory.
+    std::fs::canonicalize(found).unwrap_or_else(|_| found.clone()).display().to_string()
 }
 
 fn mixed_points() -> Vec<CrashPoint> {
@@ -245,10 +247,10 @@ fn cloudphysics(seed: Seed) -> RunConfig {
             size_bytes: 32 * GIB,
             base_bytes: 16 * GIB,
             compact: true,
-            block_bytes: 7680, // 15 sectors: not a power of two, as test-fvd.sh used
-            chunk_bytes: 7680 * 128,
-            grow_unit_bytes: 7680 * 128 * 64,
-            journal_bytes: 256 << 10, // forces a recycle every few hundred writes
+            block_bytes: 7680,       // 15 sectors: not a power of two, as test-fvd.sh used
+            chunk_bytes: 7680 * 256, // 1.875 MiB: 17,477 chunks, so a small journal is legal
+            grow_unit_bytes: 7680 * 256 * 32,
+            journal_bytes: 80 << 10, // 160 sectors, just above the minimum: frequent recycles
             separate_data: false,
             image_device: "ssd".into(),
             base_device: "nfs".into(),
@@ -396,7 +398,9 @@ pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> 
             let point = config.crashes.points[(i % config.crashes.points.len() as u64) as usize];
             let occurrence = match point {
                 CrashPoint::RandomEvent => rng.range_inclusive(1, 5_000),
-                _ => rng.range_inclusive(1, 4),
+                CrashPoint::JournalWriteInFlight | CrashPoint::JournalWriteLanded => rng.range_inclusive(1, 4),
+                // Rare points: the first one after arming.
+                CrashPoint::MidRecycle | CrashPoint::MetadataWrittenHome | CrashPoint::CopyStore => 1,
             };
             let strategy = match rng.below(4) {
                 0 => CrashStrategy::Prefix,

@@ -3,7 +3,9 @@
 //! charts, index.html).
 
 pub mod config;
+pub mod output;
 pub mod run;
+pub mod shrink;
 
 pub use config::{RunConfig, SCENARIOS, scenario};
 pub use run::{Failure, FailureClass, RunOutcome, RunSummary, run};

@@ -76,6 +76,8 @@ pub struct CrashSummary {
     pub spec: CrashSpec,
     /// The point it fired at (a named point may fall back to a random event).
     pub fired_at: CrashPoint,
+    /// True when the named point did not come in time and the crash fell back to a random event.
+    pub fallback: bool,
     /// Virtual time, ns.
     pub at_ns: u64,
     /// Workload requests issued before it.
@@ -404,10 +406,14 @@ fn campaign(
     loop {
         {
             let mut d = driver.borrow_mut();
-            d.arm = pending.front().map(|spec| Arming {
-                spec: *spec,
-                armed: false,
-                fallback_at_request: spec.after_request + fallback_window(d.total, schedule.len()),
+            d.arm = pending.front().map(|spec| {
+                // Recycles are rare where rewrites take the fast path: give them two segments.
+                let rare = matches!(
+                    spec.point,
+                    CrashPoint::MidRecycle | CrashPoint::MetadataWrittenHome | CrashPoint::CopyStore
+                );
+                let window = fallback_window(d.total, schedule.len()) * if rare { 2 } else { 1 };
+                Arming { spec: *spec, armed: false, fallback_at_request: spec.after_request + window }
             });
             d.fired = None;
         }
@@ -438,7 +444,12 @@ fn campaign(
             d.oracle.crashed();
             d.in_flight.clear();
             d.crashes_applied += 1;
-            *d.summary.crashes_by_point.entry(fired_at.name().to_string()).or_default() += 1;
+            let key = if fired_at == spec.point {
+                fired_at.name().to_string()
+            } else {
+                format!("{} (no {} came)", fired_at.name(), spec.point.name())
+            };
+            *d.summary.crashes_by_point.entry(key).or_default() += 1;
             d.summary.requests
         };
         // Recovery runs without injected faults: the plan is about the workload's requests.
@@ -472,6 +483,7 @@ fn campaign(
         crashes.push(CrashSummary {
             spec,
             fired_at,
+            fallback: fired_at != spec.point,
             at_ns: record.at_ns,
             at_request,
             units_kept: kept,
@@ -515,8 +527,10 @@ fn campaign(
     check_image(rig, driver, profile, "after the clean close");
 }
 
+/// How long an armed named point may take to come before the crash falls back to a random event:
+/// one segment of the plan.
 fn fallback_window(total: u64, crashes: usize) -> u64 {
-    (total / (crashes as u64 + 1) / 2).max(50)
+    (total / (crashes as u64 + 1)).max(50)
 }
 
 /// Runs the workload until it ends, a crash fires or a failure halts the world.

@@ -1,0 +1,259 @@
+//! What a run leaves behind: `report.json` (versioned), charts rendered from it, `index.html`,
+//! and for a failure a self-contained failure file that `fvdsim repro` replays exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fvd_reports::chart::{Band, LineChart, Series, render_line_chart};
+use fvd_reports::html::{Index, render_index};
+use fvd_reports::latency::{LatencyWindow, Percentiles};
+use serde::{Deserialize, Serialize};
+
+use super::config::RunConfig;
+use super::run::{CrashSummary, Failure, RunOutcome, RunSummary};
+
+/// The git commit this binary was built from (`-dirty` if the tree had changes).
+pub const GIT_COMMIT: &str = env!("FVDSIM_GIT_COMMIT");
+/// Version of failure files.
+pub const FAILURE_SCHEMA_VERSION: u32 = 1;
+
+/// A failure, with everything needed to replay it: `fvdsim repro FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureFile {
+    /// [`FAILURE_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// fvdsim version.
+    pub tool_version: String,
+    /// Commit the failing binary was built from.
+    pub git_commit: String,
+    /// The command that reproduces it.
+    pub repro_command: String,
+    /// The failure.
+    pub failure: Failure,
+    /// The full configuration, crash schedule included.
+    pub config: RunConfig,
+    /// Crashes applied before the failure.
+    pub crashes: Vec<CrashSummary>,
+    /// The last events of the log.
+    pub last_events: Vec<String>,
+    /// Event-log hash at the end of the run.
+    pub log_hash: String,
+}
+
+/// Host facts kept apart so identical seeds give identical run records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// Wall time of the run, seconds.
+    pub wall_seconds: f64,
+}
+
+/// `report.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// [`fvd_reports::REPORT_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// fvdsim version.
+    pub tool_version: String,
+    /// Build commit.
+    pub git_commit: String,
+    /// `verified`, or the failure class.
+    pub outcome: String,
+    /// Process exit code.
+    pub exit_code: u8,
+    /// The configuration, crash schedule included.
+    pub config: RunConfig,
+    /// Counters.
+    pub summary: RunSummary,
+    /// Crashes applied.
+    pub crashes: Vec<CrashSummary>,
+    /// Simulated latency percentiles by request kind.
+    pub latency: BTreeMap<String, Percentiles>,
+    /// Simulated latency per one-second window.
+    pub latency_windows: Vec<LatencyWindow>,
+    /// The failure, if any.
+    pub failure: Option<Failure>,
+    /// The failure file, relative to the run directory.
+    pub failure_file: Option<String>,
+    /// Event-log hash.
+    pub log_hash: String,
+    /// Hash of the final image disk.
+    pub image_hash: String,
+    /// Charts, relative to the run directory.
+    pub charts: Vec<String>,
+    /// Host facts (not deterministic).
+    pub host: HostFacts,
+}
+
+/// The command that replays `file`.
+pub fn repro_command(file: &Path) -> String {
+    format!("fvdsim repro {}", file.display())
+}
+
+/// Builds the failure file of `outcome` (which must have failed).
+pub fn failure_file(outcome: &RunOutcome, path: &Path) -> FailureFile {
+    FailureFile {
+        schema_version: FAILURE_SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: GIT_COMMIT.into(),
+        repro_command: repro_command(path),
+        failure: outcome.failure.clone().expect("failure files describe failures"),
+        config: outcome.config.clone(),
+        crashes: outcome.crashes.clone(),
+        last_events: outcome.last_events.clone(),
+        log_hash: format!("{:#018x}", outcome.log_hash),
+    }
+}
+
+/// Reads a failure file.
+pub fn read_failure_file(path: &Path) -> Result<FailureFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: FailureFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a fvdsim failure file", path.display()))?;
+    anyhow::ensure!(
+        file.schema_version == FAILURE_SCHEMA_VERSION,
+        "{}: failure file schema {} (this fvdsim reads {FAILURE_SCHEMA_VERSION})",
+        path.display(),
+        file.schema_version
+    );
+    Ok(file)
+}
+
+/// Writes the run directory: failure file (if any), report.json, charts, index.html. Returns the
+/// failure file's path.
+pub fn write_run_directory(outcome: &RunOutcome, dir: &Path, wall_seconds: f64) -> Result<Option<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let failure_path = match &outcome.failure {
+        Some(_) => {
+            let path = dir.join(format!("failure-{}-{}.json", outcome.config.scenario, outcome.config.seed));
+            let file = failure_file(outcome, &path);
+            std::fs::write(&path, serde_json::to_string_pretty(&file)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let report = Report {
+        schema_version: fvd_reports::REPORT_SCHEMA_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        git_commit: GIT_COMMIT.into(),
+        outcome: outcome.failure.as_ref().map_or("verified".into(), |f| {
+            serde_json::to_value(f.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        }),
+        exit_code: outcome.failure.as_ref().map_or(0, |f| f.class.exit_code()),
+        config: outcome.config.clone(),
+        summary: outcome.summary.clone(),
+        crashes: outcome.crashes.clone(),
+        latency: outcome.latency.percentiles(),
+        latency_windows: outcome.latency.windows(),
+        failure: outcome.failure.clone(),
+        failure_file: failure_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+        log_hash: format!("{:#018x}", outcome.log_hash),
+        image_hash: format!("{:#018x}", outcome.image_hash),
+        charts: Vec::new(),
+        host: HostFacts { wall_seconds },
+    };
+    render_report(dir, report)?;
+    Ok(failure_path)
+}
+
+/// Renders charts and index.html from `report` and writes report.json (also used to redraw an
+/// existing directory).
+pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
+    let mut charts = Vec::new();
+    let chart = latency_chart(&report);
+    if !chart.series.is_empty() {
+        render_line_chart(&chart, &dir.join("latency-over-time.svg"))?;
+        charts.push((
+            "Guest latency over simulated time (p50 and p99 per second)".to_string(),
+            "latency-over-time.svg".to_string(),
+        ));
+    }
+    report.charts = charts.iter().map(|(_, f)| f.clone()).collect();
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?).context("writing report.json")?;
+    let s = &report.summary;
+    let mut summary = vec![
+        ("outcome".to_string(), report.outcome.clone()),
+        ("scenario".into(), report.config.scenario.clone()),
+        ("seed".into(), report.config.seed.to_string()),
+        ("profile".into(), format!("{:?}", report.config.profile).to_lowercase()),
+        ("git commit".into(), report.git_commit.clone()),
+        ("requests".into(), format!("{} ({} reads, {} writes, {} flushes)", s.requests, s.reads, s.writes, s.flushes)),
+        (
+            "bytes".into(),
+            format!(
+                "{:.1} MiB read, {:.1} MiB written",
+                s.read_bytes as f64 / 1048576.0,
+                s.write_bytes as f64 / 1048576.0
+            ),
+        ),
+        ("crashes".into(), crash_line(s)),
+        ("sectors verified".into(), s.sectors_verified.to_string()),
+        ("journal".into(), format!("{} writes, {} recycles", s.journal_writes, s.recycles)),
+        ("simulated time".into(), format!("{:.3} s", s.simulated_seconds)),
+        ("wall time".into(), format!("{:.3} s", report.host.wall_seconds)),
+        ("event-log hash".into(), report.log_hash.clone()),
+    ];
+    if let Some(failure) = &report.failure {
+        summary.insert(1, ("failure".into(), failure.message.clone()));
+    }
+    let index = Index {
+        title: format!("fvdsim run: {} seed {}", report.config.scenario, report.config.seed),
+        summary,
+        charts,
+        failures: report
+            .failure_file
+            .iter()
+            .map(|f| (report.failure.as_ref().map_or(String::new(), |x| x.message.clone()), f.clone()))
+            .collect(),
+        files: vec![(
+            "versioned run report (schema ".to_string() + &report.schema_version.to_string() + ")",
+            "report.json".to_string(),
+        )],
+    };
+    std::fs::write(dir.join("index.html"), render_index(&index)).context("writing index.html")?;
+    Ok(())
+}
+
+/// Crashes by point, one line.
+pub fn crash_line(summary: &RunSummary) -> String {
+    let total: u64 = summary.crashes_by_point.values().sum();
+    let parts: Vec<String> = summary.crashes_by_point.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+fn latency_chart(report: &Report) -> LineChart {
+    let mut series = Vec::new();
+    for kind in ["read", "write"] {
+        for (label, pick) in [("p50", 0usize), ("p99", 1)] {
+            let points: Vec<(f64, f64)> = report
+                .latency_windows
+                .iter()
+                .filter_map(|w| w.kinds.get(kind).map(|(_, p50, p99)| (w.start_s, if pick == 0 { *p50 } else { *p99 })))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series { label: format!("{kind} {label}"), points, dashed: pick == 1 });
+            }
+        }
+    }
+    LineChart {
+        title: format!(
+            "Guest latency, {} seed {} ({} profile)",
+            report.config.scenario,
+            report.config.seed,
+            format!("{:?}", report.config.profile).to_lowercase()
+        ),
+        x_label: "simulated time (s)".into(),
+        y_label: "latency per 1 s window (µs, log scale, floor 1 µs)".into(),
+        series,
+        bands: report
+            .crashes
+            .iter()
+            .map(|c| Band { from: c.at_ns as f64 / 1e9, to: c.at_ns as f64 / 1e9 + 0.6 })
+            .collect(),
+        band_label: "crash and recovery".into(),
+        band_rgb: (214, 39, 40),
+        log_y: true,
+        y_floor: Some(1.0),
+    }
+}
