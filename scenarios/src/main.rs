@@ -38,6 +38,9 @@ enum Command {
         /// Run directory for the replay's report.
         #[arg(long, default_value = "fvdsim-repro")]
         out: PathBuf,
+        /// Write the last N events of the log to OUT/events.log (one line each, virtual time first).
+        #[arg(long, default_value_t = 0)]
+        log_events: usize,
     },
     /// Cut a failure down while the same failure class still occurs; writes FILE.min.json.
     Shrink {
@@ -112,6 +115,9 @@ struct RunArgs {
     /// Run the seed twice and compare the event-log hash and the final image bytes.
     #[arg(long)]
     check_determinism: bool,
+    /// Write the last N events of the log to OUT/events.log.
+    #[arg(long, default_value_t = 0)]
+    log_events: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -190,9 +196,12 @@ fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
 }
 
 /// Runs a configuration, writes the run directory, prints the table; returns the exit code.
-fn run_and_report(config: &RunConfig, out: &Path) -> ExitCode {
+fn run_and_report(config: &RunConfig, out: &Path, log_events: usize) -> ExitCode {
     let started = Instant::now();
-    let outcome = match run(config) {
+    let outcome = match fvd_scenarios::campaign::run::run_with(
+        config,
+        log_events.max(fvd_scenarios::campaign::run::DEFAULT_LOG_TAIL),
+    ) {
         Ok(outcome) => outcome,
         Err(error) => return usage(error),
     };
@@ -203,6 +212,15 @@ fn run_and_report(config: &RunConfig, out: &Path) -> ExitCode {
         Err(error) => return usage(format!("writing {}: {error:#}", out.display())),
     };
     say!("  report              {}", out.join("index.html").display());
+    if log_events > 0 {
+        let path = out.join("events.log");
+        let mut text = outcome.last_events.join("\n");
+        text.push('\n');
+        if let Err(error) = std::fs::write(&path, text) {
+            return usage(format!("writing {}: {error}", path.display()));
+        }
+        say!("  events              {} ({} lines)", path.display(), outcome.last_events.len());
+    }
     match (&outcome.failure, failure_path) {
         (Some(failure), Some(path)) => {
             eprintln!(
@@ -225,6 +243,41 @@ fn run_and_report(config: &RunConfig, out: &Path) -> ExitCode {
             ExitCode::from(failure.class.exit_code())
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Crashes a short run at every one of its events; reports the first failure like a run.
+fn exhaustive(config: &RunConfig, out: &Path) -> ExitCode {
+    let started = Instant::now();
+    let outcome = match fvd_scenarios::campaign::run::run_exhaustive(config, |_, _| {}) {
+        Ok(outcome) => outcome,
+        Err(error) => return usage(error),
+    };
+    match outcome.failure {
+        None => {
+            say!(
+                "fvdsim exhaustive seed {}: crashed at every one of {} events, each recovered and verified ({} runs, {:.1} s)",
+                config.seed,
+                outcome.events,
+                outcome.runs,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Some((event, failing)) => {
+            say!("fvdsim exhaustive seed {}: the crash at event {event} of {} failed", config.seed, outcome.events);
+            let wall = started.elapsed().as_secs_f64();
+            match write_run_directory(&failing, out, wall) {
+                Ok(Some(path)) => {
+                    let failure = failing.failure.as_ref().expect("a failing outcome");
+                    eprintln!("FAILURE: {}", failure.message);
+                    eprintln!("reproduce with: {}", repro_command(&path));
+                    ExitCode::from(failure.class.exit_code())
+                }
+                Ok(None) => ExitCode::from(1),
+                Err(error) => usage(format!("writing {}: {error:#}", out.display())),
+            }
+        }
     }
 }
 
@@ -265,9 +318,15 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return usage(error),
             };
-            if args.check_determinism { check_determinism(&config) } else { run_and_report(&config, &args.out) }
+            if args.check_determinism {
+                check_determinism(&config)
+            } else if config.scenario == "exhaustive" {
+                exhaustive(&config, &args.out)
+            } else {
+                run_and_report(&config, &args.out, args.log_events)
+            }
         }
-        Command::Repro { file, out } => match read_failure_file(&file) {
+        Command::Repro { file, out, log_events } => match read_failure_file(&file) {
             Ok(failure) => {
                 say!(
                     "replaying {} (recorded at commit {}; this build is {})",
@@ -276,7 +335,7 @@ fn main() -> ExitCode {
                     fvd_scenarios::campaign::output::GIT_COMMIT
                 );
                 say!("recorded failure: {}", failure.failure.message);
-                run_and_report(&failure.config, &out)
+                run_and_report(&failure.config, &out, log_events)
             }
             Err(error) => usage(format!("{error:#}")),
         },

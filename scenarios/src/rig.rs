@@ -19,6 +19,8 @@ pub struct RigConfig {
     pub base_profile: DeviceProfile,
     /// Put the data in a separate file.
     pub separate_data: bool,
+    /// Events the log keeps for failure reports (does not change the run).
+    pub log_tail: usize,
 }
 
 /// The world and its devices.
@@ -66,7 +68,10 @@ impl std::fmt::Display for RigError {
 impl Rig {
     /// Builds the devices (nothing is created on them yet).
     pub fn new(seed: Seed, config: RigConfig) -> Rig {
-        let sim = Sim::new(seed);
+        let sim = Sim::with_options(
+            seed,
+            fvd_sim::SimOptions { log_tail_capacity: config.log_tail, record_all_events: false },
+        );
         let handle = sim.handle();
         let mut create = config.create;
         let image_len = 0;

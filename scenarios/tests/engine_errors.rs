@@ -23,6 +23,7 @@ fn compact_rig(seed: u64) -> Rig {
             image_profile: DeviceProfile::nvme(),
             base_profile: DeviceProfile::nvme(),
             separate_data: false,
+            log_tail: 256,
         },
     );
     rig.create_image().unwrap();
@@ -132,6 +133,7 @@ fn a_dirty_image_without_journal_is_refused() {
             image_profile: DeviceProfile::nvme(),
             base_profile: DeviceProfile::nvme(),
             separate_data: false,
+            log_tail: 256,
         },
     );
     rig.create_image().unwrap();

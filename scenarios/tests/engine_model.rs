@@ -70,6 +70,7 @@ impl Geometry {
                 image_profile: DeviceProfile::ssd(),
                 base_profile: DeviceProfile::nfs(),
                 separate_data: self.separate_data,
+                log_tail: 256,
             },
         )
     }

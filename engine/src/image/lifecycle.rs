@@ -344,24 +344,39 @@ impl FvdImage {
         if inner.hardened() {
             inner.devices.data().flush().await.map_err(io("metadata write-home: flush data"))?;
         }
-        if let Some(bytes) = &bitmap_bytes {
-            inner
-                .devices
-                .image
-                .write_at(layout.bitmap_offset, bytes, WriteFlags::NONE)
-                .await
-                .map_err(io("metadata write-home: bitmap"))?;
-        }
-        if let Some(bytes) = &table_bytes {
-            inner
-                .devices
-                .image
-                .write_at(layout.table_offset, bytes, WriteFlags::NONE)
-                .await
-                .map_err(io("metadata write-home: table"))?;
-        }
+        // Hardened order: the table (chunk mappings) is durable before the bitmap that sends reads
+        // to those chunks. Written the other way round, a crash can keep a bit whose chunk is
+        // still unmapped on disk, and the block reads zeros (found by the exhaustive crash
+        // scenario). v1 writes bitmap then table with no flush between, as the 2011 code did.
+        let image = &inner.devices.image;
+        let write_table = async {
+            if let Some(bytes) = &table_bytes {
+                image
+                    .write_at(layout.table_offset, bytes, WriteFlags::NONE)
+                    .await
+                    .map_err(io("metadata write-home: table"))?;
+            }
+            Ok::<(), FvdError>(())
+        };
+        let write_bitmap = async {
+            if let Some(bytes) = &bitmap_bytes {
+                image
+                    .write_at(layout.bitmap_offset, bytes, WriteFlags::NONE)
+                    .await
+                    .map_err(io("metadata write-home: bitmap"))?;
+            }
+            Ok::<(), FvdError>(())
+        };
         if inner.hardened() {
-            inner.devices.image.flush().await.map_err(io("metadata write-home: flush image"))?;
+            write_table.await?;
+            if table_bytes.is_some() && bitmap_bytes.is_some() {
+                image.flush().await.map_err(io("metadata write-home: flush table"))?;
+            }
+            write_bitmap.await?;
+            image.flush().await.map_err(io("metadata write-home: flush image"))?;
+        } else {
+            write_bitmap.await?;
+            write_table.await?;
         }
         let mut state = inner.state.borrow_mut();
         // What went home is now guaranteed on disk; later changes stay fresh-only until committed.

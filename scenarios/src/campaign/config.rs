@@ -342,6 +342,16 @@ fn plain(seed: Seed) -> RunConfig {
     config
 }
 
+fn exhaustive(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "exhaustive".into();
+    config.workload = WorkloadConfig::Random { testers: 4, requests: 48, max_sectors: 24, read_per_mille: 300 };
+    config.image.journal_bytes = 4096;
+    config.flush_every_requests = 6;
+    config.verify_sample_sectors = 256;
+    config
+}
+
 /// Every named scenario.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -373,6 +383,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "plain",
         description: "random on a non-compact image with 31-sector blocks (bitmap only)",
         build: plain,
+    },
+    Scenario {
+        name: "exhaustive",
+        description: "a short random run crashed at every one of its events in turn (clean, prefix, random), each recovered and verified",
+        build: exhaustive,
     },
 ];
 

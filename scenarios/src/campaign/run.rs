@@ -92,6 +92,9 @@ pub struct CrashSummary {
     pub sectors_verified: u64,
     /// Journal sectors replayed by the recovery.
     pub journal_sectors_replayed: u64,
+    /// The crash state applied: every unflushed write of the image disk and the fate of each of
+    /// its atomic units (`K` kept, `D` dropped, `T` torn).
+    pub writes: Vec<fvd_sim::WriteFate>,
 }
 
 /// Counters of a run.
@@ -143,6 +146,8 @@ pub struct RunOutcome {
     pub image_hash: u64,
     /// The last events of the log.
     pub last_events: Vec<String>,
+    /// Events logged from the first workload request to the end of the workload.
+    pub summary_events: u64,
 }
 
 impl std::fmt::Debug for RunOutcome {
@@ -192,6 +197,10 @@ struct Driver {
     crashes_applied: usize,
     arm: Option<Arming>,
     fired: Option<CrashPoint>,
+    /// Event count when the first workload request was claimed.
+    first_event: u64,
+    /// Events from the first workload request to the end of the workload.
+    workload_events: u64,
 }
 
 /// A crash waiting for its request count, then for its point.
@@ -262,7 +271,7 @@ fn device_profile(name: &str) -> Result<DeviceProfile, ConfigError> {
     })
 }
 
-fn build_rig(config: &RunConfig) -> Result<Rig, ConfigError> {
+fn build_rig(config: &RunConfig, log_tail: usize) -> Result<Rig, ConfigError> {
     let image = &config.image;
     let mut create = CreateOptions::new(image.size_bytes);
     create.compact = image.compact;
@@ -279,6 +288,7 @@ fn build_rig(config: &RunConfig) -> Result<Rig, ConfigError> {
             image_profile: device_profile(&image.image_device)?,
             base_profile: device_profile(&image.base_device)?,
             separate_data: image.separate_data,
+            log_tail,
         },
     );
     Ok(rig)
@@ -307,8 +317,17 @@ fn load_requests(config: &RunConfig) -> Result<Requests, ConfigError> {
 
 /// Runs `config`. Errors only for bad configuration or input; every finding is in the outcome.
 pub fn run(config: &RunConfig) -> Result<RunOutcome, ConfigError> {
+    run_with(config, DEFAULT_LOG_TAIL)
+}
+
+/// Events kept for failure files by default.
+pub const DEFAULT_LOG_TAIL: usize = 256;
+
+/// [`run`], keeping the last `log_tail` events for the outcome (a debugging aid: it does not
+/// change the run).
+pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, ConfigError> {
     let requests = load_requests(config)?;
-    let rig = build_rig(config)?;
+    let rig = build_rig(config, log_tail)?;
     let total = config.max_requests.map_or(requests.total(), |m| m.min(requests.total()));
     let mut config = config.clone();
     let schedule: Vec<CrashSpec> =
@@ -332,6 +351,8 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, ConfigError> {
         crashes_applied: 0,
         arm: None,
         fired: None,
+        first_event: 0,
+        workload_events: 0,
     }));
     let mut crashes = Vec::new();
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -369,6 +390,7 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, ConfigError> {
         log_hash: rig.sim.log_hash(),
         image_hash: rig.image.image_hash(),
         last_events,
+        summary_events: d.workload_events,
     })
 }
 
@@ -491,8 +513,13 @@ fn campaign(
             units_torn: torn,
             sectors_verified: verified,
             journal_sectors_replayed: replayed,
+            writes: record.writes,
         });
         rig.image.set_faults(config.faults.clone());
+    }
+    {
+        let mut d = driver.borrow_mut();
+        d.workload_events = rig.sim.event_count().saturating_sub(d.first_event);
     }
     // The workload finished: disarm any crash that did not fire, flush, close cleanly, check.
     rig.sim.clear_progress_hook();
@@ -592,6 +619,9 @@ fn claim(driver: &Shared, handle: &SimHandle) -> Option<u64> {
         return None;
     }
     let index = d.next_request;
+    if index == 0 {
+        d.first_event = handle.event_count();
+    }
     d.next_request += 1;
     d.summary.requests += 1;
     let mut to_arm = None;
@@ -1008,4 +1038,51 @@ fn check_image(rig: &Rig, driver: &Shared, profile: fvd_engine::Profile, when: &
             false
         }
     }
+}
+
+/// The result of crashing a short run at every one of its events.
+#[derive(Debug)]
+pub struct ExhaustiveOutcome {
+    /// Events of the run without a crash (the crash points tried).
+    pub events: u64,
+    /// Crash points tried.
+    pub runs: u64,
+    /// The first failure and the event it crashed at, if any.
+    pub failure: Option<(u64, RunOutcome)>,
+}
+
+/// Runs `config` once without crashes to count its workload events, then once per event `k`
+/// with the world crashed at event `k` (clean, prefix and random strategies in turn), each
+/// recovered and verified. Stops at the first failure.
+pub fn run_exhaustive(
+    config: &RunConfig,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ExhaustiveOutcome, ConfigError> {
+    let mut probe = config.clone();
+    probe.crashes.count = 0;
+    probe.crashes.schedule = Some(Vec::new());
+    let clean = run(&probe)?;
+    if clean.failure.is_some() {
+        return Ok(ExhaustiveOutcome { events: 0, runs: 1, failure: Some((0, clean)) });
+    }
+    // Events from the first request to the end of the workload (create and open come before).
+    let events = clean.summary_events;
+    let strategies = [fvd_sim::CrashStrategy::RANDOM, fvd_sim::CrashStrategy::Prefix, fvd_sim::CrashStrategy::Clean];
+    for k in 1..=events {
+        progress(k, events);
+        let mut at = config.clone();
+        let spec = CrashSpec {
+            after_request: 0,
+            point: CrashPoint::RandomEvent,
+            occurrence: k,
+            strategy: strategies[(k % 3) as usize],
+            atomic_unit: *config.crashes.atomic_units.first().unwrap_or(&fvd_sim::AtomicUnit::Sector),
+        };
+        at.crashes.schedule = Some(vec![spec]);
+        let outcome = run(&at)?;
+        if outcome.failure.is_some() {
+            return Ok(ExhaustiveOutcome { events, runs: k + 1, failure: Some((k, outcome)) });
+        }
+    }
+    Ok(ExhaustiveOutcome { events, runs: events + 1, failure: None })
 }
