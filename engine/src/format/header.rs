@@ -329,6 +329,16 @@ impl Header {
 
     /// Byte offset of the `clean_shutdown` field (it lives in header sector 8, bytes 4096..4608).
     pub const CLEAN_SHUTDOWN_OFFSET: usize = off::CLEAN_SHUTDOWN;
+
+    /// Header sector 8 (bytes 4096..4608): the tail of the struct, `clean_shutdown` included,
+    /// then zeros. The engine flips the clean flag by rewriting this one sector (`docs/format.md`
+    /// §1), which leaves the extension slots in sectors 9 and 10 alone.
+    pub fn sector_8(&self) -> [u8; 512] {
+        let encoded = self.encode();
+        let mut sector = [0u8; 512];
+        sector[..HEADER_BYTES - 4096].copy_from_slice(&encoded[4096..]);
+        sector
+    }
 }
 
 /// fvdsim's hardened header extension, in the header padding (v1 readers ignore it). Two slots in

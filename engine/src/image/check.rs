@@ -10,8 +10,7 @@ use crate::error::FvdError;
 use crate::format::journal::{DecodedSector, JournalRecord, decode_sector};
 use crate::format::table::encode_table;
 use crate::format::{
-    Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout,
-    SECTOR,
+    Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR,
 };
 
 /// What `check` found and did.
@@ -194,9 +193,7 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
                 .map_err(FvdError::io("repair: clear journal"))?;
         }
         header.clean_shutdown = true;
-        let encoded = header.encode();
-        let mut sector = [0u8; 512];
-        sector[..HEADER_BYTES - 4096].copy_from_slice(&encoded[4096..]);
+        let sector = header.sector_8();
         image.write_at(4096, &sector, WriteFlags::FUA).await.map_err(FvdError::io("repair: write clean flag"))?;
         image.flush().await.map_err(FvdError::io("repair: flush"))?;
         report.repaired = true;

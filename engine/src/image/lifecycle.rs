@@ -470,9 +470,7 @@ impl FvdImage {
         let sector = {
             let mut state = inner.state.borrow_mut();
             state.header.clean_shutdown = clean;
-            let encoded = state.header.encode();
-            let mut sector = [0u8; 512];
-            sector[..HEADER_BYTES - 4096].copy_from_slice(&encoded[4096..]);
+            let sector = state.header.sector_8();
             sector
         };
         let flags = if inner.hardened() { WriteFlags::FUA } else { WriteFlags::NONE };

@@ -77,6 +77,23 @@ impl PagePool {
     }
 }
 
+/// The pieces of `[offset, offset + len)` by page: `(page index, offset in the page, range of
+/// the buffer)`.
+fn page_pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, std::ops::Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = offset + done as u64;
+        let in_page = (at % PAGE_BYTES as u64) as usize;
+        let n = (PAGE_BYTES - in_page).min(len - done);
+        let piece = (at / PAGE_BYTES as u64, in_page, done..done + n);
+        done += n;
+        Some(piece)
+    })
+}
+
 impl SparseStore {
     /// An empty store.
     pub fn new() -> SparseStore {
@@ -127,34 +144,22 @@ impl SparseStore {
     /// Copies `buf.len()` bytes at `offset` into `buf`; unwritten bytes come from `content` or are
     /// zero.
     pub fn read(&self, offset: u64, buf: &mut [u8], content: Option<&dyn ContentSource>) {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let page_index = at / PAGE_BYTES as u64;
-            let in_page = (at % PAGE_BYTES as u64) as usize;
-            let n = (PAGE_BYTES - in_page).min(buf.len() - done);
-            let out = &mut buf[done..done + n];
+        for (page_index, in_page, range) in page_pieces(offset, buf.len()) {
+            let out = &mut buf[range.clone()];
             match self.page(page_index) {
-                Some(page) => out.copy_from_slice(&page[in_page..in_page + n]),
+                Some(page) => out.copy_from_slice(&page[in_page..in_page + range.len()]),
                 None => match content {
-                    Some(content) => content.fill(at, out),
+                    Some(content) => content.fill(offset + range.start as u64, out),
                     None => out.fill(0),
                 },
             }
-            done += n;
         }
     }
 
     /// Writes `data` at `offset`.
     pub fn write(&mut self, offset: u64, data: &[u8], content: Option<&dyn ContentSource>) {
-        let mut done = 0usize;
-        while done < data.len() {
-            let at = offset + done as u64;
-            let page_index = at / PAGE_BYTES as u64;
-            let in_page = (at % PAGE_BYTES as u64) as usize;
-            let n = (PAGE_BYTES - in_page).min(data.len() - done);
-            self.page_mut(page_index, content)[in_page..in_page + n].copy_from_slice(&data[done..done + n]);
-            done += n;
+        for (page_index, in_page, range) in page_pieces(offset, data.len()) {
+            self.page_mut(page_index, content)[in_page..in_page + range.len()].copy_from_slice(&data[range]);
         }
     }
 
