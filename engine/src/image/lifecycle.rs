@@ -470,8 +470,7 @@ impl FvdImage {
         let sector = {
             let mut state = inner.state.borrow_mut();
             state.header.clean_shutdown = clean;
-            let sector = state.header.sector_8();
-            sector
+            state.header.sector_8()
         };
         let flags = if inner.hardened() { WriteFlags::FUA } else { WriteFlags::NONE };
         inner.devices.image.write_at(4096, &sector, flags).await.map_err(io("write clean-shutdown flag"))?;
