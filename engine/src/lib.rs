@@ -17,5 +17,6 @@ pub mod image;
 pub use error::FvdError;
 pub use image::{
     BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, MapExtent,
-    MapSource, OpenOptions, PrefetchSettings, Profile, check,
+    MapSource, OpenOptions, PrefetchConfig, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchSettings,
+    PrefetchTelemetry, Profile, check,
 };

@@ -337,7 +337,9 @@ pub fn run_engine_bench(options: &EngineBenchOptions) -> anyhow::Result<EngineBe
         let block = options.block_bytes;
         let result: Result<(f64, f64, fvd_engine::EngineStats), fvd_engine::FvdError> = executor.block_on(async move {
             FvdImage::create(&devices, &create).await?;
-            let image = FvdImage::open(devices, env, OpenOptions { read_only: false, profile }).await?;
+            let image =
+                FvdImage::open(devices, env, OpenOptions { read_only: false, profile, ..OpenOptions::default() })
+                    .await?;
             let data = vec![0x5au8; 4096];
             let started = Instant::now();
             for i in 0..writes {

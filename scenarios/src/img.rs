@@ -217,7 +217,11 @@ fn open_devices(image_path: &Path, writable: bool) -> Result<Devices, ImgError> 
 fn open_image(executor: &HostExecutor, path: &Path, writable: bool, profile: Profile) -> Result<FvdImage, ImgError> {
     let devices = open_devices(path, writable)?;
     let env = Rc::new(HostEnv::new(executor, Seed(0)));
-    Ok(executor.block_on(FvdImage::open(devices, env, OpenOptions { read_only: !writable, profile }))?)
+    Ok(executor.block_on(FvdImage::open(
+        devices,
+        env,
+        OpenOptions { read_only: !writable, profile, ..OpenOptions::default() },
+    ))?)
 }
 
 /// Runs an `img` command, printing to stdout. Returns the exit code.

@@ -148,10 +148,15 @@ impl Rig {
 
     /// Opens the image (runs the world, including any recovery).
     pub fn open(&self, profile: Profile) -> Result<FvdImage, RigError> {
+        self.open_with(OpenOptions { read_only: false, profile, ..OpenOptions::default() })
+    }
+
+    /// Opens the image with explicit options (copy-on-read, prefetch).
+    pub fn open_with(&self, options: OpenOptions) -> Result<FvdImage, RigError> {
         let devices = self.devices();
         let env = Rc::clone(&self.env);
         self.sim
-            .run(async move { FvdImage::open(devices, env, OpenOptions { read_only: false, profile }).await })
+            .run(async move { FvdImage::open(devices, env, options).await })
             .map_err(RigError::Run)?
             .map_err(RigError::Engine)
     }

@@ -402,3 +402,53 @@ fn the_v1_profile_loses_data_where_the_hardened_engine_does_not() {
     let (seed, failure) = &v1_failures[0];
     assert!(failure.contains("after a crash"), "seed {seed}: {failure}");
 }
+
+/// Prefetch copies the whole base image into the image on a quiet disk, finishes, and from then
+/// on the bitmap is bypassed; every sector still reads its base content.
+#[test]
+fn prefetch_copies_the_whole_base_and_finishes() {
+    for profile in [Profile::Hardened, Profile::V1] {
+        let geometry = Geometry {
+            size_sectors: 4096,
+            base_sectors: 3000,
+            block_sectors: 8,
+            compact: true,
+            chunk_blocks: 2,
+            separate_data: false,
+            journal_bytes: 4096,
+        };
+        let mut rig = geometry.rig(5);
+        rig.create.profile = profile;
+        rig.create_image().unwrap();
+        let config = fvd_engine::PrefetchConfig {
+            start_delay_ms: 1,
+            bytes_per_prefetch: 64 << 10,
+            ..fvd_engine::PrefetchConfig::default()
+        };
+        let image = rig
+            .open_with(fvd_engine::OpenOptions {
+                profile,
+                prefetch: Some(config),
+                ..fvd_engine::OpenOptions::default()
+            })
+            .unwrap();
+        let waiting = image.clone();
+        rig.sim.run(async move { waiting.wait_prefetch().await }).unwrap();
+        let telemetry = image.prefetch_telemetry().unwrap();
+        assert_eq!(telemetry.phase, fvd_engine::PrefetchPhase::Finished, "{profile:?}");
+        assert!(telemetry.bytes_copied >= 3000 * 512, "{profile:?}: copied {}", telemetry.bytes_copied);
+        let all = read_all(&rig, &image, 4096);
+        for sector in 0..4096u64 {
+            let mut expected = vec![0u8; 512];
+            original(sector, rig.base_for_oracle(), &mut expected);
+            assert_eq!(
+                &all[(sector * 512) as usize..((sector + 1) * 512) as usize],
+                &expected[..],
+                "{profile:?}: sector {sector}"
+            );
+        }
+        assert!(image.info().all_data_in_image);
+        let closing = image.clone();
+        rig.sim.run(async move { closing.close().await }).unwrap().unwrap();
+    }
+}

@@ -47,18 +47,40 @@ impl FvdImage {
     ///
     /// Errors: [`FvdError::BadRequest`]; [`FvdError::Io`] (the image stays consistent).
     pub async fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), FvdError> {
+        let started_ns = self.inner.env.now_ns();
+        let result = self.read_inner(offset_bytes, buf).await;
+        self.note_guest_latency(self.inner.env.now_ns() - started_ns);
+        result
+    }
+
+    async fn read_inner(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), FvdError> {
         let (start, end) = self.validate("read", offset_bytes, buf.len() as u64)?;
         if self.all_in_image(start) {
             self.load_data(start, buf).await?;
         } else {
             // Snapshot the fresh bitmap now: it may change while the reads are in flight.
             let runs = self.read_runs(start, end);
+            let copy_on_read = self.copy_on_read_enabled();
+            let mut copies = Vec::new();
             for (source, run_start, run_end) in runs {
                 let out = &mut buf[((run_start - start) * SECTOR) as usize..((run_end - start) * SECTOR) as usize];
                 match source {
                     Source::Image => self.load_data(run_start, out).await?,
+                    Source::Base if copy_on_read => {
+                        // Read whole blocks from the base (clipped to its end) so they can be copied.
+                        let (copy_start, copy_end) = self.block_round(run_start, run_end);
+                        let mut whole = vec![0u8; ((copy_end - copy_start) * SECTOR) as usize];
+                        self.read_base(copy_start, &mut whole).await?;
+                        let from = ((run_start - copy_start) * SECTOR) as usize;
+                        out.copy_from_slice(&whole[from..from + out.len()]);
+                        copies.push((copy_start, whole));
+                    }
                     Source::Base => self.read_base(run_start, out).await?,
                 }
+            }
+            // The guest read is acknowledged first; the copies run in the background.
+            for (copy_start, whole) in copies {
+                self.spawn_copy_on_read(copy_start, whole);
             }
         }
         self.inner.state.borrow_mut().stats.reads += 1;
@@ -138,6 +160,13 @@ impl FvdImage {
     /// Errors: [`FvdError::BadRequest`], [`FvdError::ReadOnly`], [`FvdError::NoSpace`],
     /// [`FvdError::Io`]; after an error the image stays consistent and later requests work.
     pub async fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<(), FvdError> {
+        let started_ns = self.inner.env.now_ns();
+        let result = self.write_inner(offset_bytes, data).await;
+        self.note_guest_latency(self.inner.env.now_ns() - started_ns);
+        result
+    }
+
+    async fn write_inner(&self, offset_bytes: u64, data: &[u8]) -> Result<(), FvdError> {
         let (start, end) = self.validate("write", offset_bytes, data.len() as u64)?;
         if self.inner.options.read_only {
             return Err(FvdError::ReadOnly);

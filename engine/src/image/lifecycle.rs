@@ -238,9 +238,18 @@ impl FvdImage {
             write_locks: LockSet::default(),
             next_lock_id: 0,
             stats: Default::default(),
+            copy_on_read_outstanding_bytes: 0,
+            copy_on_read_cap_bytes: 0,
+            prefetch: None,
             waiters: Vec::new(),
         };
         let image = FvdImage { inner: Rc::new(Inner { devices, env, layout, options, state: RefCell::new(state) }) };
+        {
+            // v1 (`fvd-v1.md` §3.5): a cap under two blocks becomes one block.
+            let mut state = image.inner.state.borrow_mut();
+            let cap = state.header.max_outstanding_copy_on_read_data;
+            state.copy_on_read_cap_bytes = if cap < 2 * layout.block_size { layout.block_size } else { cap };
+        }
         if dirty {
             image.replay_journal().await?;
         }
@@ -253,6 +262,16 @@ impl FvdImage {
                 image.start_new_journal_round().await?;
             }
             image.write_clean_flag(false).await?;
+            let (has_base, all_data, header_delay_s) = {
+                let state = image.inner.state.borrow();
+                (image.inner.layout.has_base(), state.header.all_data_in_fvd_img, state.header.prefetch_start_delay)
+            };
+            if has_base && !all_data {
+                let from_header = (header_delay_s > 0).then(|| image.prefetch_config_from_header());
+                if let Some(config) = options.prefetch.or(from_header) {
+                    image.start_prefetch(config);
+                }
+            }
         }
         Ok(image)
     }
@@ -495,6 +514,7 @@ impl FvdImage {
         if self.inner.options.read_only {
             return Ok(());
         }
+        self.stop_prefetch().await;
         self.write_metadata_home().await?;
         if self.inner.hardened() && self.inner.layout.compact {
             // Record the exact high-water mark so the next open wastes no storage.
@@ -503,6 +523,27 @@ impl FvdImage {
         self.write_clean_flag(true).await?;
         self.inner.devices.image.flush().await.map_err(io("close: flush image"))?;
         Ok(())
+    }
+}
+
+impl FvdImage {
+    /// The prefetch settings recorded in the header (`fvd-v1.md` §4.1).
+    fn prefetch_config_from_header(&self) -> super::PrefetchConfig {
+        let state = self.inner.state.borrow();
+        let h = &state.header;
+        let ms = |v: i32| u64::try_from(v).unwrap_or(0);
+        super::PrefetchConfig {
+            start_delay_ms: ms(h.prefetch_start_delay) * 1000,
+            slots: u32::try_from(h.num_prefetch_slots.max(1)).unwrap_or(1),
+            bytes_per_prefetch: ms(h.bytes_per_prefetch).max(4096),
+            read_measure_ms: ms(h.prefetch_read_throughput_measure_time),
+            write_measure_ms: ms(h.prefetch_write_throughput_measure_time),
+            alpha_percent: u32::try_from(h.prefetch_perf_calc_alpha.clamp(0, 100)).unwrap_or(80),
+            min_read_kb_s: ms(h.prefetch_min_read_throughput),
+            min_write_kb_s: ms(h.prefetch_min_write_throughput),
+            throttle_ms: ms(h.prefetch_throttle_time),
+            policy: super::PrefetchPolicy::V1,
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 //! `docs/format.md` §7; the `v1` [`Profile`] reproduces the 2011 behaviour, flaws included.
 
 mod check;
+mod copy;
 mod io;
 mod journal;
 mod lifecycle;
+mod prefetch;
 mod state;
 
 use std::cell::RefCell;
@@ -18,6 +20,7 @@ use crate::env::{Env, Progress, ProgressPoint};
 use crate::format::Layout;
 
 pub use check::{CheckReport, check};
+pub use prefetch::{PrefetchConfig, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchTelemetry};
 pub use state::EngineStats;
 use state::{State, Until};
 
@@ -148,6 +151,10 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Engine behaviour.
     pub profile: Profile,
+    /// Override the header's copy-on-read setting.
+    pub copy_on_read: Option<bool>,
+    /// Start whole-image prefetch with these settings (overriding the header's), if any.
+    pub prefetch: Option<prefetch::PrefetchConfig>,
 }
 
 /// The devices an image uses.

@@ -41,6 +41,10 @@ impl LockSet {
     pub(crate) fn len(&self) -> usize {
         self.locks.len()
     }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &RangeLock> {
+        self.locks.iter()
+    }
 }
 
 /// Journal allocation state (`fvd-v1.md` §2.5).
@@ -79,6 +83,14 @@ pub struct EngineStats {
     pub chunks_allocated: u64,
     /// Guest flushes.
     pub flushes: u64,
+    /// Copy-on-read stores completed, and their bytes.
+    pub copy_on_read_stores: u64,
+    /// Bytes stored by copy-on-read.
+    pub copy_on_read_bytes: u64,
+    /// Copy-on-read regions skipped because too many bytes were outstanding.
+    pub copy_on_read_skipped: u64,
+    /// Bytes stored by prefetch.
+    pub prefetch_bytes: u64,
     /// Journal sectors applied at the last recovery.
     pub recovered_sectors: u64,
 }
@@ -109,6 +121,12 @@ pub(crate) struct State {
     pub(crate) write_locks: LockSet,
     pub(crate) next_lock_id: u64,
     pub(crate) stats: EngineStats,
+    /// Copy-on-read bytes being stored (v1's `outstanding_copy_on_read_data`).
+    pub(crate) copy_on_read_outstanding_bytes: u64,
+    /// The cap on them (v1: the header's value, or one block if that is under two blocks).
+    pub(crate) copy_on_read_cap_bytes: u64,
+    /// Whole-image prefetch, once started.
+    pub(crate) prefetch: Option<super::prefetch::Prefetcher>,
     /// Tasks waiting for some state change.
     pub(crate) waiters: Vec<Waker>,
 }
