@@ -146,6 +146,6 @@ impl FvdImage {
                 from = e;
             }
         };
-        let _ = self.inner.env.spawn("copy-on-read", Box::pin(task));
+        self.inner.spawn_background("copy-on-read", Box::pin(task));
     }
 }

@@ -202,6 +202,11 @@ impl Inner {
         self.env.progress(Progress { point, detail });
     }
 
+    /// Starts a background task; its end is not awaited (dropping the join never cancels it).
+    pub(crate) fn spawn_background(&self, name: &str, task: crate::env::LocalFuture<'static, ()>) {
+        drop(self.env.spawn(name, task));
+    }
+
     pub(crate) fn hardened(&self) -> bool {
         self.options.profile == Profile::Hardened
     }

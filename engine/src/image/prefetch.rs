@@ -245,7 +245,7 @@ impl FvdImage {
             telemetry,
         });
         let image = self.clone();
-        let _ = self.inner.env.spawn(
+        self.inner.spawn_background(
             "prefetch-start",
             Box::pin(async move {
                 image.inner.env.sleep_ns(config.start_delay_ms * MS).await;
@@ -343,7 +343,7 @@ impl FvdImage {
                     p.waiting_tokens = true;
                     drop(guard);
                     let image = self.clone();
-                    let _ = inner.env.spawn(
+                    inner.spawn_background(
                         "prefetch-pace",
                         Box::pin(async move {
                             image.inner.env.sleep_ns(wait_ns.max(1)).await;
@@ -392,7 +392,7 @@ impl FvdImage {
             }
         };
         let image = self.clone();
-        let _ = inner.env.spawn(
+        inner.spawn_background(
             "prefetch-read",
             Box::pin(async move {
                 let base = image.inner.devices.base.clone().expect("prefetch runs only with a base image");
@@ -506,7 +506,7 @@ impl FvdImage {
             (lock, slot.buf[from..to].to_vec())
         };
         let image = self.clone();
-        let _ = inner.env.spawn(
+        inner.spawn_background(
             "prefetch-write",
             Box::pin(async move {
                 let result = image.store_copy(CopyKind::Prefetch, region.0, &data, lock).await;
@@ -587,9 +587,7 @@ impl FvdImage {
                             // The v1 stall (§4.4, flaw 1): every filled slot was discarded while a
                             // pause was requested, and v1 neither pauses nor reads again.
                             call_pause = true;
-                        } else if next_write.is_none() && !p.read_active && !p.pause_req {
-                            call_next_read = true;
-                        } else if next_write.is_some() && !p.read_active && !p.pause_req && p.filled < p.slots.len() {
+                        } else if !p.read_active && !p.pause_req && (next_write.is_none() || p.filled < p.slots.len()) {
                             call_next_read = true;
                         }
                     }
@@ -681,7 +679,7 @@ impl FvdImage {
             });
         }
         let image = self.clone();
-        let _ = inner.env.spawn(
+        inner.spawn_background(
             "prefetch-pause",
             Box::pin(async move {
                 image.inner.env.sleep_ns(pause_ns).await;
@@ -751,7 +749,7 @@ impl FvdImage {
         };
         if restart_at.is_some() {
             let image = self.clone();
-            let _ = inner.env.spawn(
+            inner.spawn_background(
                 "prefetch-rescan",
                 Box::pin(async move {
                     image.inner.env.sleep_ns(10 * MS).await;
@@ -768,7 +766,7 @@ impl FvdImage {
         self.inner.state.borrow_mut().wake_all();
         if phase == PrefetchPhase::Finished {
             let image = self.clone();
-            let _ = inner.env.spawn(
+            inner.spawn_background(
                 "prefetch-finish",
                 Box::pin(async move {
                     if image.write_metadata_home().await.is_ok() {
