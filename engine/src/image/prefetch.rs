@@ -753,10 +753,16 @@ impl FvdImage {
                 "prefetch-rescan",
                 Box::pin(async move {
                     image.inner.env.sleep_ns(10 * MS).await;
-                    let idle = image.inner.state.borrow().prefetch.as_ref().is_some_and(|p| {
-                        p.phase == PrefetchPhase::Running && !p.read_active && !p.write_active && p.filled == 0
+                    let (idle, pause_req) = image.inner.state.borrow().prefetch.as_ref().map_or((false, false), |p| {
+                        (
+                            p.phase == PrefetchPhase::Running && !p.read_active && !p.write_active && p.filled == 0,
+                            p.pause_req,
+                        )
                     });
-                    if idle {
+                    if idle && pause_req {
+                        // A pause was requested meanwhile: honour it rather than read.
+                        image.pause();
+                    } else if idle {
                         image.next_read();
                     }
                 }),

@@ -162,6 +162,86 @@ pub struct CrashConfig {
     pub schedule: Option<Vec<CrashSpec>>,
 }
 
+/// Whole-image prefetch settings of a run (`fvd-v1.md` §4.1 units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchSpec {
+    /// Delay after open, ms.
+    pub start_delay_ms: u64,
+    /// Slots.
+    pub slots: u32,
+    /// Bytes per slot.
+    pub bytes_per_prefetch: u64,
+    /// Measurement window, ms of accumulated latency (reads and writes).
+    pub measure_ms: u64,
+    /// Moving-average weight of the past, percent.
+    pub alpha_percent: u32,
+    /// Minimum read and write throughput, KB/s.
+    pub min_kb_s: u64,
+    /// Longest pause, ms.
+    pub throttle_ms: u64,
+    /// AIMD policy instead of v1's: target guest mean latency, µs (None: v1's policy).
+    #[serde(default)]
+    pub aimd_target_us: Option<u64>,
+    /// AIMD: highest rate, KB/s.
+    #[serde(default = "aimd_max")]
+    pub aimd_max_kb_s: u64,
+    /// Wait for prefetch to finish after the workload (a stall is a liveness failure); otherwise
+    /// it is stopped at close.
+    #[serde(default = "yes")]
+    pub wait_for_finish: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn aimd_max() -> u64 {
+    1 << 20
+}
+
+impl PrefetchSpec {
+    /// v1's defaults with a 200 ms start delay.
+    pub fn v1_defaults() -> PrefetchSpec {
+        PrefetchSpec {
+            start_delay_ms: 200,
+            slots: 2,
+            bytes_per_prefetch: 1 << 20,
+            measure_ms: 100,
+            alpha_percent: 80,
+            min_kb_s: 5120,
+            throttle_ms: 30_000,
+            aimd_target_us: None,
+            aimd_max_kb_s: 1 << 20,
+            wait_for_finish: true,
+        }
+    }
+
+    /// The engine's settings.
+    pub fn engine_config(&self) -> fvd_engine::PrefetchConfig {
+        fvd_engine::PrefetchConfig {
+            start_delay_ms: self.start_delay_ms,
+            slots: self.slots,
+            bytes_per_prefetch: self.bytes_per_prefetch,
+            read_measure_ms: self.measure_ms,
+            write_measure_ms: self.measure_ms,
+            alpha_percent: self.alpha_percent,
+            min_read_kb_s: self.min_kb_s,
+            min_write_kb_s: self.min_kb_s,
+            throttle_ms: self.throttle_ms,
+            policy: match self.aimd_target_us {
+                None => fvd_engine::PrefetchPolicy::V1,
+                Some(target) => fvd_engine::PrefetchPolicy::Aimd {
+                    target_guest_latency_us: target,
+                    window_ms: 100,
+                    step_kb_s: (self.aimd_max_kb_s / 16).max(64),
+                    min_kb_s: (self.aimd_max_kb_s / 64).max(64),
+                    max_kb_s: self.aimd_max_kb_s,
+                },
+            },
+        }
+    }
+}
+
 /// Everything that determines a run (with the seed and the build).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -187,6 +267,12 @@ pub struct RunConfig {
     pub max_requests: Option<u64>,
     /// Touched sectors sampled for verification after each crash, beyond every unsettled one.
     pub verify_sample_sectors: u64,
+    /// Copy-on-read.
+    #[serde(default)]
+    pub copy_on_read: bool,
+    /// Whole-image prefetch.
+    #[serde(default)]
+    pub prefetch: Option<PrefetchSpec>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -265,6 +351,17 @@ fn cloudphysics(seed: Seed) -> RunConfig {
         flush_every_requests: 64,
         max_requests: None,
         verify_sample_sectors: 20_000,
+        copy_on_read: false,
+        // A late, throttled prefetch from the NFS base for the report's prefetch chart; stopped at
+        // close (copying all 16 GiB would take minutes and as much memory).
+        prefetch: Some(PrefetchSpec {
+            start_delay_ms: 1_000,
+            bytes_per_prefetch: 256 << 10,
+            aimd_target_us: Some(20_000),
+            aimd_max_kb_s: 8 << 10,
+            wait_for_finish: false,
+            ..PrefetchSpec::v1_defaults()
+        }),
     }
 }
 
@@ -296,6 +393,8 @@ fn random(seed: Seed) -> RunConfig {
         flush_every_requests: 50,
         max_requests: None,
         verify_sample_sectors: 4096,
+        copy_on_read: false,
+        prefetch: None,
     }
 }
 
@@ -352,6 +451,64 @@ fn exhaustive(seed: Seed) -> RunConfig {
     config
 }
 
+fn prefetch(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "prefetch".into();
+    config.copy_on_read = true;
+    config.prefetch = Some(PrefetchSpec {
+        bytes_per_prefetch: 256 << 10,
+        min_kb_s: 40_000,
+        throttle_ms: 50,
+        ..PrefetchSpec::v1_defaults()
+    });
+    config.crashes.points = vec![
+        CrashPoint::CopyStore,
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::CopyStore,
+        CrashPoint::JournalWriteLanded,
+        CrashPoint::RandomEvent,
+    ];
+    config
+}
+
+fn prefetch_stall(seed: Seed) -> RunConfig {
+    // Dense writes over a small base, slots discarded while a pause is pending: v1's stall.
+    let mut config = random(seed);
+    config.scenario = "prefetch-stall".into();
+    config.image.size_bytes = 4 << 20;
+    config.image.base_bytes = 2 << 20;
+    config.image.grow_unit_bytes = 256 << 10;
+    config.workload = WorkloadConfig::Random { testers: 8, requests: 4_000, max_sectors: 16, read_per_mille: 100 };
+    config.prefetch = Some(PrefetchSpec {
+        start_delay_ms: 2,
+        slots: 8,
+        bytes_per_prefetch: 8 << 10,
+        measure_ms: 1,
+        min_kb_s: 1 << 30,
+        throttle_ms: 3,
+        ..PrefetchSpec::v1_defaults()
+    });
+    config.crashes.count = 0;
+    config.verify_sample_sectors = 8192;
+    config
+}
+
+fn prefetch_faults(seed: Seed) -> RunConfig {
+    // Guest writes that fail while prefetch skips their blocks: v1 marks them copied anyway.
+    let mut config = prefetch_stall(seed);
+    config.scenario = "prefetch-faults".into();
+    config.prefetch = Some(PrefetchSpec {
+        start_delay_ms: 5,
+        slots: 2,
+        bytes_per_prefetch: 32 << 10,
+        throttle_ms: 0,
+        ..PrefetchSpec::v1_defaults()
+    });
+    config.workload = WorkloadConfig::Random { testers: 8, requests: 4_000, max_sectors: 16, read_per_mille: 50 };
+    config.faults = FaultPlan { write_error_per_million: 200_000, ..FaultPlan::default() };
+    config
+}
+
 /// Every named scenario.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -383,6 +540,21 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "plain",
         description: "random on a non-compact image with 31-sector blocks (bitmap only)",
         build: plain,
+    },
+    Scenario {
+        name: "prefetch",
+        description: "random with copy-on-read and whole-image prefetch from an NFS base, crashes aimed at copy stores",
+        build: prefetch,
+    },
+    Scenario {
+        name: "prefetch-stall",
+        description: "prefetch under dense overlapping writes and constant pause requests (v1 stalls here)",
+        build: prefetch_stall,
+    },
+    Scenario {
+        name: "prefetch-faults",
+        description: "prefetch while guest writes fail (v1 marks the blocks it skipped as copied)",
+        build: prefetch_faults,
     },
     Scenario {
         name: "exhaustive",

@@ -48,6 +48,126 @@ pub struct HostFacts {
     pub wall_seconds: f64,
 }
 
+/// One prefetch telemetry record (see `fvd_engine::PrefetchSample`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefetchPoint {
+    /// Simulated time, s.
+    pub t_s: f64,
+    /// `read`, `write` (throughput windows), `pause`, or `rate` (AIMD).
+    pub kind: String,
+    /// Throughput (MB/s), pause length (ms) or rate (MB/s).
+    pub value: f64,
+    /// Moving average (MB/s), or the guest mean latency (µs) for `rate`.
+    pub moving_average: f64,
+    /// Threshold (MB/s), or the latency target (µs) for `rate`.
+    pub threshold: f64,
+    /// Bytes prefetched so far.
+    pub bytes_copied: u64,
+}
+
+/// Prefetch activity of a run, for charts that redraw without a rerun.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefetchReport {
+    /// `finished`, `running`, `waiting` or `disabled`.
+    pub phase: String,
+    /// Start and finish, simulated seconds.
+    pub started_s: Option<f64>,
+    /// Finish, simulated seconds.
+    pub finished_s: Option<f64>,
+    /// Pauses `(from_s, to_s)`.
+    pub pauses: Vec<(f64, f64)>,
+    /// Windows, pauses and rate changes.
+    pub samples: Vec<PrefetchPoint>,
+    /// Bytes stored.
+    pub bytes_copied: u64,
+    /// Bytes read from the base.
+    pub bytes_read: u64,
+    /// Bytes read but not stored.
+    pub bytes_discarded: u64,
+}
+
+/// bytes per ms → MB/s.
+const BYTES_PER_MS_TO_MB_S: f64 = 1000.0 / 1e6;
+
+impl PrefetchReport {
+    /// From the engine's telemetry.
+    pub fn from_telemetry(t: &fvd_engine::PrefetchTelemetry) -> PrefetchReport {
+        PrefetchReport {
+            phase: format!("{:?}", t.phase).to_lowercase(),
+            started_s: t.started_ns.map(|n| n as f64 / 1e9),
+            finished_s: t.finished_ns.map(|n| n as f64 / 1e9),
+            pauses: t.pauses.iter().map(|(a, b)| (*a as f64 / 1e9, *b as f64 / 1e9)).collect(),
+            samples: t
+                .samples
+                .iter()
+                .map(|s| {
+                    let throughput = matches!(s.kind, "read" | "write" | "rate");
+                    PrefetchPoint {
+                        t_s: s.at_ns as f64 / 1e9,
+                        kind: s.kind.to_string(),
+                        value: if throughput { s.value * BYTES_PER_MS_TO_MB_S } else { s.value },
+                        moving_average: if s.kind == "rate" {
+                            s.moving_average
+                        } else {
+                            s.moving_average * BYTES_PER_MS_TO_MB_S
+                        },
+                        threshold: if s.kind == "rate" { s.threshold } else { s.threshold * BYTES_PER_MS_TO_MB_S },
+                        bytes_copied: s.bytes_copied,
+                    }
+                })
+                .collect(),
+            bytes_copied: t.bytes_copied,
+            bytes_read: t.bytes_read,
+            bytes_discarded: t.bytes_discarded,
+        }
+    }
+}
+
+/// The prefetch chart: throughput per measurement window and its moving average, the minimum
+/// threshold (dashed) and pauses shaded (v1 policy); or the AIMD rate.
+pub fn prefetch_chart(prefetch: &PrefetchReport, title: &str) -> LineChart {
+    let mut series = Vec::new();
+    for (kind, label) in [("read", "base read"), ("write", "image write")] {
+        let points: Vec<&PrefetchPoint> = prefetch.samples.iter().filter(|p| p.kind == kind).collect();
+        if points.is_empty() {
+            continue;
+        }
+        series.push(Series {
+            label: format!("{label} throughput"),
+            points: points.iter().map(|p| (p.t_s, p.value)).collect(),
+            dashed: false,
+        });
+        series.push(Series {
+            label: format!("{label} moving average"),
+            points: points.iter().map(|p| (p.t_s, p.moving_average.max(0.0))).collect(),
+            dashed: false,
+        });
+        if kind == "read" {
+            series.push(Series {
+                label: "minimum throughput".into(),
+                points: points.iter().map(|p| (p.t_s, p.threshold)).collect(),
+                dashed: true,
+            });
+        }
+    }
+    let rates: Vec<(f64, f64)> =
+        prefetch.samples.iter().filter(|p| p.kind == "rate").map(|p| (p.t_s, p.value)).collect();
+    if !rates.is_empty() {
+        series.push(Series { label: "AIMD rate".into(), points: rates, dashed: false });
+    }
+    LineChart {
+        title: title.into(),
+        x_label: "simulated time (s)".into(),
+        y_label: "MB/s".into(),
+        series,
+        bands: prefetch.pauses.iter().map(|(a, b)| Band { from: *a, to: *b }).collect(),
+        band_label: "paused".into(),
+        band_rgb: (160, 160, 160),
+        log_y: false,
+        y_floor: None,
+    }
+}
+
 /// `report.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -79,6 +199,9 @@ pub struct Report {
     pub log_hash: String,
     /// Hash of the final image disk.
     pub image_hash: String,
+    /// Prefetch activity of the last open, if prefetch ran.
+    #[serde(default)]
+    pub prefetch: Option<PrefetchReport>,
     /// Charts, relative to the run directory.
     pub charts: Vec<String>,
     /// Host facts (not deterministic).
@@ -150,6 +273,7 @@ pub fn write_run_directory(outcome: &RunOutcome, dir: &Path, wall_seconds: f64) 
         failure_file: failure_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         log_hash: format!("{:#018x}", outcome.log_hash),
         image_hash: format!("{:#018x}", outcome.image_hash),
+        prefetch: outcome.prefetch.as_ref().map(PrefetchReport::from_telemetry),
         charts: Vec::new(),
         host: HostFacts { wall_seconds },
     };
@@ -167,6 +291,17 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
         charts.push((
             "Guest latency over simulated time (p50 and p99 per second)".to_string(),
             "latency-over-time.svg".to_string(),
+        ));
+    }
+    if let Some(prefetch) = &report.prefetch
+        && prefetch.samples.iter().any(|p| p.kind != "pause")
+    {
+        let title =
+            format!("Prefetch from the base image (last open), {} seed {}", report.config.scenario, report.config.seed);
+        render_line_chart(&prefetch_chart(prefetch, &title), &dir.join("prefetch.svg"))?;
+        charts.push((
+            "Whole-image prefetch: throughput or rate over simulated time, pauses shaded".to_string(),
+            "prefetch.svg".to_string(),
         ));
     }
     report.charts = charts.iter().map(|(_, f)| f.clone()).collect();

@@ -148,6 +148,8 @@ pub struct RunOutcome {
     pub last_events: Vec<String>,
     /// Events logged from the first workload request to the end of the workload.
     pub summary_events: u64,
+    /// Prefetch telemetry at the end of the workload, if prefetch ran.
+    pub prefetch: Option<fvd_engine::PrefetchTelemetry>,
 }
 
 impl std::fmt::Debug for RunOutcome {
@@ -201,6 +203,7 @@ struct Driver {
     first_event: u64,
     /// Events from the first workload request to the end of the workload.
     workload_events: u64,
+    prefetch: Option<fvd_engine::PrefetchTelemetry>,
 }
 
 /// A crash waiting for its request count, then for its point.
@@ -353,6 +356,7 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
         fired: None,
         first_event: 0,
         workload_events: 0,
+        prefetch: None,
     }));
     let mut crashes = Vec::new();
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -391,6 +395,7 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
         image_hash: rig.image.image_hash(),
         last_events,
         summary_events: d.workload_events,
+        prefetch: d.prefetch.clone(),
     })
 }
 
@@ -417,7 +422,13 @@ fn campaign(
         driver.borrow_mut().fail(&handle, FailureClass::Check, format!("create failed: {error}"), Vec::new());
         return;
     }
-    let mut image = match rig.open(profile) {
+    let open_options = fvd_engine::OpenOptions {
+        read_only: false,
+        profile,
+        copy_on_read: Some(config.copy_on_read),
+        prefetch: config.prefetch.map(|p| p.engine_config()),
+    };
+    let mut image = match rig.open_with(open_options) {
         Ok(image) => image,
         Err(error) => {
             return driver.borrow_mut().fail(&handle, FailureClass::Check, format!("open failed: {error}"), Vec::new());
@@ -476,7 +487,7 @@ fn campaign(
         };
         // Recovery runs without injected faults: the plan is about the workload's requests.
         rig.image.set_faults(FaultPlan::default());
-        image = match rig.open(profile) {
+        image = match rig.open_with(open_options) {
             Ok(image) => image,
             Err(error) => {
                 let message = format!(
@@ -524,6 +535,29 @@ fn campaign(
     // The workload finished: disarm any crash that did not fire, flush, close cleanly, check.
     rig.sim.clear_progress_hook();
     rig.sim.halt_after_events(None);
+    if !config.prefetch.is_some_and(|p| p.wait_for_finish) {
+        driver.borrow_mut().prefetch = image.prefetch_telemetry();
+    }
+    if config.prefetch.is_some_and(|p| p.wait_for_finish) {
+        // Prefetch must finish: a stall is a liveness failure. Give it ten minutes of virtual time.
+        rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + 600_000_000_000));
+        let waiting = image.clone();
+        let waited = rig.sim.run(async move { waiting.wait_prefetch().await });
+        rig.sim.set_time_limit_ns(None);
+        driver.borrow_mut().prefetch = image.prefetch_telemetry();
+        if let Err(error) = waited {
+            return driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Liveness,
+                format!("prefetch never finished: {error}"),
+                Vec::new(),
+            );
+        }
+        // With every block in the image, the whole base range must still read its base data.
+        if let Err(()) = verify_after_crash(rig, &image, driver, config.verify_sample_sectors, false) {
+            return;
+        }
+    }
     rig.image.set_faults(FaultPlan::default());
     let closing = image.clone();
     let closed = rig.sim.run(async move {
