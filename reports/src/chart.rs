@@ -236,8 +236,13 @@ pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[Label
         .context("chart axes")?;
     ctx.configure_mesh().x_desc(x_label).y_desc(y_label).draw().context("chart mesh")?;
     ctx.draw_series(points.iter().map(|p| Circle::new((p.x, p.y), 5, COLORS[0].filled()))).context("points")?;
-    ctx.draw_series(points.iter().map(|p| Text::new(p.label.clone(), (p.x, p.y), ("sans-serif", 13).into_font())))
-        .context("labels")?;
+    // Labels sit beside their point, staggered vertically so neighbours in a cluster stay legible.
+    const STAGGER_PX: [i32; 5] = [-14, 2, 18, -30, 34];
+    ctx.draw_series(points.iter().enumerate().map(|(i, p)| {
+        EmptyElement::at((p.x, p.y))
+            + Text::new(p.label.clone(), (8, STAGGER_PX[i % STAGGER_PX.len()]), ("sans-serif", 13).into_font())
+    }))
+    .context("labels")?;
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -55,6 +55,8 @@ enum Command {
     },
     /// List the named scenarios.
     Scenarios,
+    /// Prefetch tuning study: one setting, or a sweep, each against a no-prefetch baseline.
+    PrefetchStudy(StudyArgs),
     /// Create, inspect, check, read and write FVD images on real files (like qemu-img and qemu-io).
     Img {
         #[command(subcommand)]
@@ -118,6 +120,40 @@ struct RunArgs {
     /// Write the last N events of the log to OUT/events.log.
     #[arg(long, default_value_t = 0)]
     log_events: usize,
+}
+
+#[derive(Args, Debug)]
+struct StudyArgs {
+    /// Master seed (the same for every setting and the baseline).
+    #[arg(long, default_value = "1")]
+    seed: Seed,
+    /// Output directory (study.json, per-setting JSON and charts, index.html).
+    #[arg(long, default_value = "fvdsim-study")]
+    out: PathBuf,
+    /// Foreground requests per run.
+    #[arg(long, default_value_t = 30_000)]
+    requests: u64,
+    /// Run the default sweep (v1 defaults, each knob moved, AIMD) instead of one setting.
+    #[arg(long)]
+    sweep: bool,
+    /// Moving-average weight of the past, percent.
+    #[arg(long, default_value_t = 80)]
+    alpha: u32,
+    /// Minimum read and write throughput, KB/s.
+    #[arg(long, default_value_t = 60_000)]
+    min_kb_s: u64,
+    /// Longest pause, ms.
+    #[arg(long, default_value_t = 2_000)]
+    throttle_ms: u64,
+    /// Prefetch slots.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// Bytes per slot (K, M suffixes).
+    #[arg(long, default_value = "1M", value_parser = fvd_scenarios::img::parse_size)]
+    bytes_per_prefetch: u64,
+    /// Use the AIMD policy with this guest mean-latency target, µs.
+    #[arg(long)]
+    aimd_target_us: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -302,6 +338,11 @@ fn check_determinism(config: &RunConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // A panic inside a run is a found bug: the runner catches it and writes a failure file with
+    // the assertion, so one line on stderr is enough (RUST_BACKTRACE=1 for the full trace).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| eprintln!("fvdsim: {info}")));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -368,6 +409,60 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => usage(error),
+            }
+        }
+        Command::PrefetchStudy(args) => {
+            use fvd_scenarios::campaign::config::PrefetchSpec;
+            use fvd_scenarios::campaign::study::{StudySetting, default_sweep, run_study};
+            let settings = if args.sweep {
+                default_sweep()
+            } else {
+                let spec = PrefetchSpec {
+                    start_delay_ms: 500,
+                    slots: args.slots,
+                    bytes_per_prefetch: args.bytes_per_prefetch,
+                    alpha_percent: args.alpha.min(100),
+                    min_kb_s: args.min_kb_s,
+                    throttle_ms: args.throttle_ms,
+                    aimd_target_us: args.aimd_target_us,
+                    aimd_max_kb_s: 64 << 10,
+                    ..PrefetchSpec::v1_defaults()
+                };
+                vec![StudySetting { label: "setting".into(), spec }]
+            };
+            say!(
+                "{:<18} {:>10} {:>14} {:>14} {:>10} {:>7} {:>9}",
+                "setting",
+                "finish s",
+                "p99 prefetch",
+                "p99 baseline",
+                "whole p99",
+                "pauses",
+                "wasted"
+            );
+            let report = run_study(args.seed, &settings, args.requests, &args.out, |r| {
+                say!(
+                    "{:<18} {:>10} {:>11.0} µs {:>11.0} µs {:>+9.1}% {:>7} {:>6.1} MiB{}",
+                    r.setting.label,
+                    r.time_to_finish_s.map_or("never".into(), |t| format!("{t:.2}")),
+                    r.p99_during_prefetch_us,
+                    r.baseline_p99_during_prefetch_us,
+                    r.p99_inflation_percent,
+                    r.pauses,
+                    r.bytes_wasted as f64 / 1048576.0,
+                    r.failure.as_ref().map_or(String::new(), |f| format!("  FAILURE: {f}"))
+                );
+            });
+            match report {
+                Ok(report) => {
+                    say!("study written to {}", args.out.join("index.html").display());
+                    if report.results.iter().any(|r| r.failure.is_some()) {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(error) => usage(format!("prefetch-study: {error:#}")),
             }
         }
         Command::Scenarios => {

@@ -139,3 +139,60 @@ fn a_short_run_survives_a_crash_at_every_event() {
         assert_eq!(outcome.runs, outcome.events + 1);
     }
 }
+
+#[test]
+fn prefetch_scenarios_pass_with_the_hardened_engine() {
+    for name in ["prefetch", "prefetch-stall", "prefetch-faults"] {
+        for seed in 1..3 {
+            let scenario = SCENARIOS.iter().find(|s| s.name == name).unwrap();
+            let mut config = (scenario.build)(Seed(seed));
+            if let WorkloadConfig::Random { requests, .. } = &mut config.workload {
+                *requests = (*requests).min(2_000);
+            }
+            config.crashes.count = config.crashes.count.min(4);
+            let outcome = run(&config).unwrap();
+            assert!(outcome.failure.is_none(), "{name} seed {seed}: {:?}", outcome.failure);
+            let prefetch = outcome.prefetch.expect("prefetch ran");
+            assert!(prefetch.bytes_copied > 0, "{name} seed {seed}: nothing copied");
+        }
+    }
+}
+
+#[test]
+fn v1_prefetch_marks_blocks_it_never_copied() {
+    // v1 sets every bit at completion (fvd-v1.md §4.4, flaw 2): under dense overlapping writes a
+    // block skipped while locked is later read from unwritten image storage, or a copy-on-write
+    // finds its block already marked. The hardened engine rescans instead.
+    let scenario = SCENARIOS.iter().find(|s| s.name == "prefetch-stall").unwrap();
+    let mut v1_failed = 0;
+    for seed in 1..6 {
+        let mut config = (scenario.build)(Seed(seed));
+        config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+        if run(&config).unwrap().failure.is_some() {
+            v1_failed += 1;
+        }
+        let hardened = (scenario.build)(Seed(seed));
+        assert!(run(&hardened).unwrap().failure.is_none(), "hardened failed on seed {seed}");
+    }
+    assert!(v1_failed >= 2, "v1 failed on only {v1_failed} of 5 seeds");
+}
+
+#[test]
+fn a_prefetch_study_writes_series_charts_and_a_tradeoff() {
+    use fvd_scenarios::campaign::study::{StudySetting, default_sweep, run_study};
+    let dir = std::env::temp_dir().join(format!("fvdsim-study-test-{}", std::process::id()));
+    let settings: Vec<StudySetting> =
+        default_sweep().into_iter().filter(|s| s.label == "v1" || s.label.starts_with("aimd 2ms")).collect();
+    let report = run_study(Seed(1), &settings, 4_000, &dir, |_| {}).unwrap();
+    assert_eq!(report.results.len(), 2);
+    for result in &report.results {
+        assert!(result.failure.is_none(), "{result:?}");
+        assert!(result.time_to_finish_s.is_some(), "{} did not finish", result.setting.label);
+        // Blocks the foreground wrote first are never copied: most of the 512 MiB base, not all.
+        assert!(result.bytes_copied >= 256 << 20, "{} copied {}", result.setting.label, result.bytes_copied);
+    }
+    for file in ["study.json", "index.html", "tradeoff.svg", "v1.json", "v1-prefetch.svg", "v1-latency.svg"] {
+        assert!(dir.join(file).exists(), "missing {file}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -452,3 +452,44 @@ fn prefetch_copies_the_whole_base_and_finishes() {
         rig.sim.run(async move { closing.close().await }).unwrap().unwrap();
     }
 }
+
+/// Copy-on-read: a read of base data is acknowledged with the base bytes, then the blocks are
+/// copied into the image in the background (fresh bits only), and read back unchanged.
+#[test]
+fn copy_on_read_copies_what_was_read() {
+    let geometry = Geometry {
+        size_sectors: 4096,
+        base_sectors: 3000,
+        block_sectors: 8,
+        compact: true,
+        chunk_blocks: 2,
+        separate_data: false,
+        journal_bytes: 4096,
+    };
+    let rig = geometry.rig(9);
+    rig.create_image().unwrap();
+    let image = rig
+        .open_with(fvd_engine::OpenOptions { copy_on_read: Some(true), ..fvd_engine::OpenOptions::default() })
+        .unwrap();
+    assert_eq!(image.info().blocks_in_image, 0);
+    let reader = image.clone();
+    let first = rig.sim.run(async move {
+        let mut buf = vec![0u8; 100 * 512];
+        reader.read(1003 * 512, &mut buf).await.map(|()| buf)
+    });
+    let first = first.unwrap().unwrap();
+    // Let the background copies finish.
+    let sleeper = rig.sim.handle();
+    rig.sim.run(async move { sleeper.sleep_ns(1_000_000_000).await }).unwrap();
+    let info = image.info();
+    assert!(info.blocks_in_image >= 12, "copy-on-read copied {} blocks", info.blocks_in_image);
+    assert!(image.stats().copy_on_read_stores > 0);
+    let all = read_all(&rig, &image, 4096);
+    assert_eq!(&all[1003 * 512..1103 * 512], &first[..]);
+    for sector in 0..4096u64 {
+        let mut expected = vec![0u8; 512];
+        original(sector, rig.base_for_oracle(), &mut expected);
+        assert_eq!(&all[(sector * 512) as usize..((sector + 1) * 512) as usize], &expected[..], "sector {sector}");
+    }
+    image.assert_invariants();
+}

@@ -347,10 +347,17 @@ impl FvdImage {
                         "prefetch-pace",
                         Box::pin(async move {
                             image.inner.env.sleep_ns(wait_ns.max(1)).await;
-                            if let Some(p) = image.inner.state.borrow_mut().prefetch.as_mut() {
+                            let ready = image.inner.state.borrow_mut().prefetch.as_mut().is_some_and(|p| {
                                 p.waiting_tokens = false;
+                                // The slots may have filled or a read started meanwhile.
+                                p.phase == PrefetchPhase::Running
+                                    && !p.read_active
+                                    && !p.pause_req
+                                    && p.filled < p.slots.len()
+                            });
+                            if ready {
+                                image.next_read();
                             }
-                            image.next_read();
                         }),
                     );
                     return;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod output;
 pub mod run;
 pub mod shrink;
+pub mod study;
 
 pub use config::{RunConfig, SCENARIOS, scenario};
 pub use run::{Failure, FailureClass, RunOutcome, RunSummary, run};

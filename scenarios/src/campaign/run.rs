@@ -733,6 +733,7 @@ async fn perform(
             d.in_flight.remove(&lane);
             d.oracle.write_completed(id, result.is_ok());
             d.latency.record("write", handle.now_ns(), handle.now_ns() - started);
+            d.latency.record("guest", handle.now_ns(), handle.now_ns() - started);
             match result {
                 Ok(()) => {
                     d.summary.writes += 1;
@@ -753,6 +754,7 @@ async fn perform(
             d.in_flight.remove(&lane);
             let allowed = d.oracle.read_completed(ticket);
             d.latency.record("read", handle.now_ns(), handle.now_ns() - started);
+            d.latency.record("guest", handle.now_ns(), handle.now_ns() - started);
             match result {
                 Ok(()) => {
                     d.summary.reads += 1;
