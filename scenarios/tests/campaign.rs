@@ -196,3 +196,12 @@ fn a_prefetch_study_writes_series_charts_and_a_tradeoff() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn prefetch_finishing_while_guest_writes_commit_keeps_their_stale_bits() {
+    // Seed 22 once failed `stale ⊆ snapshot ⊆ fresh`: writing the metadata home replaced the stale
+    // bitmap with its snapshot and dropped the bits of writes that committed meanwhile.
+    let scenario = SCENARIOS.iter().find(|s| s.name == "prefetch-slow-image").unwrap();
+    let outcome = run(&(scenario.build)(Seed(22))).unwrap();
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+}

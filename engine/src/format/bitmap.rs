@@ -86,6 +86,14 @@ impl Bitmap {
         self.bytes.iter().map(|b| u64::from(b.count_ones())).sum()
     }
 
+    /// Sets every block set in `other` (same size).
+    pub fn union_with(&mut self, other: &Bitmap) {
+        assert_eq!(self.blocks, other.blocks, "bitmaps of one image have one size");
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            *a |= b;
+        }
+    }
+
     /// True if every bit set here is also set in `other` (`stale ⊆ fresh`).
     pub fn is_subset_of(&self, other: &Bitmap) -> bool {
         self.blocks == other.blocks && self.bytes.iter().zip(&other.bytes).all(|(a, b)| a & !b == 0)

@@ -493,6 +493,14 @@ fn prefetch_stall(seed: Seed) -> RunConfig {
     config
 }
 
+fn prefetch_slow_image(seed: Seed) -> RunConfig {
+    // prefetch-stall on a slow image disk: prefetch finishes while guest writes commit.
+    let mut config = prefetch_stall(seed);
+    config.scenario = "prefetch-slow-image".into();
+    config.image.image_device = "hdd".into();
+    config
+}
+
 fn prefetch_faults(seed: Seed) -> RunConfig {
     // Guest writes that fail while prefetch skips their blocks: v1 marks them copied anyway.
     let mut config = prefetch_stall(seed);
@@ -550,6 +558,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "prefetch-stall",
         description: "prefetch under dense overlapping writes and constant pause requests (v1 stalls here)",
         build: prefetch_stall,
+    },
+    Scenario {
+        name: "prefetch-slow-image",
+        description: "prefetch-stall on an hdd image: prefetch finishes while guest writes commit",
+        build: prefetch_slow_image,
     },
     Scenario {
         name: "prefetch-faults",
