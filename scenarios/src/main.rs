@@ -55,6 +55,11 @@ enum Command {
     },
     /// List the named scenarios.
     Scenarios,
+    /// Redraw the charts and index of a run or study directory from its saved JSON (no rerun).
+    Redraw {
+        /// A run directory (report.json) or a study directory (study.json).
+        dir: PathBuf,
+    },
     /// Prefetch tuning study: one setting, or a sweep, each against a no-prefetch baseline.
     PrefetchStudy(StudyArgs),
     /// Create, inspect, check, read and write FVD images on real files (like qemu-img and qemu-io).
@@ -463,6 +468,20 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(error) => usage(format!("prefetch-study: {error:#}")),
+            }
+        }
+        Command::Redraw { dir } => {
+            let drawn = if dir.join("study.json").exists() {
+                fvd_scenarios::campaign::study::redraw_study(&dir)
+            } else {
+                fvd_scenarios::campaign::output::redraw_run(&dir)
+            };
+            match drawn {
+                Ok(count) => {
+                    say!("redrew {count} chart(s) and index.html in {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => usage(format!("redraw: {error:#}")),
             }
         }
         Command::Scenarios => {

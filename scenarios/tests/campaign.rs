@@ -194,6 +194,13 @@ fn a_prefetch_study_writes_series_charts_and_a_tradeoff() {
     for file in ["study.json", "index.html", "tradeoff.svg", "v1.json", "v1-prefetch.svg", "v1-latency.svg"] {
         assert!(dir.join(file).exists(), "missing {file}");
     }
+    // Charts redraw from the saved JSON alone.
+    let before = std::fs::read_to_string(dir.join("v1-prefetch.svg")).unwrap();
+    std::fs::remove_file(dir.join("v1-prefetch.svg")).unwrap();
+    std::fs::remove_file(dir.join("tradeoff.svg")).unwrap();
+    fvd_scenarios::campaign::study::redraw_study(&dir).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("v1-prefetch.svg")).unwrap(), before);
+    assert!(dir.join("tradeoff.svg").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -350,6 +350,26 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     Ok(())
 }
 
+/// Redraws the charts and index of a run directory from its report.json (no rerun).
+pub fn redraw_run(dir: &Path) -> Result<usize> {
+    let path = dir.join("report.json");
+    let report: Report =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("{} is not a fvdsim report", path.display()))?;
+    anyhow::ensure!(
+        report.schema_version == fvd_reports::REPORT_SCHEMA_VERSION,
+        "{}: report schema {} (this fvdsim reads {})",
+        path.display(),
+        report.schema_version,
+        fvd_reports::REPORT_SCHEMA_VERSION
+    );
+    render_report(dir, report)?;
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .count())
+}
+
 /// Crashes by point, one line.
 pub fn crash_line(summary: &RunSummary) -> String {
     let total: u64 = summary.crashes_by_point.values().sum();

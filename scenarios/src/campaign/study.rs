@@ -231,6 +231,24 @@ pub fn render_series_charts(series: &StudySeries, out: &Path, file: &str) -> Res
     render_line_chart(&chart, &out.join(format!("{file}-latency.svg")))
 }
 
+/// Redraws every chart and the index of a study directory from its JSON (no rerun).
+pub fn redraw_study(dir: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(dir.join("study.json"))
+        .with_context(|| format!("reading {}", dir.join("study.json").display()))?;
+    let report: StudyReport = serde_json::from_str(&text).context("study.json is not a fvdsim study")?;
+    for result in &report.results {
+        let file = file_name(&result.setting.label);
+        let series_path = dir.join(format!("{file}.json"));
+        let series: StudySeries = serde_json::from_str(
+            &std::fs::read_to_string(&series_path).with_context(|| format!("reading {}", series_path.display()))?,
+        )
+        .with_context(|| format!("{} is not a study series", series_path.display()))?;
+        render_series_charts(&series, dir, &file)?;
+    }
+    render_study_index(&report, dir)?;
+    Ok(report.results.len() * 2 + 1)
+}
+
 fn render_study_index(report: &StudyReport, out: &Path) -> Result<()> {
     let points: Vec<LabelledPoint> = report
         .results
