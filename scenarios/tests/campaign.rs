@@ -2,7 +2,7 @@
 //! the v1 profile failing where the hardened engine passes.
 
 use fvd_scenarios::campaign::config::WorkloadConfig;
-use fvd_scenarios::campaign::{RunConfig, SCENARIOS, run};
+use fvd_scenarios::campaign::{FailureClass, RunConfig, SCENARIOS, run};
 use fvd_sim::Seed;
 
 /// A scenario scaled down for CI: fewer requests and crashes.
@@ -142,7 +142,7 @@ fn a_short_run_survives_a_crash_at_every_event() {
 
 #[test]
 fn prefetch_scenarios_pass_with_the_hardened_engine() {
-    for name in ["prefetch", "prefetch-stall", "prefetch-faults"] {
+    for name in ["prefetch", "prefetch-dense", "prefetch-stall", "prefetch-faults"] {
         for seed in 1..3 {
             let scenario = SCENARIOS.iter().find(|s| s.name == name).unwrap();
             let mut config = (scenario.build)(Seed(seed));
@@ -161,20 +161,37 @@ fn prefetch_scenarios_pass_with_the_hardened_engine() {
 #[test]
 fn v1_prefetch_marks_blocks_it_never_copied() {
     // v1 sets every bit at completion (fvd-v1.md §4.4, flaw 2): under dense overlapping writes a
-    // block skipped while locked is later read from unwritten image storage, or a copy-on-write
-    // finds its block already marked. The hardened engine rescans instead.
-    let scenario = SCENARIOS.iter().find(|s| s.name == "prefetch-stall").unwrap();
+    // block skipped while locked is later read from unwritten image storage (wrong data), or a
+    // copy-on-write finds its block already marked (the engine's assertion). Hardened rescans.
+    let scenario = SCENARIOS.iter().find(|s| s.name == "prefetch-dense").unwrap();
     let mut v1_failed = 0;
     for seed in 1..6 {
         let mut config = (scenario.build)(Seed(seed));
         config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
-        if run(&config).unwrap().failure.is_some() {
+        if let Some(failure) = run(&config).unwrap().failure {
+            assert!(
+                matches!(failure.class, FailureClass::WrongData | FailureClass::Invariant),
+                "seed {seed}: {failure:?}"
+            );
             v1_failed += 1;
         }
         let hardened = (scenario.build)(Seed(seed));
         assert!(run(&hardened).unwrap().failure.is_none(), "hardened failed on seed {seed}");
     }
     assert!(v1_failed >= 2, "v1 failed on only {v1_failed} of 5 seeds");
+}
+
+#[test]
+fn v1_prefetch_stalls_as_a_liveness_failure() {
+    // fvd-v1.md §4.4, flaw 1: every filled slot discarded while a pause was requested; v1 neither
+    // pauses nor reads again and prefetch never finishes.
+    let scenario = SCENARIOS.iter().find(|s| s.name == "prefetch-stall").unwrap();
+    let mut config = (scenario.build)(Seed(1));
+    config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+    let failure = run(&config).unwrap().failure.expect("v1 stalls on seed 1");
+    assert_eq!(failure.class, FailureClass::Liveness, "{failure:?}");
+    assert!(failure.message.contains("prefetch never finished"), "{}", failure.message);
+    assert!(run(&(scenario.build)(Seed(1))).unwrap().failure.is_none(), "hardened pauses and finishes");
 }
 
 #[test]

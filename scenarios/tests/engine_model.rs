@@ -493,3 +493,74 @@ fn copy_on_read_copies_what_was_read() {
     }
     image.assert_invariants();
 }
+
+/// v1's prefetch stall (`fvd-v1.md` §4.4, flaw 1), built on purpose: a base of two slots, pause
+/// requests on every measurement window, and a guest rewriting the second slot's range. When the
+/// second slot is read, a pause is requested while both slots are full, and the guest's write
+/// covers the second slot before the first one is written, v1 discards it and then neither pauses
+/// nor reads again: prefetch never finishes and the world stalls with the waiter naming it. The
+/// hardened engine pauses instead and finishes on every seed.
+fn stall_run(seed: u64, profile: Profile) -> Result<(), fvd_sim::RunError> {
+    // The writer must fall behind the reader: a fast base (nvme) and a slow image (nfs).
+    let mut create = CreateOptions::new(1024 * SECTOR);
+    create.block_size = Some(8 * SECTOR);
+    create.journal = JournalSize::Bytes(4096);
+    create.profile = profile;
+    let rig = Rig::new(
+        Seed(seed),
+        RigConfig {
+            create,
+            base_bytes: 256 * SECTOR,
+            image_profile: DeviceProfile::nfs(),
+            base_profile: DeviceProfile::nvme(),
+            separate_data: false,
+            log_tail: 256,
+        },
+    );
+    rig.create_image().unwrap();
+    let config = fvd_engine::PrefetchConfig {
+        start_delay_ms: 1,
+        slots: 2,
+        bytes_per_prefetch: 64 << 10,
+        read_measure_ms: 0,
+        write_measure_ms: 0,
+        min_read_kb_s: u64::MAX / 4096,
+        min_write_kb_s: u64::MAX / 4096,
+        throttle_ms: 1,
+        ..fvd_engine::PrefetchConfig::default()
+    };
+    let image = rig
+        .open_with(fvd_engine::OpenOptions { profile, prefetch: Some(config), ..fvd_engine::OpenOptions::default() })
+        .unwrap();
+    let handle = rig.sim.handle();
+    let clock = rig.sim.handle();
+    let (writer, waiter) = (image.clone(), image.clone());
+    // Start the guest's rewrites somewhere while the first slots are in flight.
+    let delay_ns = 1_000_000 + seed % 10 * 200_000;
+    rig.sim.run(async move {
+        let guest = handle.spawn("guest", async move {
+            clock.sleep_ns(delay_ns).await;
+            // Rewrite the second slot's range (sectors 128..256) whole, a few times.
+            for round in 0..4u8 {
+                writer.write(128 * 512, &vec![round + 1; 128 * 512]).await.unwrap();
+            }
+        });
+        guest.await;
+        waiter.wait_prefetch().await;
+    })
+}
+
+#[test]
+fn v1_prefetch_stalls_where_the_hardened_engine_pauses() {
+    let mut stalled = Vec::new();
+    for seed in 0..40 {
+        match stall_run(seed, Profile::V1) {
+            Err(fvd_sim::RunError::Stall(report)) => stalled.push((seed, report.to_string())),
+            Err(other) => panic!("v1 seed {seed}: {other}"),
+            Ok(()) => {}
+        }
+        stall_run(seed, Profile::Hardened).unwrap_or_else(|e| panic!("hardened seed {seed}: {e}"));
+    }
+    eprintln!("v1 stalled on {} of 40 seeds: {:?}", stalled.len(), stalled.first());
+    assert!(!stalled.is_empty(), "no seed reached v1's stall");
+}

@@ -471,10 +471,11 @@ fn prefetch(seed: Seed) -> RunConfig {
     config
 }
 
-fn prefetch_stall(seed: Seed) -> RunConfig {
-    // Dense writes over a small base, slots discarded while a pause is pending: v1's stall.
+fn prefetch_dense(seed: Seed) -> RunConfig {
+    // Dense overlapping writes over a small base while prefetch runs: blocks skipped under a lock
+    // are marked copied by v1's completion (fvd-v1.md §4.4, flaw 2).
     let mut config = random(seed);
-    config.scenario = "prefetch-stall".into();
+    config.scenario = "prefetch-dense".into();
     config.image.size_bytes = 4 << 20;
     config.image.base_bytes = 2 << 20;
     config.image.grow_unit_bytes = 256 << 10;
@@ -493,9 +494,19 @@ fn prefetch_stall(seed: Seed) -> RunConfig {
     config
 }
 
+fn prefetch_stall(seed: Seed) -> RunConfig {
+    // Slots discarded while a pause is pending (fvd-v1.md §4.4, flaw 1). The image writer must fall
+    // behind the base reader for both slots to be full: a fast base, a slow image.
+    let mut config = prefetch_dense(seed);
+    config.scenario = "prefetch-stall".into();
+    config.image.base_device = "nvme".into();
+    config.image.image_device = "nfs".into();
+    config
+}
+
 fn prefetch_slow_image(seed: Seed) -> RunConfig {
-    // prefetch-stall on a slow image disk: prefetch finishes while guest writes commit.
-    let mut config = prefetch_stall(seed);
+    // prefetch-dense on a slow image disk: prefetch finishes while guest writes commit.
+    let mut config = prefetch_dense(seed);
     config.scenario = "prefetch-slow-image".into();
     config.image.image_device = "hdd".into();
     config
@@ -503,7 +514,7 @@ fn prefetch_slow_image(seed: Seed) -> RunConfig {
 
 fn prefetch_faults(seed: Seed) -> RunConfig {
     // Guest writes that fail while prefetch skips their blocks: v1 marks them copied anyway.
-    let mut config = prefetch_stall(seed);
+    let mut config = prefetch_dense(seed);
     config.scenario = "prefetch-faults".into();
     config.prefetch = Some(PrefetchSpec {
         start_delay_ms: 5,
@@ -555,13 +566,18 @@ pub const SCENARIOS: &[Scenario] = &[
         build: prefetch,
     },
     Scenario {
+        name: "prefetch-dense",
+        description: "prefetch under dense overlapping writes (v1 marks blocks it skipped as copied)",
+        build: prefetch_dense,
+    },
+    Scenario {
         name: "prefetch-stall",
-        description: "prefetch under dense overlapping writes and constant pause requests (v1 stalls here)",
+        description: "prefetch-dense with a fast base and a slow image, constant pause requests (v1 stalls: exit 2)",
         build: prefetch_stall,
     },
     Scenario {
         name: "prefetch-slow-image",
-        description: "prefetch-stall on an hdd image: prefetch finishes while guest writes commit",
+        description: "prefetch-dense on an hdd image: prefetch finishes while guest writes commit",
         build: prefetch_slow_image,
     },
     Scenario {
