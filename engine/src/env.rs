@@ -104,6 +104,10 @@ pub trait Env {
     /// (a crash at a named point); the engine must not assume it runs past an await that follows.
     fn progress(&self, progress: Progress);
 
+    /// Tells the executor what the current task is about to wait for (a lock, journal space,
+    /// prefetch), so a stall report can name it. The default does nothing.
+    fn waiting_on(&self, _what: &'static str) {}
+
     /// A uniform random integer in `0..bound` (`bound > 0`), unbiased (Lemire's method).
     fn random_below(&self, bound: u64) -> u64 {
         assert!(bound > 0, "random_below needs a positive bound");

@@ -191,6 +191,7 @@ fn v1_prefetch_stalls_as_a_liveness_failure() {
     let failure = run(&config).unwrap().failure.expect("v1 stalls on seed 1");
     assert_eq!(failure.class, FailureClass::Liveness, "{failure:?}");
     assert!(failure.message.contains("prefetch never finished"), "{}", failure.message);
+    assert!(failure.message.contains("waits on engine: prefetch to finish"), "{}", failure.message);
     assert!(run(&(scenario.build)(Seed(1))).unwrap().failure.is_none(), "hardened pauses and finishes");
 }
 

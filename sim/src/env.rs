@@ -47,6 +47,10 @@ impl Env for SimEnv {
     fn progress(&self, progress: Progress) {
         self.handle.report_progress(progress);
     }
+
+    fn waiting_on(&self, what: &'static str) {
+        self.handle.note_wait(crate::executor::WaitLabel::Named(what));
+    }
 }
 
 #[cfg(test)]

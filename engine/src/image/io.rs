@@ -203,7 +203,11 @@ impl FvdImage {
         // covers a whole block takes no copy lock, so it is found through the write locks).
         // Checks and lock-taking happen in one step with no await between: no hold-and-wait.
         let (merged_start, merged_end, copy_lock, write_lock) = loop {
-            inner.until(|s| !s.copy_locks.overlaps(start, end)).await;
+            inner
+                .until("engine: a copy overlapping this write (dependent write)", |s| {
+                    !s.copy_locks.overlaps(start, end)
+                })
+                .await;
             let blocked_on = {
                 let mut state = inner.state.borrow_mut();
                 assert!(!state.copy_locks.overlaps(start, end), "classification runs with no overlapping copy");
@@ -239,7 +243,13 @@ impl FvdImage {
             };
             match blocked_on {
                 Ok(locked) => break locked,
-                Err((s, e)) => inner.until(|state| !state.write_locks.overlaps(s, e)).await,
+                Err((s, e)) => {
+                    inner
+                        .until("engine: in-flight writes under this copy-on-write", |state| {
+                            !state.write_locks.overlaps(s, e)
+                        })
+                        .await
+                }
             }
         };
         let result = self.copy_on_write_store(start, end, merged_start, merged_end, data, copy_lock).await;
@@ -376,7 +386,7 @@ impl FvdImage {
         let mut allocated = Vec::new();
         for chunk in first..end {
             loop {
-                inner.until(|s| !s.growing).await;
+                inner.until("engine: a storage grow or allocation-mark write", |s| !s.growing).await;
                 let step = {
                     let mut state = inner.state.borrow_mut();
                     let at_mark =

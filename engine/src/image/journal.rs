@@ -111,7 +111,9 @@ impl FvdImage {
         }
         loop {
             inner
-                .until(|s| !s.journal.recycling && (s.journal.next_sector + count <= total || s.journal.ongoing == 0))
+                .until("engine: journal space or the end of a recycle", |s| {
+                    !s.journal.recycling && (s.journal.next_sector + count <= total || s.journal.ongoing == 0)
+                })
                 .await;
             let recycle = {
                 let mut state = inner.state.borrow_mut();

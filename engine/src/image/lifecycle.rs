@@ -469,7 +469,7 @@ impl FvdImage {
         next: impl Fn(Option<HeaderExtension>, u64) -> HeaderExtension,
     ) -> Result<(), FvdError> {
         let inner = &self.inner;
-        inner.until(|s| !s.extension_busy).await;
+        inner.until("engine: the header-extension writer", |s| !s.extension_busy).await;
         let extension = {
             let mut state = inner.state.borrow_mut();
             state.extension_busy = true;

@@ -194,8 +194,9 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn until<F: Fn(&State) -> bool>(&self, condition: F) -> Until<'_, F> {
-        Until { state: &self.state, condition }
+    /// Waits until `condition` holds; `label` names the wait in stall reports.
+    pub(crate) fn until<F: Fn(&State) -> bool>(&self, label: &'static str, condition: F) -> Until<'_, F> {
+        Until { state: &self.state, env: &*self.env, label, condition }
     }
 
     pub(crate) fn progress(&self, point: ProgressPoint, detail: u64) {

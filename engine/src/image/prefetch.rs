@@ -263,7 +263,7 @@ impl FvdImage {
     /// Waits until prefetch finished or stopped (returns at once if it was never started).
     pub async fn wait_prefetch(&self) {
         self.inner
-            .until(|s| {
+            .until("engine: prefetch to finish", |s| {
                 s.prefetch.as_ref().is_none_or(|p| {
                     matches!(p.phase, PrefetchPhase::Finished | PrefetchPhase::Disabled)
                         && !p.read_active
@@ -281,7 +281,11 @@ impl FvdImage {
             p.phase = PrefetchPhase::Disabled;
             p.telemetry.phase = PrefetchPhase::Disabled;
         }
-        self.inner.until(|s| s.prefetch.as_ref().is_none_or(|p| !p.read_active && !p.write_active)).await;
+        self.inner
+            .until("engine: prefetch I/O to drain", |s| {
+                s.prefetch.as_ref().is_none_or(|p| !p.read_active && !p.write_active)
+            })
+            .await;
     }
 
     /// Records a guest request's latency (the AIMD policy's input).

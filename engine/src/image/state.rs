@@ -169,8 +169,11 @@ impl State {
 }
 
 /// A future that completes once `condition` holds, re-checked whenever the state wakes waiters.
+/// `label` names what it waits for in stall reports.
 pub(crate) struct Until<'a, F> {
     pub(crate) state: &'a RefCell<State>,
+    pub(crate) env: &'a dyn crate::env::Env,
+    pub(crate) label: &'static str,
     pub(crate) condition: F,
 }
 
@@ -182,6 +185,8 @@ impl<F: Fn(&State) -> bool> Future for Until<'_, F> {
             return Poll::Ready(());
         }
         state.waiters.push(cx.waker().clone());
+        drop(state);
+        self.env.waiting_on(self.label);
         Poll::Pending
     }
 }
