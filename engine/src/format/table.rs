@@ -51,6 +51,25 @@ pub fn decode_table(on_disk: &[u8], entries: u64, storage_chunks: u64) -> Result
     Ok(table)
 }
 
+/// Like [`decode_table`], for a dirty image about to be recovered: an entry that cannot be valid
+/// (dirty bit set, beyond storage, or sharing a physical chunk) is a torn EMPTY→chunk change and
+/// reads as EMPTY. Returns the table (`on_disk` must hold `entries` entries).
+pub fn decode_table_recovering(on_disk: &[u8], entries: u64, storage_chunks: u64) -> Vec<u32> {
+    let mut owner = std::collections::BTreeSet::new();
+    on_disk
+        .chunks_exact(4)
+        .take(entries as usize)
+        .map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes")))
+        .map(|entry| {
+            let valid = entry != EMPTY_TABLE_ENTRY
+                && entry & DIRTY_TABLE_BIT == 0
+                && u64::from(entry) < storage_chunks
+                && owner.insert(entry);
+            if valid { entry } else { EMPTY_TABLE_ENTRY }
+        })
+        .collect()
+}
+
 /// Encodes `table` (dirty bits cleared) into `size_bytes` bytes, padding with `0xFF`.
 pub fn encode_table(table: &[u32], size_bytes: u64) -> Vec<u8> {
     let mut out: Vec<u8> = table.iter().flat_map(|e| clean_entry(*e).to_le_bytes()).collect();
@@ -79,6 +98,10 @@ mod tests {
         let mut dirty = bytes.clone();
         dirty[7] = 0x80;
         assert!(decode_table(&dirty, 4, 3).unwrap_err().to_string().contains("dirty bit"));
+        let mut torn = encode_table(&[0x0102, EMPTY_TABLE_ENTRY, 1], 4096);
+        torn[2] = 0xFF; // entry 0 half old (EMPTY) half new: 0xFFFF0102... little-endian tear
+        torn[3] = 0xFF;
+        assert_eq!(decode_table_recovering(&torn, 3, 2), vec![EMPTY_TABLE_ENTRY, EMPTY_TABLE_ENTRY, 1]);
         let duplicate = encode_table(&[1, 1], 4096);
         assert!(decode_table(&duplicate, 2, 3).unwrap_err().to_string().contains("already used by table[0]"));
     }

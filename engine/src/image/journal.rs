@@ -112,12 +112,13 @@ impl FvdImage {
         loop {
             inner
                 .until("engine: journal space or the end of a recycle", |s| {
-                    !s.journal.recycling && (s.journal.next_sector + count <= total || s.journal.ongoing == 0)
+                    !s.journal.recycling
+                        && ((!s.journal.broken && s.journal.next_sector + count <= total) || s.journal.ongoing == 0)
                 })
                 .await;
             let recycle = {
                 let mut state = inner.state.borrow_mut();
-                if state.journal.next_sector + count <= total {
+                if !state.journal.broken && state.journal.next_sector + count <= total {
                     let first = state.journal.next_sector;
                     state.journal.next_sector += count;
                     state.journal.ongoing += 1;

@@ -233,6 +233,7 @@ impl FvdImage {
             storage_chunks,
             growing: false,
             extension_busy: false,
+            home_busy: false,
             journal: JournalState::default(),
             copy_locks: LockSet::default(),
             write_locks: LockSet::default(),
@@ -327,6 +328,21 @@ impl FvdImage {
     /// Writes the bitmap and table home. Hardened: flushes the data first and the metadata after,
     /// and persists only table entries whose data landed. v1: neither.
     pub(crate) async fn write_metadata_home(&self) -> Result<(), FvdError> {
+        // One write-home at a time (a recycle, a close and prefetch completion can overlap). Each
+        // takes its snapshot once it holds the turn, so a later write-home is never older than an
+        // earlier one: an older snapshot landing last would drop acknowledged writes whose records
+        // sit in a journal epoch that is already dead.
+        let inner = &self.inner;
+        inner.until("engine: another metadata write-home", |s| !s.home_busy).await;
+        inner.state.borrow_mut().home_busy = true;
+        let result = self.write_metadata_home_now().await;
+        let mut state = inner.state.borrow_mut();
+        state.home_busy = false;
+        state.wake_all();
+        result
+    }
+
+    async fn write_metadata_home_now(&self) -> Result<(), FvdError> {
         let inner = &self.inner;
         let layout = inner.layout;
         // Snapshot first, then flush: everything in the snapshot landed before the flush was
@@ -426,6 +442,10 @@ impl FvdImage {
     /// journal at sector 0; older sectors can never be replayed again. v1: just restarts.
     pub(crate) async fn start_new_journal_round(&self) -> Result<(), FvdError> {
         if self.inner.hardened() {
+            // Until the new round's extension is known to be written, the journal is unusable: a
+            // failed write may still have landed, and records written under the old epoch would
+            // then be ignored at recovery. Allocation recycles again first (journal.rs).
+            self.inner.state.borrow_mut().journal.broken = true;
             self.write_extension(|current, used_chunks| match current {
                 Some(e) => HeaderExtension {
                     generation: e.generation + 1,
@@ -438,7 +458,9 @@ impl FvdImage {
             })
             .await?;
         }
-        self.inner.state.borrow_mut().journal.next_sector = 0;
+        let mut state = self.inner.state.borrow_mut();
+        state.journal.next_sector = 0;
+        state.journal.broken = false;
         Ok(())
     }
 
@@ -638,7 +660,14 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
     let table = if layout.compact {
         let mut bytes = vec![0u8; layout.table_size as usize];
         image.read_at(layout.table_offset, &mut bytes).await.map_err(io("open: read table"))?;
-        decode_table(&bytes, layout.table_entries, storage_chunks)?
+        if profile == Profile::Hardened && !header.clean_shutdown && extension.is_some() {
+            // A write-home torn inside a sector can leave an entry half EMPTY, half chunk number.
+            // Entries only ever go from EMPTY to a chunk, and the current epoch's journal still holds
+            // every mapping that write-home was persisting, so such an entry is EMPTY until replay.
+            crate::format::table::decode_table_recovering(&bytes, layout.table_entries, storage_chunks)
+        } else {
+            decode_table(&bytes, layout.table_entries, storage_chunks)?
+        }
     } else {
         Vec::new()
     };

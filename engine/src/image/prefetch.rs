@@ -158,6 +158,8 @@ pub(crate) struct Prefetcher {
     filled: usize,
     pub(crate) read_active: bool,
     pub(crate) write_active: bool,
+    /// The completion task (write-home, header flag) is running.
+    pub(crate) finishing: bool,
     cursor: u64,
     pause_req: bool,
     paused: bool,
@@ -225,6 +227,7 @@ impl FvdImage {
             filled: 0,
             read_active: false,
             write_active: false,
+            finishing: false,
             cursor: 0,
             pause_req: false,
             paused: false,
@@ -268,6 +271,7 @@ impl FvdImage {
                     matches!(p.phase, PrefetchPhase::Finished | PrefetchPhase::Disabled)
                         && !p.read_active
                         && !p.write_active
+                        && !p.finishing
                 })
             })
             .await;
@@ -283,7 +287,7 @@ impl FvdImage {
         }
         self.inner
             .until("engine: prefetch I/O to drain", |s| {
-                s.prefetch.as_ref().is_none_or(|p| !p.read_active && !p.write_active)
+                s.prefetch.as_ref().is_none_or(|p| !p.read_active && !p.write_active && !p.finishing)
             })
             .await;
     }
@@ -782,6 +786,9 @@ impl FvdImage {
         }
         self.inner.state.borrow_mut().wake_all();
         if phase == PrefetchPhase::Finished {
+            if let Some(p) = self.inner.state.borrow_mut().prefetch.as_mut() {
+                p.finishing = true;
+            }
             let image = self.clone();
             inner.spawn_background(
                 "prefetch-finish",
@@ -798,7 +805,11 @@ impl FvdImage {
                         let flags = if image.inner.hardened() { WriteFlags::FUA } else { WriteFlags::NONE };
                         let _ = image.inner.devices.image.write_at(0, &sector, flags).await;
                     }
-                    image.inner.state.borrow_mut().wake_all();
+                    let mut state = image.inner.state.borrow_mut();
+                    if let Some(p) = state.prefetch.as_mut() {
+                        p.finishing = false;
+                    }
+                    state.wake_all();
                 }),
             );
         }

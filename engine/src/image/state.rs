@@ -58,6 +58,8 @@ pub(crate) struct JournalState {
     pub(crate) recycling: bool,
     /// Append sequence number stamped in hardened sectors.
     pub(crate) sequence: u64,
+    /// A journal round's extension write failed: recycle before the next record.
+    pub(crate) broken: bool,
 }
 
 /// Counters of engine activity (for reports and tests).
@@ -116,6 +118,8 @@ pub(crate) struct State {
     pub(crate) growing: bool,
     /// A header-extension write is running (extension writes are serialised).
     pub(crate) extension_busy: bool,
+    /// A metadata write-home is running (write-homes are serialised).
+    pub(crate) home_busy: bool,
     pub(crate) journal: JournalState,
     pub(crate) copy_locks: LockSet,
     pub(crate) write_locks: LockSet,
