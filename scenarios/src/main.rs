@@ -366,7 +366,7 @@ fn main() -> ExitCode {
             };
             if args.check_determinism {
                 check_determinism(&config)
-            } else if config.scenario == "exhaustive" {
+            } else if config.scenario.starts_with("exhaustive") {
                 exhaustive(&config, &args.out)
             } else {
                 run_and_report(&config, &args.out, args.log_events)

@@ -528,6 +528,13 @@ fn prefetch_faults(seed: Seed) -> RunConfig {
     config
 }
 
+fn exhaustive_torn(seed: Seed) -> RunConfig {
+    let mut config = exhaustive(seed);
+    config.scenario = "exhaustive-torn".into();
+    config.crashes.atomic_units = vec![AtomicUnit::None];
+    config
+}
+
 /// Every named scenario.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -584,6 +591,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "prefetch-faults",
         description: "prefetch while guest writes fail (v1 marks the blocks it skipped as copied)",
         build: prefetch_faults,
+    },
+    Scenario {
+        name: "exhaustive-torn",
+        description: "exhaustive, with no atomic unit: every unflushed sector may tear at any byte",
+        build: exhaustive_torn,
     },
     Scenario {
         name: "exhaustive",
