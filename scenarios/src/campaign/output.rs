@@ -199,7 +199,7 @@ pub struct Report {
     pub log_hash: String,
     /// Hash of the final image disk.
     pub image_hash: String,
-    /// Prefetch activity of the last open, if prefetch ran.
+    /// Prefetch activity over every open, if prefetch ran.
     #[serde(default)]
     pub prefetch: Option<PrefetchReport>,
     /// Charts, relative to the run directory.
@@ -296,9 +296,16 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     if let Some(prefetch) = &report.prefetch
         && prefetch.samples.iter().any(|p| p.kind != "pause")
     {
-        let title =
-            format!("Prefetch from the base image (last open), {} seed {}", report.config.scenario, report.config.seed);
-        render_line_chart(&prefetch_chart(prefetch, &title), &dir.join("prefetch.svg"))?;
+        let title = format!("Prefetch from the base image, {} seed {}", report.config.scenario, report.config.seed);
+        let mut chart = prefetch_chart(prefetch, &title);
+        if chart.bands.is_empty() && !report.crashes.is_empty() {
+            // No pauses (AIMD): shade the crashes instead; prefetch restarts after each recovery.
+            chart.bands =
+                report.crashes.iter().map(|c| Band { from: c.at_ns as f64 / 1e9, to: c.at_ns as f64 / 1e9 }).collect();
+            chart.band_label = "crash (prefetch restarts after recovery)".into();
+            chart.band_rgb = (214, 39, 40);
+        }
+        render_line_chart(&chart, &dir.join("prefetch.svg"))?;
         charts.push((
             "Whole-image prefetch: throughput or rate over simulated time, pauses shaded".to_string(),
             "prefetch.svg".to_string(),

@@ -401,7 +401,25 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
 
 fn add_stats(driver: &Shared, image: &FvdImage) {
     let stats = image.stats();
+    let telemetry = image.prefetch_telemetry();
     let mut d = driver.borrow_mut();
+    if let Some(t) = telemetry {
+        // Prefetch restarts after every recovery: keep every open's activity.
+        d.prefetch = Some(match d.prefetch.take() {
+            None => t,
+            Some(mut all) => {
+                all.phase = t.phase;
+                all.started_ns = all.started_ns.or(t.started_ns);
+                all.finished_ns = t.finished_ns.or(all.finished_ns);
+                all.pauses.extend(t.pauses);
+                all.samples.extend(t.samples);
+                all.bytes_copied += t.bytes_copied;
+                all.bytes_read += t.bytes_read;
+                all.bytes_discarded += t.bytes_discarded;
+                all
+            }
+        });
+    }
     d.summary.recycles += stats.recycles;
     d.summary.journal_writes += stats.journal_writes;
     d.summary.copy_on_write_bytes += stats.copy_on_write_bytes;
@@ -535,17 +553,14 @@ fn campaign(
     // The workload finished: disarm any crash that did not fire, flush, close cleanly, check.
     rig.sim.clear_progress_hook();
     rig.sim.halt_after_events(None);
-    if !config.prefetch.is_some_and(|p| p.wait_for_finish) {
-        driver.borrow_mut().prefetch = image.prefetch_telemetry();
-    }
     if config.prefetch.is_some_and(|p| p.wait_for_finish) {
         // Prefetch must finish: a stall is a liveness failure. Give it ten minutes of virtual time.
         rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + 600_000_000_000));
         let waiting = image.clone();
         let waited = rig.sim.run(async move { waiting.wait_prefetch().await });
         rig.sim.set_time_limit_ns(None);
-        driver.borrow_mut().prefetch = image.prefetch_telemetry();
         if let Err(error) = waited {
+            add_stats(driver, &image);
             return driver.borrow_mut().fail(
                 &handle,
                 FailureClass::Liveness,
