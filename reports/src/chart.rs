@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 /// One line of a line chart.
@@ -97,35 +98,13 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<()> {
     root.fill(&WHITE).context("chart background")?;
     let (x0, x1, y0, y1) = bounds(chart);
     let caption = (chart.title.as_str(), ("sans-serif", 22));
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(caption.0, caption.1).margin(16).x_label_area_size(48).y_label_area_size(72);
     if chart.log_y {
-        let mut ctx = ChartBuilder::on(&root)
-            .caption(caption.0, caption.1)
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(72)
-            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
-            .context("chart axes")?;
-        ctx.configure_mesh()
-            .x_desc(chart.x_label.as_str())
-            .y_desc(chart.y_label.as_str())
-            .y_label_formatter(&|v| format_tick(*v))
-            .draw()
-            .context("chart mesh")?;
+        let mut ctx = builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).context("chart axes")?;
         draw_all(&mut ctx, chart, y0, y1)?;
     } else {
-        let mut ctx = ChartBuilder::on(&root)
-            .caption(caption.0, caption.1)
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(72)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .context("chart axes")?;
-        ctx.configure_mesh()
-            .x_desc(chart.x_label.as_str())
-            .y_desc(chart.y_label.as_str())
-            .y_label_formatter(&|v| format_tick(*v))
-            .draw()
-            .context("chart mesh")?;
+        let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).context("chart axes")?;
         draw_all(&mut ctx, chart, y0, y1)?;
     }
     root.present().with_context(|| format!("writing {}", path.display()))?;
@@ -143,6 +122,8 @@ fn format_tick(value: f64) -> String {
     }
 }
 
+/// Draws the mesh (axis labels, ticks), the shaded bands and the series onto `ctx`, whose y axis
+/// is linear or logarithmic.
 fn draw_all<'a, X, Y>(
     ctx: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     chart: &LineChart,
@@ -150,9 +131,15 @@ fn draw_all<'a, X, Y>(
     y1: f64,
 ) -> Result<()>
 where
-    X: Ranged<ValueType = f64>,
-    Y: Ranged<ValueType = f64>,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    ctx.configure_mesh()
+        .x_desc(chart.x_label.as_str())
+        .y_desc(chart.y_label.as_str())
+        .y_label_formatter(&|v| format_tick(*v))
+        .draw()
+        .context("chart mesh")?;
     let (r, g, b) = chart.band_rgb;
     let shade = RGBColor(r, g, b).mix(0.35);
     // A band is at least 0.4% of the x range wide, so an instant stays visible.

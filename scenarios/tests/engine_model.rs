@@ -54,6 +54,18 @@ fn geometry() -> impl Strategy<Value = Geometry> {
         })
 }
 
+/// A compact 2 MiB image (4 KiB blocks, 4 KiB journal) over a 1.5 MB base shorter than
+/// the disk, for the copy-on-read and prefetch tests.
+const COMPACT_OVER_SHORT_BASE: Geometry = Geometry {
+    size_sectors: 4096,
+    base_sectors: 3000,
+    block_sectors: 8,
+    compact: true,
+    chunk_blocks: 2,
+    separate_data: false,
+    journal_bytes: 4096,
+};
+
 impl Geometry {
     fn rig(&self, seed: u64) -> Rig {
         let mut create = CreateOptions::new(self.size_sectors * SECTOR);
@@ -408,15 +420,7 @@ fn the_v1_profile_loses_data_where_the_hardened_engine_does_not() {
 #[test]
 fn prefetch_copies_the_whole_base_and_finishes() {
     for profile in [Profile::Hardened, Profile::V1] {
-        let geometry = Geometry {
-            size_sectors: 4096,
-            base_sectors: 3000,
-            block_sectors: 8,
-            compact: true,
-            chunk_blocks: 2,
-            separate_data: false,
-            journal_bytes: 4096,
-        };
+        let geometry = COMPACT_OVER_SHORT_BASE;
         let mut rig = geometry.rig(5);
         rig.create.profile = profile;
         rig.create_image().unwrap();
@@ -457,15 +461,7 @@ fn prefetch_copies_the_whole_base_and_finishes() {
 /// copied into the image in the background (fresh bits only), and read back unchanged.
 #[test]
 fn copy_on_read_copies_what_was_read() {
-    let geometry = Geometry {
-        size_sectors: 4096,
-        base_sectors: 3000,
-        block_sectors: 8,
-        compact: true,
-        chunk_blocks: 2,
-        separate_data: false,
-        journal_bytes: 4096,
-    };
+    let geometry = COMPACT_OVER_SHORT_BASE;
     let rig = geometry.rig(9);
     rig.create_image().unwrap();
     let image = rig
