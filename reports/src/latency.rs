@@ -37,10 +37,19 @@ pub struct LatencyWindow {
 }
 
 /// Records latencies by kind, whole-run and per window.
+///
+/// Memory is bounded by the number of windows *with data*, each kept as a summary once it
+/// closes: only the two newest windows hold histograms (a histogram is ~280 KiB, so keeping one
+/// per kind per window grew with simulated time: 8 GB for a two-hour trace at 1 s windows).
+/// Records are expected in completion order, as the simulator makes them; a record for a window
+/// that already closed counts in the whole-run histograms and in [`Self::late_records`].
 pub struct LatencyRecorder {
     window_ns: u64,
     whole: BTreeMap<String, Histogram<u64>>,
-    windows: BTreeMap<u64, BTreeMap<String, Histogram<u64>>>,
+    open: BTreeMap<u64, BTreeMap<String, Histogram<u64>>>,
+    closed: Vec<LatencyWindow>,
+    newest_closed: Option<u64>,
+    late: u64,
 }
 
 impl std::fmt::Debug for LatencyRecorder {
@@ -60,19 +69,64 @@ fn histogram() -> Histogram<u64> {
 impl LatencyRecorder {
     /// A recorder with time-series windows of `window_ns`.
     pub fn new(window_ns: u64) -> LatencyRecorder {
-        LatencyRecorder { window_ns: window_ns.max(1), whole: BTreeMap::new(), windows: BTreeMap::new() }
+        LatencyRecorder {
+            window_ns: window_ns.max(1),
+            whole: BTreeMap::new(),
+            open: BTreeMap::new(),
+            closed: Vec::new(),
+            newest_closed: None,
+            late: 0,
+        }
+    }
+
+    /// Records whose window had already closed (0 when records come in completion order).
+    pub fn late_records(&self) -> u64 {
+        self.late
+    }
+
+    fn summarize_window(&self, index: u64, kinds: &BTreeMap<String, Histogram<u64>>) -> LatencyWindow {
+        LatencyWindow {
+            start_s: (index * self.window_ns) as f64 / 1e9,
+            kinds: kinds
+                .iter()
+                .map(|(k, h)| {
+                    (
+                        k.clone(),
+                        (h.len(), h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Records a request of `kind` that completed at `end_ns` after `latency_ns`.
     pub fn record(&mut self, kind: &str, end_ns: u64, latency_ns: u64) {
         let value = latency_ns.max(1);
-        self.whole.entry(kind.to_string()).or_insert_with(histogram).saturating_record(value);
-        self.windows
-            .entry(end_ns / self.window_ns)
-            .or_default()
-            .entry(kind.to_string())
-            .or_insert_with(histogram)
-            .saturating_record(value);
+        if let Some(h) = self.whole.get_mut(kind) {
+            h.saturating_record(value);
+        } else {
+            self.whole.entry(kind.to_string()).or_insert_with(histogram).saturating_record(value);
+        }
+        let index = end_ns / self.window_ns;
+        if self.newest_closed.is_some_and(|closed| index <= closed) {
+            self.late += 1;
+            return;
+        }
+        // Close every window older than the one before this record's.
+        while let Some((&oldest, _)) = self.open.first_key_value() {
+            if oldest + 1 >= index {
+                break;
+            }
+            let kinds = self.open.remove(&oldest).expect("the first key exists");
+            let summary = self.summarize_window(oldest, &kinds);
+            self.closed.push(summary);
+            self.newest_closed = Some(oldest);
+        }
+        let window = self.open.entry(index).or_default();
+        match window.get_mut(kind) {
+            Some(h) => h.saturating_record(value),
+            None => window.entry(kind.to_string()).or_insert_with(histogram).saturating_record(value),
+        }
     }
 
     /// Whole-run percentiles per kind.
@@ -82,21 +136,8 @@ impl LatencyRecorder {
 
     /// The time series.
     pub fn windows(&self) -> Vec<LatencyWindow> {
-        self.windows
-            .iter()
-            .map(|(index, kinds)| LatencyWindow {
-                start_s: (*index * self.window_ns) as f64 / 1e9,
-                kinds: kinds
-                    .iter()
-                    .map(|(k, h)| {
-                        (
-                            k.clone(),
-                            (h.len(), h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect()
+        let open = self.open.iter().map(|(index, kinds)| self.summarize_window(*index, kinds));
+        self.closed.iter().cloned().chain(open).collect()
     }
 }
 
@@ -134,5 +175,23 @@ mod tests {
         let windows = recorder.windows();
         assert_eq!(windows.len(), 3);
         assert_eq!(windows[2].kinds["write"].0, 1);
+    }
+
+    #[test]
+    fn only_the_newest_windows_hold_histograms() {
+        let mut recorder = LatencyRecorder::new(1_000_000_000);
+        for second in 0..10_000u64 {
+            recorder.record("read", second * 1_000_000_000 + 5, 1_000 + second);
+            recorder.record("write", second * 1_000_000_000 + 7, 2_000);
+        }
+        assert!(recorder.open.len() <= 2, "{} windows still hold histograms", recorder.open.len());
+        let windows = recorder.windows();
+        assert_eq!(windows.len(), 10_000);
+        assert!(windows.windows(2).all(|w| w[0].start_s < w[1].start_s), "in time order");
+        assert_eq!(windows[9_999].kinds["read"].0, 1);
+        // A record for a closed window counts in the whole run only.
+        recorder.record("read", 5, 1_000);
+        assert_eq!(recorder.late_records(), 1);
+        assert_eq!(recorder.percentiles()["read"].count, 10_001);
     }
 }

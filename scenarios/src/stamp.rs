@@ -10,34 +10,13 @@ use fvd_sim::disk::content::BASE_SECTOR_MAGIC;
 
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;
-/// The stamp magic at bytes 16..24.
-pub const STAMP_MAGIC: &[u8; 8] = b"FVDSIMv1";
-
-fn mix(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
-    let mut z = seed
-        ^ write_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ sector.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-        ^ word.rotate_left(29);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use fvd_sim::disk::content::STAMP_MAGIC;
 
 /// Fills `out` (a whole number of sectors) with the stamps of write `write_id` starting at
-/// sector `first_sector`.
+/// sector `first_sector`. The generator lives in the simulator, which keeps stamped sectors as
+/// symbols (`fvd_sim::disk::page`).
 pub fn stamp(seed: u64, write_id: u64, first_sector: u64, out: &mut [u8]) {
-    assert!(out.len().is_multiple_of(SECTOR as usize), "stamps fill whole sectors");
-    for (i, sector_bytes) in out.chunks_exact_mut(SECTOR as usize).enumerate() {
-        let sector = first_sector + i as u64;
-        sector_bytes[0..8].copy_from_slice(&write_id.to_le_bytes());
-        sector_bytes[8..16].copy_from_slice(&sector.to_le_bytes());
-        sector_bytes[16..24].copy_from_slice(STAMP_MAGIC);
-        sector_bytes[24..32].copy_from_slice(&seed.to_le_bytes());
-        for word in 4..64u64 {
-            let at = (word * 8) as usize;
-            sector_bytes[at..at + 8].copy_from_slice(&mix(seed, write_id, sector, word).to_le_bytes());
-        }
-    }
+    fvd_sim::disk::content::fill_stamp(seed, write_id, first_sector, out);
 }
 
 /// What a sector holds.

@@ -29,8 +29,15 @@ fn pinned_config(cases: u32) -> ProptestConfig {
     config
 }
 
-/// Sector data stamped with the write id and the sector's own number, then a pattern.
+/// Sector data stamped with the write id and the sector's own number, then a pattern. Odd write
+/// ids use the workloads' real stamps (which the disk keeps as symbols), even ones a pattern it
+/// keeps as bytes, so both representations meet in every page.
 fn stamped(write_id: u64, first_sector: u64, sectors: u64) -> Vec<u8> {
+    if write_id % 2 == 1 {
+        let mut data = vec![0u8; (sectors * SECTOR) as usize];
+        fvd_sim::disk::content::fill_stamp(0x5eed, write_id, first_sector, &mut data);
+        return data;
+    }
     let mut data = Vec::with_capacity((sectors * SECTOR) as usize);
     for sector in first_sector..first_sector + sectors {
         for word in 0..SECTOR / 8 {
@@ -51,17 +58,35 @@ fn disk(sim: &Sim, len_bytes: u64) -> SimDisk {
 
 #[derive(Debug, Clone)]
 enum FlatOp {
-    Write { offset: u64, len: u64, fill: u8 },
-    Read { offset: u64, len: u64 },
+    Write {
+        offset: u64,
+        len: u64,
+        fill: u8,
+    },
+    /// Regenerable content (real stamps, or procedural base sectors when `write_id` is even).
+    WriteSymbolic {
+        sector: u64,
+        sectors: u64,
+        write_id: u64,
+    },
+    Read {
+        offset: u64,
+        len: u64,
+    },
     Flush,
-    SetLen { len: u64 },
-    ConcurrentWrites { slots: Vec<u8> },
+    SetLen {
+        len: u64,
+    },
+    ConcurrentWrites {
+        slots: Vec<u8>,
+    },
 }
 
 fn flat_op() -> impl Strategy<Value = FlatOp> {
     prop_oneof![
         4 => (0u64..70_000, 1u64..9000, any::<u8>()).prop_map(|(offset, len, fill)| FlatOp::Write { offset, len, fill }),
         3 => (0u64..70_000, 1u64..9000).prop_map(|(offset, len)| FlatOp::Read { offset, len }),
+        3 => (0u64..140, 1u64..20, 0u64..4).prop_map(|(sector, sectors, write_id)| FlatOp::WriteSymbolic { sector, sectors, write_id }),
         1 => Just(FlatOp::Flush),
         1 => (30_000u64..80_000).prop_map(|len| FlatOp::SetLen { len }),
         1 => proptest::collection::vec(any::<u8>(), 1..6).prop_map(|slots| FlatOp::ConcurrentWrites { slots }),
@@ -87,6 +112,22 @@ proptest! {
                             if offset + len <= model.len() as u64 {
                                 result.map_err(|e| e.to_string())?;
                                 model[offset as usize..(offset + len) as usize].fill(fill);
+                            } else if !matches!(result, Err(DeviceError::OutOfRange { .. })) {
+                                return Err(format!("write past the end gave {result:?}"));
+                            }
+                        }
+                        FlatOp::WriteSymbolic { sector, sectors, write_id } => {
+                            let (offset, len) = (sector * SECTOR, sectors * SECTOR);
+                            let mut data = vec![0u8; len as usize];
+                            if write_id % 2 == 1 {
+                                fvd_sim::disk::content::fill_stamp(0x5eed, write_id, sector, &mut data);
+                            } else {
+                                fvd_sim::ContentSource::fill(&ProceduralContent { seed: write_id }, offset + 1536, &mut data);
+                            }
+                            let result = device.write_at(offset, &data, WriteFlags::NONE).await;
+                            if offset + len <= model.len() as u64 {
+                                result.map_err(|e| e.to_string())?;
+                                model[offset as usize..(offset + len) as usize].copy_from_slice(&data);
                             } else if !matches!(result, Err(DeviceError::OutOfRange { .. })) {
                                 return Err(format!("write past the end gave {result:?}"));
                             }

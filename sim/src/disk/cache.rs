@@ -11,9 +11,11 @@
 //! Unflushed writes ([`PendingWrite`]) are metadata only; their bytes are read back from the
 //! versions.
 //!
-//! Write data is copied once, at submission, into [`WriteData`]; a write covering whole pages
-//! then *moves* its page buffers into the store, and the replaced pages move into the shadow.
-//! Only partial-page writes copy a page.
+//! Write data is copied once, at submission, into [`WriteData`] (whole pages recognised as
+//! symbols where they can be, see [`super::page`]); a write covering whole pages then *moves*
+//! its pages into the store, and the replaced pages move into the shadow. Only partial-page
+//! writes copy a page. Every page here is a [`PageData`], so versions of regenerable content
+//! cost a few bytes each.
 //!
 //! Invariants (asserted): a page has a shadow iff some pending write touches it; its chain lists
 //! exactly the pending writes touching it, in execution order; only the newest entry lacks
@@ -23,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use super::content::ContentSource;
 use super::crash::{CrashPlan, UnitFate, WriteFate, choose_fates, fate_letter, unit_pieces};
-use super::store::{PAGE_BYTES, Page, PagePool, SparseStore, blank_page};
+use super::store::{PAGE_BYTES, PageData, PagePool, SparseStore, blank_page};
 use crate::rng::SimRng;
 
 const PAGE: u64 = PAGE_BYTES as u64;
@@ -32,8 +34,8 @@ const PAGE: u64 = PAGE_BYTES as u64;
 /// (so they can move into the store), bytes otherwise.
 #[derive(Debug)]
 pub(crate) enum WriteData {
-    /// Page-aligned data, one buffer per page.
-    Pages(Vec<Box<Page>>),
+    /// Page-aligned data, one page each.
+    Pages(Vec<PageData>),
     /// Any other data.
     Bytes(Vec<u8>),
 }
@@ -44,7 +46,7 @@ impl WriteData {
         if offset_bytes.is_multiple_of(PAGE) && !data.is_empty() && data.len().is_multiple_of(PAGE_BYTES) {
             WriteData::Pages(
                 data.chunks_exact(PAGE_BYTES)
-                    .map(|chunk| pool.copy_of(chunk.try_into().expect("page-sized chunk")))
+                    .map(|chunk| PageData::from_bytes(chunk.try_into().expect("page-sized chunk"), pool))
                     .collect(),
             )
         } else {
@@ -65,20 +67,16 @@ impl WriteData {
         match self {
             WriteData::Bytes(bytes) => std::borrow::Cow::Borrowed(&bytes[from as usize..(from + len) as usize]),
             WriteData::Pages(pages) => {
-                let (page, in_page) = ((from / PAGE) as usize, (from % PAGE) as usize);
-                if in_page + len as usize <= PAGE_BYTES {
-                    std::borrow::Cow::Borrowed(&pages[page][in_page..in_page + len as usize])
-                } else {
-                    let mut out = Vec::with_capacity(len as usize);
-                    let mut at = from;
-                    while at < from + len {
-                        let (page, in_page) = ((at / PAGE) as usize, (at % PAGE) as usize);
-                        let n = (PAGE_BYTES - in_page).min((from + len - at) as usize);
-                        out.extend_from_slice(&pages[page][in_page..in_page + n]);
-                        at += n as u64;
-                    }
-                    std::borrow::Cow::Owned(out)
+                let mut out = vec![0u8; len as usize];
+                let mut at = from;
+                while at < from + len {
+                    let (page, in_page) = ((at / PAGE) as usize, (at % PAGE) as usize);
+                    let n = (PAGE_BYTES - in_page).min((from + len - at) as usize);
+                    let done = (at - from) as usize;
+                    pages[page].read(in_page, &mut out[done..done + n]);
+                    at += n as u64;
                 }
+                std::borrow::Cow::Owned(out)
             }
         }
     }
@@ -87,7 +85,13 @@ impl WriteData {
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         match self {
             WriteData::Bytes(bytes) => bytes,
-            WriteData::Pages(pages) => pages.iter().flat_map(|page| page.iter().copied()).collect(),
+            WriteData::Pages(pages) => {
+                let mut out = vec![0u8; pages.len() * PAGE_BYTES];
+                for (page, chunk) in pages.iter().zip(out.chunks_exact_mut(PAGE_BYTES)) {
+                    page.read(0, chunk);
+                }
+                out
+            }
         }
     }
 }
@@ -121,10 +125,10 @@ fn in_page(page: u64, offset_bytes: u64, len_bytes: u64) -> (usize, usize) {
 /// The durable content and version chain of one page with unflushed writes.
 struct ShadowPage {
     /// Durable content (`None`: never written, reads as zeros or the content source).
-    durable: Option<Box<Page>>,
+    durable: Option<PageData>,
     /// `(seq, content right after that write)`, oldest first; the newest content is `None`
     /// while it lives in the store.
-    versions: VecDeque<(u64, Option<Box<Page>>)>,
+    versions: VecDeque<(u64, Option<PageData>)>,
 }
 
 /// What a crash left behind.
@@ -142,8 +146,6 @@ pub(crate) struct VolatileCache {
     pending_bytes: u64,
     shadow: BTreeMap<u64, ShadowPage>,
     next_seq: u64,
-    /// Page buffers for reuse.
-    pub(crate) pool: PagePool,
 }
 
 impl VolatileCache {
@@ -157,7 +159,11 @@ impl VolatileCache {
         self.shadow
             .values()
             .map(|s| {
-                (u64::from(s.durable.is_some()) + s.versions.iter().filter(|v| v.1.is_some()).count() as u64) * PAGE
+                s.durable
+                    .iter()
+                    .chain(s.versions.iter().filter_map(|v| v.1.as_ref()))
+                    .map(PageData::heap_bytes)
+                    .sum::<u64>()
             })
             .sum()
     }
@@ -183,18 +189,17 @@ impl VolatileCache {
                 let covered = in_page(page, offset_bytes, len) == (0, PAGE_BYTES);
                 // The content before this write: moved out of the store if the write covers the
                 // page (it installs a fresh buffer), copied otherwise.
-                let pool = &mut self.pool;
-                let mut before =
-                    || if covered { store.replace_page(page, None) } else { store.page(page).map(|p| pool.copy_of(p)) };
+                let before = if covered { store.replace_page(page, None) } else { store.copy_of_page(page) };
                 match self.shadow.get_mut(&page) {
                     None => {
-                        let durable = before();
+                        let durable = before;
                         self.shadow.insert(page, ShadowPage { durable, versions: VecDeque::from([(seq, None)]) });
                     }
                     Some(shadow) => {
                         let newest = shadow.versions.back_mut().expect("a shadow page has versions");
                         debug_assert!(newest.1.is_none(), "only the newest version lives in the store");
-                        newest.1 = Some(before().unwrap_or_else(|| blank_page(page, content)));
+                        let before = before.unwrap_or_else(|| blank_page(page, content, &mut store.pool));
+                        newest.1 = Some(before);
                         shadow.versions.push_back((seq, None));
                     }
                 }
@@ -206,7 +211,7 @@ impl VolatileCache {
             WriteData::Pages(buffers) => {
                 for (page, buffer) in pages.zip(buffers) {
                     if let Some(old) = store.replace_page(page, Some(buffer)) {
-                        self.pool.recycle(old);
+                        old.recycle(&mut store.pool);
                     }
                 }
             }
@@ -216,7 +221,11 @@ impl VolatileCache {
 
     /// Makes the oldest unflushed write durable (cache pressure); returns `(request, offset,
     /// len)` of it, or `None` if the cache is empty.
-    pub(crate) fn destage_oldest(&mut self, content: Option<&dyn ContentSource>) -> Option<(u64, u64, u64)> {
+    pub(crate) fn destage_oldest(
+        &mut self,
+        content: Option<&dyn ContentSource>,
+        pool: &mut PagePool,
+    ) -> Option<(u64, u64, u64)> {
         let write = self.pending.pop_front()?;
         self.pending_bytes -= write.len_bytes;
         for page in page_span(write.offset_bytes, write.len_bytes) {
@@ -226,7 +235,7 @@ impl VolatileCache {
             if shadow.versions.is_empty() {
                 // No unflushed write touches the page any more: the store page is durable.
                 if let Some(durable) = self.shadow.remove(&page).and_then(|s| s.durable) {
-                    self.pool.recycle(durable);
+                    durable.recycle(pool);
                 }
                 continue;
             }
@@ -234,19 +243,19 @@ impl VolatileCache {
             let (from, to) = in_page(page, write.offset_bytes, write.len_bytes);
             if (from, to) == (0, PAGE_BYTES) {
                 if let Some(old) = shadow.durable.replace(after) {
-                    self.pool.recycle(old);
+                    old.recycle(pool);
                 }
             } else {
-                let durable = shadow.durable.get_or_insert_with(|| blank_page(page, content));
-                durable[from..to].copy_from_slice(&after[from..to]);
-                self.pool.recycle(after);
+                let durable = shadow.durable.get_or_insert_with(|| blank_page(page, content, pool));
+                durable.copy_range(from, to - from, &after, pool);
+                after.recycle(pool);
             }
         }
         Some((write.request, write.offset_bytes, write.len_bytes))
     }
 
     /// A completed flush: everything executed is durable.
-    pub(crate) fn flush(&mut self) {
+    pub(crate) fn flush(&mut self, pool: &mut PagePool) {
         self.pending.clear();
         self.pending_bytes = 0;
         for (_, shadow) in std::mem::take(&mut self.shadow) {
@@ -254,7 +263,7 @@ impl VolatileCache {
                 .durable
                 .into_iter()
                 .chain(shadow.versions.into_iter().filter_map(|v| v.1))
-                .for_each(|page| self.pool.recycle(page));
+                .for_each(|page| page.recycle(pool));
         }
     }
 
@@ -270,7 +279,7 @@ impl VolatileCache {
             let out_from = (page * PAGE + from as u64 - offset_bytes) as usize;
             let out = &mut buf[out_from..out_from + (to - from)];
             match &shadow.durable {
-                Some(durable) => out.copy_from_slice(&durable[from..to]),
+                Some(durable) => durable.read(from, out),
                 None => match content {
                     Some(content) => content.fill(page * PAGE + from as u64, out),
                     None => out.fill(0),
@@ -293,8 +302,8 @@ impl VolatileCache {
         let mut shadow = std::mem::take(&mut self.shadow);
         for (&page, entry) in &mut shadow {
             let newest = store.replace_page(page, entry.durable.take());
-            entry.versions.back_mut().expect("a shadow page has versions").1 =
-                Some(newest.unwrap_or_else(|| blank_page(page, content)));
+            let newest = newest.unwrap_or_else(|| blank_page(page, content, &mut store.pool));
+            entry.versions.back_mut().expect("a shadow page has versions").1 = Some(newest);
         }
         let executed: Vec<PendingWrite> = self.pending.drain(..).collect();
         self.pending_bytes = 0;
@@ -325,7 +334,7 @@ impl VolatileCache {
                             versions.iter().find(|(seq, _)| *seq == write.seq).expect("the chain lists the write");
                         let after = after.as_ref().expect("every version has content during a crash");
                         let from = (start - page * PAGE) as usize;
-                        store.write(start, &after[from..from + keep as usize], content);
+                        store.copy_range(page, from, keep as usize, after, content);
                     }
                     None => {
                         let (_, _, data) = &in_flight[index - executed.len()];

@@ -13,6 +13,7 @@ mod cache;
 pub mod content;
 pub mod crash;
 pub mod fault;
+pub mod page;
 pub mod profile;
 mod requests;
 pub mod store;
@@ -272,10 +273,7 @@ impl SimDisk {
         for page_index in state.store.page_indices() {
             let page = state.store.page(page_index).expect("listed pages exist");
             hash = (hash ^ page_index).wrapping_mul(0x0100_0000_01b3);
-            for word in page.chunks_exact(8) {
-                hash =
-                    (hash ^ u64::from_le_bytes(word.try_into().expect("8-byte chunk"))).wrapping_mul(0x0100_0000_01b3);
-            }
+            page.hash_into(&mut hash);
         }
         hash
     }
@@ -409,7 +407,7 @@ impl DiskInner {
             IoKind::Flush => state.stats.flushes += 1,
             IoKind::SetLen => {}
         }
-        let write = write.map(|data| WriteData::copy_from(offset_bytes, data, &mut state.cache.pool));
+        let write = write.map(|data| WriteData::copy_from(offset_bytes, data, &mut state.store.pool));
         state.requests.insert(
             number,
             Request {
@@ -550,7 +548,7 @@ impl DiskInner {
                     faults_logged.push((FaultKind::Media(kind), 0, 0));
                     state.requests.get_mut(&number).expect("request exists").result = Err(self.error(kind, 0, 0));
                 } else {
-                    state.cache.flush();
+                    state.cache.flush(&mut state.store.pool);
                     state.durable_len_bytes = state.len_bytes;
                 }
             }
@@ -609,14 +607,17 @@ impl DiskInner {
     fn destage_over_capacity(&self) {
         let capacity = self.config.borrow().profile.cache_bytes;
         loop {
-            let mut state = self.state.borrow_mut();
-            if state.cache.pending_bytes() <= capacity {
+            let mut guard = self.state.borrow_mut();
+            if guard.cache.pending_bytes() <= capacity {
                 return;
             }
-            let (request, offset, len) =
-                state.cache.destage_oldest(self.content.as_deref()).expect("pending bytes imply a pending write");
+            let state = &mut *guard;
+            let (request, offset, len) = state
+                .cache
+                .destage_oldest(self.content.as_deref(), &mut state.store.pool)
+                .expect("pending bytes imply a pending write");
             state.stats.destaged_writes += 1;
-            drop(state);
+            drop(guard);
             self.log(EventKind::Destage, request, offset, len);
         }
     }

@@ -1,30 +1,30 @@
-//! Sparse byte storage: only pages that were written take memory.
+//! Sparse page storage: only pages that were written take memory, and pages of regenerable
+//! content (base copies, stamps, zeros) take almost none (see [`super::page`]).
 //!
 //! A two-level radix table of 4 KiB pages (256 pages, 1 MiB, per leaf). Lookups are O(1) and
 //! iteration is in address order, so hashing the whole image is deterministic. A 32 GiB device
-//! costs 256 KiB of leaf pointers before anything is written.
+//! costs 256 KiB of leaf pointers before anything is written; a written leaf costs 8 KiB of
+//! slots plus whatever its pages hold as bytes.
 
 use super::content::ContentSource;
+pub use super::page::{PAGE_BYTES, Page, PageData, PagePool};
 
-/// Bytes per storage page.
-pub const PAGE_BYTES: usize = 4096;
 const PAGES_PER_LEAF: usize = 256;
+const PAGE: u64 = PAGE_BYTES as u64;
 
-/// One 4 KiB page.
-pub type Page = [u8; PAGE_BYTES];
-
-type Leaf = [Option<Box<Page>>; PAGES_PER_LEAF];
+type Leaf = [Option<PageData>; PAGES_PER_LEAF];
 
 /// Sparse page storage with an optional read-only content source for pages never written.
 #[derive(Default)]
 pub struct SparseStore {
     leaves: Vec<Option<Box<Leaf>>>,
-    resident_pages: u64,
+    /// Page buffers for reuse (also lent to the volatile cache).
+    pub pool: PagePool,
 }
 
 impl std::fmt::Debug for SparseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SparseStore").field("resident_pages", &self.resident_pages).finish()
+        f.debug_struct("SparseStore").field("resident_bytes", &self.resident_bytes()).finish()
     }
 }
 
@@ -32,47 +32,17 @@ fn split(page_index: u64) -> (usize, usize) {
     ((page_index / PAGES_PER_LEAF as u64) as usize, (page_index % PAGES_PER_LEAF as u64) as usize)
 }
 
-/// A fresh page holding what an unwritten page reads as: the content source's bytes, or zeros.
-pub fn blank_page(page_index: u64, content: Option<&dyn ContentSource>) -> Box<Page> {
-    let mut page: Box<Page> = vec![0u8; PAGE_BYTES].into_boxed_slice().try_into().expect("PAGE_BYTES long");
-    if let Some(content) = content {
-        content.fill(page_index * PAGE_BYTES as u64, &mut page[..]);
-    }
-    page
-}
-
-/// A heap copy of `page` (never staged on the stack).
-pub fn copy_page(page: &Page) -> Box<Page> {
-    // Built from a slice so the buffer is never zeroed first nor staged on the stack.
-    page.to_vec().into_boxed_slice().try_into().expect("PAGE_BYTES long")
-}
-
-/// Recycles page buffers: the volatile cache frees a page per unflushed write at every flush, and
-/// a 4 KiB `malloc`/`free` pair costs more than the copy it serves.
-#[derive(Debug, Default)]
-pub struct PagePool {
-    free: Vec<Box<Page>>,
-}
-
-impl PagePool {
-    /// Pages kept for reuse at most (16 MiB).
-    pub const LIMIT: usize = 4096;
-
-    /// A page holding a copy of `bytes`.
-    pub fn copy_of(&mut self, bytes: &Page) -> Box<Page> {
-        match self.free.pop() {
-            Some(mut page) => {
-                page.copy_from_slice(bytes);
-                page
-            }
-            None => copy_page(bytes),
-        }
-    }
-
-    /// Returns `page` for reuse.
-    pub fn recycle(&mut self, page: Box<Page>) {
-        if self.free.len() < Self::LIMIT {
-            self.free.push(page);
+/// What an unwritten page reads as: the content source's page (symbolic when it can say), or
+/// zeros.
+pub fn blank_page(page_index: u64, content: Option<&dyn ContentSource>, pool: &mut PagePool) -> PageData {
+    let Some(content) = content else { return PageData::zero() };
+    match content.symbol(page_index * (PAGE / 512)) {
+        // Procedural content: the page's consecutive sectors form a run.
+        Some(symbol) => PageData::Run(symbol),
+        None => {
+            let mut page = pool.take();
+            content.fill(page_index * PAGE, &mut page[..]);
+            PageData::Bytes(page)
         }
     }
 }
@@ -86,9 +56,9 @@ fn page_pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, std
             return None;
         }
         let at = offset + done as u64;
-        let in_page = (at % PAGE_BYTES as u64) as usize;
+        let in_page = (at % PAGE) as usize;
         let n = (PAGE_BYTES - in_page).min(len - done);
-        let piece = (at / PAGE_BYTES as u64, in_page, done..done + n);
+        let piece = (at / PAGE, in_page, done..done + n);
         done += n;
         Some(piece)
     })
@@ -100,45 +70,63 @@ impl SparseStore {
         SparseStore::default()
     }
 
-    /// Bytes of memory held by written pages.
+    /// Bytes of memory held by written pages: their slots in the leaves and what they hold on
+    /// the heap (a walk over every page: for reports, not hot paths).
     pub fn resident_bytes(&self) -> u64 {
-        self.resident_pages * PAGE_BYTES as u64
+        let leaves = self.leaves.iter().flatten().count() as u64 * std::mem::size_of::<Leaf>() as u64;
+        leaves + self.leaves.iter().flatten().flat_map(|l| l.iter().flatten()).map(PageData::heap_bytes).sum::<u64>()
+    }
+
+    /// Pages held as bytes (not symbols).
+    pub fn byte_pages(&self) -> u64 {
+        self.leaves.iter().flatten().flat_map(|l| l.iter().flatten()).filter(|p| !p.is_symbolic()).count() as u64
     }
 
     /// The page at `page_index`, if it was ever written.
-    pub fn page(&self, page_index: u64) -> Option<&Page> {
+    pub fn page(&self, page_index: u64) -> Option<&PageData> {
         let (leaf, slot) = split(page_index);
-        self.leaves.get(leaf)?.as_ref()?[slot].as_deref()
+        self.leaves.get(leaf)?.as_ref()?[slot].as_ref()
     }
 
-    /// The page at `page_index`, created from `content` (or zeros) if absent.
-    pub fn page_mut(&mut self, page_index: u64, content: Option<&dyn ContentSource>) -> &mut Page {
+    /// A copy of the page at `page_index`, if it was ever written.
+    pub fn copy_of_page(&mut self, page_index: u64) -> Option<PageData> {
+        let (leaf, slot) = split(page_index);
+        let page = self.leaves.get(leaf)?.as_ref()?[slot].as_ref()?;
+        Some(page.clone_in(&mut self.pool))
+    }
+
+    /// The slot of page `page_index`, its leaf created if absent.
+    fn slot(&mut self, page_index: u64) -> &mut Option<PageData> {
         let (leaf, slot) = split(page_index);
         if self.leaves.len() <= leaf {
             self.leaves.resize_with(leaf + 1, || None);
         }
-        let leaf = self.leaves[leaf].get_or_insert_with(|| Box::new([const { None }; PAGES_PER_LEAF]));
-        if leaf[slot].is_none() {
-            leaf[slot] = Some(blank_page(page_index, content));
-            self.resident_pages += 1;
-        }
-        leaf[slot].as_deref_mut().expect("page was just inserted")
+        &mut self.leaves[leaf].get_or_insert_with(|| Box::new([const { None }; PAGES_PER_LEAF]))[slot]
+    }
+
+    /// Runs `f` on the page at `page_index` (created from `content`, or zeros, if absent) and
+    /// the pool.
+    pub fn with_page<R>(
+        &mut self,
+        page_index: u64,
+        content: Option<&dyn ContentSource>,
+        f: impl FnOnce(&mut PageData, &mut PagePool) -> R,
+    ) -> R {
+        let mut pool = std::mem::take(&mut self.pool);
+        let slot = self.slot(page_index);
+        let page = slot.get_or_insert_with(|| blank_page(page_index, content, &mut pool));
+        let result = f(page, &mut pool);
+        self.pool = pool;
+        result
     }
 
     /// Replaces the page at `page_index` (None makes it unwritten again); returns the old one.
-    pub fn replace_page(&mut self, page_index: u64, page: Option<Box<Page>>) -> Option<Box<Page>> {
-        let (leaf_index, slot) = split(page_index);
+    pub fn replace_page(&mut self, page_index: u64, page: Option<PageData>) -> Option<PageData> {
+        let (leaf_index, _) = split(page_index);
         if page.is_none() && self.leaves.get(leaf_index).is_none_or(|l| l.is_none()) {
             return None;
         }
-        if self.leaves.len() <= leaf_index {
-            self.leaves.resize_with(leaf_index + 1, || None);
-        }
-        let leaf = self.leaves[leaf_index].get_or_insert_with(|| Box::new([const { None }; PAGES_PER_LEAF]));
-        let added = u64::from(page.is_some());
-        let old = std::mem::replace(&mut leaf[slot], page);
-        self.resident_pages = self.resident_pages + added - u64::from(old.is_some());
-        old
+        std::mem::replace(self.slot(page_index), page)
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf`; unwritten bytes come from `content` or are
@@ -147,7 +135,7 @@ impl SparseStore {
         for (page_index, in_page, range) in page_pieces(offset, buf.len()) {
             let out = &mut buf[range.clone()];
             match self.page(page_index) {
-                Some(page) => out.copy_from_slice(&page[in_page..in_page + range.len()]),
+                Some(page) => page.read(in_page, out),
                 None => match content {
                     Some(content) => content.fill(offset + range.start as u64, out),
                     None => out.fill(0),
@@ -159,24 +147,37 @@ impl SparseStore {
     /// Writes `data` at `offset`.
     pub fn write(&mut self, offset: u64, data: &[u8], content: Option<&dyn ContentSource>) {
         for (page_index, in_page, range) in page_pieces(offset, data.len()) {
-            self.page_mut(page_index, content)[in_page..in_page + range.len()].copy_from_slice(&data[range]);
+            self.with_page(page_index, content, |page, pool| page.write(in_page, &data[range], pool));
         }
+    }
+
+    /// Copies `len_bytes` at `from` of `source` (a page's content) into page `page_index` at the
+    /// same place.
+    pub fn copy_range(
+        &mut self,
+        page_index: u64,
+        from: usize,
+        len_bytes: usize,
+        source: &PageData,
+        content: Option<&dyn ContentSource>,
+    ) {
+        self.with_page(page_index, content, |page, pool| page.copy_range(from, len_bytes, source, pool));
     }
 
     /// Forgets every byte at or after `len_bytes` (they read as zeros if the device grows again).
     pub fn discard_from(&mut self, len_bytes: u64) {
-        let first_whole = len_bytes.div_ceil(PAGE_BYTES as u64);
-        let in_page = (len_bytes % PAGE_BYTES as u64) as usize;
-        let (leaf, slot) = split(len_bytes / PAGE_BYTES as u64);
-        if in_page != 0
-            && let Some(Some(leaf)) = self.leaves.get_mut(leaf)
-            && let Some(page) = leaf[slot].as_mut()
-        {
-            page[in_page..].fill(0);
+        let first_whole = len_bytes.div_ceil(PAGE);
+        let in_page = (len_bytes % PAGE) as usize;
+        let (leaf, slot) = split(len_bytes / PAGE);
+        if in_page != 0 && self.leaves.get(leaf).is_some_and(|l| l.as_ref().is_some_and(|l| l[slot].is_some())) {
+            let zeros = [0u8; PAGE_BYTES];
+            self.with_page(len_bytes / PAGE, None, |page, pool| page.write(in_page, &zeros[in_page..], pool));
         }
         let indices: Vec<u64> = self.page_indices().filter(|&index| index >= first_whole).collect();
         for index in indices {
-            self.replace_page(index, None);
+            if let Some(old) = self.replace_page(index, None) {
+                old.recycle(&mut self.pool);
+            }
         }
     }
 
@@ -197,6 +198,8 @@ impl SparseStore {
 mod tests {
     use super::*;
 
+    const LEAF_BYTES: u64 = std::mem::size_of::<Leaf>() as u64;
+
     #[test]
     fn unwritten_reads_zero_and_writes_straddle_pages() {
         let mut store = SparseStore::new();
@@ -205,7 +208,7 @@ mod tests {
         assert!(buf.iter().all(|b| *b == 0));
         let data: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
         store.write(4000, &data, None);
-        assert_eq!(store.resident_bytes(), 4 * PAGE_BYTES as u64);
+        assert_eq!(store.resident_bytes(), LEAF_BYTES + 4 * PAGE_BYTES as u64);
         let mut back = vec![0u8; 9000];
         store.read(4000, &mut back, None);
         assert_eq!(back, data);
@@ -221,8 +224,35 @@ mod tests {
     fn far_pages_cost_only_their_leaf() {
         let mut store = SparseStore::new();
         store.write(32 * 1024 * 1024 * 1024 - 4096, &[7u8; 4096], None);
-        assert_eq!(store.resident_bytes(), 4096);
+        assert_eq!(store.resident_bytes(), LEAF_BYTES + 4096);
         assert_eq!(store.page_indices().count(), 1);
         assert!(store.replace_page(5, None).is_none());
+    }
+
+    #[test]
+    fn copies_of_the_base_and_stamps_cost_no_page_memory() {
+        use crate::disk::content::{ProceduralContent, fill_stamp};
+        let mut store = SparseStore::new();
+        let base = ProceduralContent { seed: 11 };
+        // 64 MiB copied from the base, shifted by 3 sectors (as a compact image's chunk is).
+        let mut chunk = vec![0u8; 1 << 20];
+        for mib in 0..64u64 {
+            base.fill(mib * (1 << 20) + 3 * 512, &mut chunk);
+            store.write(mib << 20, &chunk, None);
+        }
+        // 1,000 scattered one-sector stamped writes.
+        let mut sector = [0u8; 512];
+        for i in 0..1000u64 {
+            fill_stamp(5, i, i * 977, &mut sector);
+            store.write(i * 977 * 512 % (64 << 20), &sector, None);
+        }
+        assert_eq!(store.byte_pages(), 0);
+        let resident = store.resident_bytes();
+        assert!(resident < (64 << 20) / 50, "{resident} bytes for 64 MiB of regenerable data");
+        let mut back = vec![0u8; 1 << 20];
+        store.read(5 << 20, &mut back, None);
+        base.fill((5 << 20) + 3 * 512, &mut chunk);
+        let differing = back.chunks(512).zip(chunk.chunks(512)).filter(|(a, b)| a != b).count();
+        assert!(differing <= 20, "only the stamped sectors differ ({differing})");
     }
 }
