@@ -21,10 +21,19 @@ use fvd_sim::Seed;
 const EXIT_USAGE: u8 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "fvdsim", version, about = "Deterministic simulation and crash-consistency harness for FVD images", long_about = None)]
+#[command(
+    name = "fvdsim",
+    version,
+    about = "Deterministic simulation and crash-consistency harness for FVD images",
+    long_about = None,
+    // `fvdsim` alone is `fvdsim run`, so its options work without the subcommand.
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,20 +110,29 @@ struct RunArgs {
     /// Run directory for report.json, charts, index.html and failure files.
     #[arg(long, default_value = "fvdsim-out")]
     out: PathBuf,
-    /// Crashes to inject.
+    /// Crashes to inject (0: none). Spread over the whole workload; every one is applied.
     #[arg(long)]
     crashes: Option<u32>,
-    /// Stop after this many workload requests.
-    #[arg(long)]
+    /// Stop after this many workload requests (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
-    /// Replay this trace instead of the scenario's workload.
+    /// Replay this trace (plain or gzip) instead of the scenario's workload. The virtual disk and
+    /// the base image are sized to the trace's extent unless --size says otherwise.
     #[arg(long)]
     trace: Option<PathBuf>,
     /// Format of --trace.
     #[arg(long, value_enum, default_value = "cloudphysics")]
     trace_format: TraceFormat,
-    /// Replay the trace closed-loop at this queue depth (default: open loop at recorded times).
+    /// Virtual disk size (K, M, G, T suffixes). A trace that does not fit is refused unless
+    /// --wrap.
+    #[arg(long, value_parser = fvd_scenarios::img::parse_size)]
+    size: Option<u64>,
+    /// Fold trace requests beyond the disk onto it (counted in the report) instead of refusing.
     #[arg(long)]
+    wrap: bool,
+    /// Replay the trace closed-loop at this queue depth, at least 1 (default: open loop at
+    /// recorded times).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     queue_depth: Option<u32>,
     /// Open loop: multiply recorded times by this (0.01 replays 100 times faster).
     #[arg(long)]
@@ -125,6 +143,9 @@ struct RunArgs {
     /// Write the last N events of the log to OUT/events.log.
     #[arg(long, default_value_t = 0)]
     log_events: usize,
+    /// Print nothing but the verdict line and errors (no progress, no table).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -185,13 +206,38 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
         config.crashes.count = crashes;
     }
     config.max_requests = args.requests.or(config.max_requests);
+    if let Some(size) = args.size {
+        if size == 0 || !size.is_multiple_of(512) {
+            return Err(format!("--size {size}: must be a positive multiple of 512 bytes"));
+        }
+        config.image.size_bytes = size;
+        config.image.base_bytes = config.image.base_bytes.min(size);
+    }
     if let Some(trace) = &args.trace {
         let mode = match &config.workload {
             WorkloadConfig::Trace { mode, .. } => *mode,
             WorkloadConfig::Random { .. } => ReplayMode::ClosedLoop { queue_depth: 16 },
         };
         let path = std::fs::canonicalize(trace).map_err(|e| format!("--trace {}: {e}", trace.display()))?;
-        config.workload = WorkloadConfig::Trace { path: path.display().to_string(), format: args.trace_format, mode };
+        let loaded = fvd_scenarios::trace::load(&path, args.trace_format).map_err(|e| format!("trace: {e}"))?;
+        if args.size.is_none() {
+            // The disk the trace was recorded on, as far as the trace shows it: its extent,
+            // rounded up to a MiB; the base image covers all of it.
+            const MIB: u64 = 1 << 20;
+            let size = (loaded.extent_sectors * 512).div_ceil(MIB).max(1) * MIB;
+            config.image.size_bytes = size;
+            config.image.base_bytes = size;
+        }
+        config.workload = WorkloadConfig::Trace {
+            path: path.display().to_string(),
+            format: args.trace_format,
+            mode,
+            wrap: args.wrap,
+        };
+    } else if args.wrap
+        && let WorkloadConfig::Trace { wrap, .. } = &mut config.workload
+    {
+        *wrap = true;
     }
     if let WorkloadConfig::Trace { mode, .. } = &mut config.workload {
         if let Some(depth) = args.queue_depth {
@@ -213,15 +259,27 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
 fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
     let s = &outcome.summary;
     let c = &outcome.config;
-    say!("fvdsim {} seed {} ({} profile)", c.scenario, c.seed, format!("{:?}", c.profile).to_lowercase());
+    say!("fvdsim {} seed {} ({} profile)", c.name(), c.seed, format!("{:?}", c.profile).to_lowercase());
+    if let Some(line) = c.workload_line() {
+        say!("  workload            {line}");
+    }
     say!(
-        "  requests replayed   {} ({} reads, {} writes, {} flushes, {} I/O errors injected)",
-        s.requests,
-        s.reads,
-        s.writes,
-        s.flushes,
-        s.io_errors
+        "  requests            {} issued: {} completed, {} failed (injected I/O errors), {} dropped at crashes",
+        s.issued,
+        s.completed,
+        s.failed,
+        s.dropped_at_crash
     );
+    say!("                      {} reads, {} writes, {} guest flushes", s.reads, s.writes, s.flushes);
+    if s.folded + s.out_of_order + s.split > 0 {
+        say!(
+            "  trace               {} folded onto the disk (--wrap), {} out of time order, {} split (longer than {} KiB)",
+            s.folded,
+            s.out_of_order,
+            s.split,
+            fvd_scenarios::trace::MAX_REQUEST_BYTES >> 10
+        );
+    }
     say!(
         "  bytes replayed      {:.1} MiB read, {:.1} MiB written",
         s.read_bytes as f64 / 1048576.0,
@@ -236,54 +294,162 @@ fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
     say!("  event-log hash      {:#018x}", outcome.log_hash);
 }
 
+/// Checks that `out` can be a run directory before a run spends minutes: creates it and writes
+/// a probe file.
+fn check_out_dir(out: &Path) -> Result<(), String> {
+    if out.exists() && !out.is_dir() {
+        return Err(format!("--out {}: exists and is not a directory", out.display()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("--out {}: cannot create the directory: {e}", out.display()))?;
+    let probe = out.join(".fvdsim-write-probe");
+    std::fs::write(&probe, b"").map_err(|e| format!("--out {}: not writable: {e}", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Progress on stderr while a run goes: a bar on a terminal, a plain line every 10 s otherwise,
+/// nothing when quiet. Ctrl-C stops the run at the next request; the partial report is written.
+fn watcher(quiet: bool) -> Option<fvd_scenarios::campaign::run::Watcher> {
+    use std::io::IsTerminal as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = Arc::clone(&interrupted);
+        // A second Ctrl-C (or a handler already set, in tests) falls back to the default.
+        let _ = ctrlc::set_handler(move || {
+            if interrupted.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} requests  {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut last_line = Instant::now();
+    Some(Box::new(move |p: &fvd_scenarios::campaign::run::Progress| {
+        let message = format!(
+            "crashes {}/{}  simulated {:.0} s  failures {}",
+            p.crashes,
+            p.crashes_planned,
+            p.simulated_seconds,
+            u8::from(p.failed)
+        );
+        match &bar {
+            Some(bar) => {
+                bar.set_length(p.total);
+                bar.set_position(p.issued);
+                bar.set_message(message);
+                if p.issued >= p.total {
+                    bar.finish_and_clear();
+                }
+            }
+            None if !quiet && last_line.elapsed().as_secs() >= 10 => {
+                last_line = Instant::now();
+                eprintln!("fvdsim: {}/{} requests, {message}", p.issued, p.total);
+            }
+            None => {}
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+            return false;
+        }
+        true
+    }))
+}
+
 /// Runs a configuration, writes the run directory, prints the table; returns the exit code.
-fn run_and_report(config: &RunConfig, out: &Path, log_events: usize) -> ExitCode {
+/// If the run directory cannot be written, the verdict and the repro command are still printed
+/// (the failure file goes to the current directory) and the verdict's exit code is kept.
+fn run_and_report(config: &RunConfig, out: &Path, log_events: usize, quiet: bool) -> Result<RunOutcome, ExitCode> {
+    if let Err(error) = check_out_dir(out) {
+        return Err(usage(error));
+    }
     let started = Instant::now();
-    let outcome = match fvd_scenarios::campaign::run::run_with(
+    let outcome = match fvd_scenarios::campaign::run::run_watched(
         config,
         log_events.max(fvd_scenarios::campaign::run::DEFAULT_LOG_TAIL),
+        watcher(quiet),
     ) {
         Ok(outcome) => outcome,
-        Err(error) => return usage(error),
+        Err(error) => return Err(usage(error)),
     };
     let wall = started.elapsed().as_secs_f64();
-    print_table(&outcome, wall);
+    if !quiet {
+        print_table(&outcome, wall);
+    }
     let failure_path = match write_run_directory(&outcome, out, wall) {
         Ok(path) => path,
-        Err(error) => return usage(format!("writing {}: {error:#}", out.display())),
+        Err(error) => {
+            eprintln!("fvdsim: writing {}: {error:#}", out.display());
+            // Keep the verdict: a failure file beside us, so the repro command still works.
+            outcome.failure.as_ref().and_then(|_| {
+                let path = PathBuf::from(format!("failure-{}-{}.json", outcome.config.name(), outcome.config.seed));
+                let file = fvd_scenarios::campaign::output::failure_file(&outcome, &path);
+                std::fs::write(&path, serde_json::to_string_pretty(&file).expect("failure files serialise"))
+                    .ok()
+                    .map(|()| path)
+            })
+        }
     };
-    say!("  report              {}", out.join("index.html").display());
+    if !quiet {
+        say!("  report              {}", out.join("index.html").display());
+    }
     if log_events > 0 {
         let path = out.join("events.log");
         let mut text = outcome.last_events.join("\n");
         text.push('\n');
-        if let Err(error) = std::fs::write(&path, text) {
-            return usage(format!("writing {}: {error}", path.display()));
+        match std::fs::write(&path, text) {
+            Ok(()) => say!("  events              {} ({} lines)", path.display(), outcome.last_events.len()),
+            Err(error) => eprintln!("fvdsim: writing {}: {error}", path.display()),
         }
-        say!("  events              {} ({} lines)", path.display(), outcome.last_events.len());
     }
-    match (&outcome.failure, failure_path) {
-        (Some(failure), Some(path)) => {
-            eprintln!(
-                "FAILURE ({}): {}",
-                serde_json::to_value(failure.class)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                failure.message
-            );
-            for sector in failure.sectors.iter().take(4) {
-                eprintln!(
-                    "  sector {}: held {}; allowed: {}",
-                    sector.sector,
-                    sector.actual,
-                    sector.allowed.join(" | ")
-                );
-            }
-            eprintln!("reproduce with: {}", repro_command(&path));
-            ExitCode::from(failure.class.exit_code())
+    if outcome.summary.interrupted {
+        eprintln!(
+            "INTERRUPTED after {} of {} requests: the report in {} covers what ran",
+            outcome.summary.issued,
+            config.max_requests.map_or("all".to_string(), |m| m.to_string()),
+            out.display()
+        );
+    }
+    if let Some(failure) = &outcome.failure {
+        eprintln!(
+            "FAILURE ({}): {}",
+            serde_json::to_value(failure.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            failure.message
+        );
+        for sector in failure.sectors.iter().take(4) {
+            eprintln!("  sector {}: held {}; allowed: {}", sector.sector, sector.actual, sector.allowed.join(" | "));
         }
-        _ => ExitCode::SUCCESS,
+        match &failure_path {
+            Some(path) => eprintln!("reproduce with: {}", repro_command(path)),
+            None => eprintln!("the failure file could not be written anywhere; rerun with a writable --out"),
+        }
+    } else if quiet && !outcome.summary.interrupted {
+        say!(
+            "verified: {} seed {}, event-log hash {:#018x}",
+            outcome.config.name(),
+            outcome.config.seed,
+            outcome.log_hash
+        );
+    }
+    Ok(outcome)
+}
+
+/// The exit code of a finished run.
+fn exit_code(outcome: &RunOutcome) -> ExitCode {
+    match (&outcome.failure, outcome.summary.interrupted) {
+        (Some(failure), _) => ExitCode::from(failure.class.exit_code()),
+        (None, true) => ExitCode::from(130),
+        (None, false) => ExitCode::SUCCESS,
     }
 }
 
@@ -342,6 +508,33 @@ fn check_determinism(config: &RunConfig) -> ExitCode {
     }
 }
 
+/// What differs between a recorded failure and its replay, or `None` if it reproduced exactly.
+fn repro_differences(recorded: &fvd_scenarios::campaign::output::FailureFile, replay: &RunOutcome) -> Option<String> {
+    let mut differences = Vec::new();
+    match &replay.failure {
+        None => differences.push("the replay found no failure".to_string()),
+        Some(failure) if failure.class != recorded.failure.class => {
+            differences.push(format!("failure class {:?}, recorded {:?}", failure.class, recorded.failure.class))
+        }
+        Some(failure) if failure.message != recorded.failure.message => {
+            differences.push(format!("failure {:?}, recorded {:?}", failure.message, recorded.failure.message))
+        }
+        Some(_) => {}
+    }
+    let hash = format!("{:#018x}", replay.log_hash);
+    if hash != recorded.log_hash {
+        differences.push(format!("event-log hash {hash}, recorded {}", recorded.log_hash));
+    }
+    if recorded.git_commit != fvd_scenarios::campaign::output::GIT_COMMIT && !differences.is_empty() {
+        differences.push(format!(
+            "recorded at commit {}, replayed with {}: a different build may run differently",
+            recorded.git_commit,
+            fvd_scenarios::campaign::output::GIT_COMMIT
+        ));
+    }
+    (!differences.is_empty()).then(|| differences.join("; "))
+}
+
 fn main() -> ExitCode {
     // A panic inside a run is a found bug: the runner catches it and writes a failure file with
     // the assertion, so one line on stderr is enough (RUST_BACKTRACE=1 for the full trace).
@@ -356,8 +549,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // No subcommand: the main job, `fvdsim run` with its defaults.
-    let command = cli.command.or_else(|| Cli::parse_from(["fvdsim", "run"]).command).expect("`fvdsim run` parses");
+    // No subcommand: `fvdsim run` with the options given (the main job by default).
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
     match command {
         Command::Run(args) => {
             let config = match config_for(&args) {
@@ -369,7 +562,10 @@ fn main() -> ExitCode {
             } else if config.scenario.starts_with("exhaustive") {
                 exhaustive(&config, &args.out)
             } else {
-                run_and_report(&config, &args.out, args.log_events)
+                match run_and_report(&config, &args.out, args.log_events, args.quiet) {
+                    Ok(outcome) => exit_code(&outcome),
+                    Err(code) => code,
+                }
             }
         }
         Command::Repro { file, out, log_events } => match read_failure_file(&file) {
@@ -381,7 +577,16 @@ fn main() -> ExitCode {
                     fvd_scenarios::campaign::output::GIT_COMMIT
                 );
                 say!("recorded failure: {}", failure.failure.message);
-                run_and_report(&failure.config, &out, log_events)
+                let outcome = match run_and_report(&failure.config, &out, log_events, false) {
+                    Ok(outcome) => outcome,
+                    Err(code) => return code,
+                };
+                let hash = format!("{:#018x}", outcome.log_hash);
+                match repro_differences(&failure, &outcome) {
+                    None => say!("reproduced: same failure, same event-log hash {hash}"),
+                    Some(differences) => say!("NOT reproduced: {differences}"),
+                }
+                exit_code(&outcome)
             }
             Err(error) => usage(format!("{error:#}")),
         },

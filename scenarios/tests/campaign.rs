@@ -46,7 +46,7 @@ fn the_main_job_passes_on_a_prefix_of_the_cloudphysics_trace() {
     config.crashes.count = 4;
     let outcome = run(&config).expect("the trace lies beside the repository");
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
-    assert_eq!(outcome.summary.requests, 8_000);
+    assert_eq!(outcome.summary.issued, 8_000);
     assert!(outcome.summary.recycles > 0, "the small journal must recycle: {:?}", outcome.summary);
     assert!(!outcome.crashes.is_empty());
 }
@@ -94,7 +94,7 @@ fn a_failure_replays_from_its_recorded_config_and_shrinks() {
     let class = outcome.failure.as_ref().unwrap().class;
     let shrunk = fvd_scenarios::campaign::shrink::shrink(&outcome.config, class, 40, |_| {}).unwrap();
     assert_eq!(shrunk.outcome.failure.as_ref().unwrap().class, class);
-    assert!(shrunk.outcome.config.max_requests.unwrap() <= outcome.summary.requests);
+    assert!(shrunk.outcome.config.max_requests.unwrap() <= outcome.summary.issued);
 }
 
 #[test]

@@ -47,14 +47,18 @@ pub enum ReplayMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum WorkloadConfig {
-    /// Replay a block trace; offsets wrap to the virtual disk.
+    /// Replay a block trace as recorded: every request at its offset (the disk must hold the
+    /// trace's extent, checked before the run) unless `wrap` folds offsets onto the disk.
     Trace {
-        /// Trace file (relative paths resolve against the current directory).
+        /// Trace file (absolute), or [`crate::trace::BUILTIN_CLOUDPHYSICS`].
         path: String,
         /// Its format.
         format: TraceFormat,
         /// How requests are issued.
         mode: ReplayMode,
+        /// Fold requests beyond the disk onto it (counted in the summary as `folded`).
+        #[serde(default)]
+        wrap: bool,
     },
     /// qemu-test style (`fvd-v1.md` §5.3): `testers` in parallel, reads and writes, half of the
     /// offsets near another tester's request so requests overlap and race.
@@ -275,6 +279,46 @@ pub struct RunConfig {
     pub prefetch: Option<PrefetchSpec>,
 }
 
+impl RunConfig {
+    /// What the run is called in the summary, the report title and failure file names: the
+    /// trace's file name (without `.gz`/`.csv`/`.txt`) when it replays a trace of the user's,
+    /// the scenario otherwise. Only `[A-Za-z0-9._-]`, so it is safe in a file name.
+    pub fn name(&self) -> String {
+        let name = match &self.workload {
+            WorkloadConfig::Trace { path, .. } if path != crate::trace::BUILTIN_CLOUDPHYSICS => {
+                let file = std::path::Path::new(path).file_name().map_or(path.clone(), |f| f.to_string_lossy().into());
+                let mut stem = file.as_str();
+                for suffix in [".gz", ".csv", ".txt", ".trace"] {
+                    stem = stem.strip_suffix(suffix).unwrap_or(stem);
+                }
+                stem.to_string()
+            }
+            _ => self.scenario.clone(),
+        };
+        let clean: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        if clean.is_empty() { "trace".into() } else { clean }
+    }
+
+    /// One line describing a trace workload (path, format, replay mode), if it is one.
+    pub fn workload_line(&self) -> Option<String> {
+        match &self.workload {
+            WorkloadConfig::Trace { path, format, mode, wrap } => Some(format!(
+                "trace {path} ({} format), {}{}",
+                format.name(),
+                match mode {
+                    ReplayMode::OpenLoop { time_scale, max_in_flight } => {
+                        format!("open loop at time scale {time_scale}, at most {max_in_flight} in flight")
+                    }
+                    ReplayMode::ClosedLoop { queue_depth } => format!("closed loop at queue depth {queue_depth}"),
+                },
+                if *wrap { ", offsets folded onto the disk (--wrap)" } else { "" }
+            )),
+            WorkloadConfig::Random { .. } => None,
+        }
+    }
+}
+
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
@@ -292,18 +336,6 @@ impl std::fmt::Debug for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name)
     }
-}
-
-/// Absolute path of the CloudPhysics trace beside the repository (`../shared/data`), found from
-/// the current directory or from where fvdsim was built.
-pub fn default_trace_path() -> String {
-    let candidates = [
-        std::path::PathBuf::from("../shared/data/cloudphysics-vscsi.csv"),
-        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/cloudphysics-vscsi.csv")),
-    ];
-    let found = candidates.iter().find(|p| p.exists()).unwrap_or(&candidates[0]);
-    // Absolute, so a failure file replays from any directory.
-    std::fs::canonicalize(found).unwrap_or_else(|_| found.clone()).display().to_string()
 }
 
 fn mixed_points() -> Vec<CrashPoint> {
@@ -325,9 +357,10 @@ fn cloudphysics(seed: Seed) -> RunConfig {
         seed,
         profile: ProfileName::Hardened,
         workload: WorkloadConfig::Trace {
-            path: default_trace_path(),
+            path: crate::trace::BUILTIN_CLOUDPHYSICS.into(),
             format: TraceFormat::Cloudphysics,
             mode: ReplayMode::OpenLoop { time_scale: 0.01, max_in_flight: 64 },
+            wrap: false,
         },
         image: ImageConfig {
             size_bytes: 32 * GIB,
@@ -610,7 +643,10 @@ pub fn scenario(name: &str) -> Option<&'static Scenario> {
 }
 
 /// Draws the crash schedule for `config` over `total_requests` from the seed's `crash-plan`
-/// stream.
+/// stream. Crash `i` of `n` is armed at a request drawn from `[i·total/n, (i+1)·total/n)`, so
+/// the plan spreads over the whole workload and holds every crash asked for, however short the
+/// workload (several crashes may share a request; each is armed after the previous recovered).
+/// An empty workload holds none.
 pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> {
     if let Some(schedule) = &config.crashes.schedule {
         return schedule.clone();
@@ -620,7 +656,6 @@ pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> 
     if count == 0 || total_requests == 0 || config.crashes.points.is_empty() {
         return Vec::new();
     }
-    let segment = (total_requests / (count + 1)).max(1);
     (0..count)
         .map(|i| {
             let point = config.crashes.points[(i % config.crashes.points.len() as u64) as usize];
@@ -635,8 +670,11 @@ pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> 
                 1 => CrashStrategy::Clean,
                 _ => CrashStrategy::RANDOM,
             };
+            // u128: total × count stays exact for any u64 total and u32 count.
+            let slot = (u128::from(i) * u128::from(total_requests) + u128::from(rng.below(total_requests)))
+                / u128::from(count);
             CrashSpec {
-                after_request: (i + 1) * segment + rng.below(segment / 2 + 1),
+                after_request: u64::try_from(slot).expect("below total_requests"),
                 point,
                 occurrence,
                 strategy,

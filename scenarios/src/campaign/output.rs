@@ -231,8 +231,21 @@ pub fn failure_file(outcome: &RunOutcome, path: &Path) -> FailureFile {
 /// Reads a failure file.
 pub fn read_failure_file(path: &Path) -> Result<FailureFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: FailureFile =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a fvdsim failure file", path.display()))?;
+    let expected = "expected the failure-NAME-SEED.json file a failing run writes in its run directory";
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| anyhow::anyhow!("{} is not JSON, so not a fvdsim failure file ({expected})", path.display()))?;
+    if value.get("latency_windows").is_some() && value.get("summary").is_some() {
+        anyhow::bail!(
+            "{} is a run report (report.json), not a failure file ({expected}; a run that passed writes none)",
+            path.display()
+        );
+    }
+    if value.get("failure").is_none() || value.get("config").is_none() {
+        anyhow::bail!("{} is not a fvdsim failure file: it has no `failure` and `config` ({expected})", path.display());
+    }
+    let file: FailureFile = serde_json::from_value(value).map_err(|e| {
+        anyhow::anyhow!("{} looks like a failure file but does not read as one: {e} ({expected})", path.display())
+    })?;
     anyhow::ensure!(
         file.schema_version == FAILURE_SCHEMA_VERSION,
         "{}: failure file schema {} (this fvdsim reads {FAILURE_SCHEMA_VERSION})",
@@ -248,7 +261,7 @@ pub fn write_run_directory(outcome: &RunOutcome, dir: &Path, wall_seconds: f64) 
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let failure_path = match &outcome.failure {
         Some(_) => {
-            let path = dir.join(format!("failure-{}-{}.json", outcome.config.scenario, outcome.config.seed));
+            let path = dir.join(format!("failure-{}-{}.json", outcome.config.name(), outcome.config.seed));
             let file = failure_file(outcome, &path);
             std::fs::write(&path, serde_json::to_string_pretty(&file)?)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -296,7 +309,7 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     if let Some(prefetch) = &report.prefetch
         && prefetch.samples.iter().any(|p| p.kind != "pause")
     {
-        let title = format!("Prefetch from the base image, {} seed {}", report.config.scenario, report.config.seed);
+        let title = format!("Prefetch from the base image, {} seed {}", report.config.name(), report.config.seed);
         let mut chart = prefetch_chart(prefetch, &title);
         if chart.bands.is_empty() && !report.crashes.is_empty() {
             // No pauses (AIMD): shade the crashes instead; prefetch restarts after each recovery.
@@ -317,10 +330,21 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     let mut summary = vec![
         ("outcome".to_string(), report.outcome.clone()),
         ("scenario".into(), report.config.scenario.clone()),
+        ("workload".into(), report.config.workload_line().unwrap_or_else(|| "random testers".into())),
         ("seed".into(), report.config.seed.to_string()),
         ("profile".into(), format!("{:?}", report.config.profile).to_lowercase()),
         ("git commit".into(), report.git_commit.clone()),
-        ("requests".into(), format!("{} ({} reads, {} writes, {} flushes)", s.requests, s.reads, s.writes, s.flushes)),
+        (
+            "requests".into(),
+            format!(
+                "{} issued: {} completed, {} failed, {} dropped at crashes ({} reads, {} writes, {} flushes)",
+                s.issued, s.completed, s.failed, s.dropped_at_crash, s.reads, s.writes, s.flushes
+            ),
+        ),
+        (
+            "trace".into(),
+            format!("{} folded (--wrap), {} out of time order, {} split", s.folded, s.out_of_order, s.split),
+        ),
         (
             "bytes".into(),
             format!(
@@ -340,7 +364,7 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
         summary.insert(1, ("failure".into(), failure.message.clone()));
     }
     let index = Index {
-        title: format!("fvdsim run: {} seed {}", report.config.scenario, report.config.seed),
+        title: format!("fvdsim run: {} seed {}", report.config.name(), report.config.seed),
         summary,
         charts,
         failures: report
@@ -380,8 +404,18 @@ pub fn redraw_run(dir: &Path) -> Result<usize> {
 /// Crashes by point, one line.
 pub fn crash_line(summary: &RunSummary) -> String {
     let total: u64 = summary.crashes_by_point.values().sum();
+    if total == 0 && summary.crashes_planned == 0 {
+        return "none planned".into();
+    }
     let parts: Vec<String> = summary.crashes_by_point.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    format!("{total} ({})", parts.join(", "))
+    let mut line = format!("{total} of {} planned", summary.crashes_planned);
+    if !parts.is_empty() {
+        line += &format!(" ({})", parts.join(", "));
+    }
+    if let Some(note) = &summary.crashes_note {
+        line += &format!("; {note}");
+    }
+    line
 }
 
 fn latency_chart(report: &Report) -> LineChart {

@@ -17,6 +17,31 @@ use crate::rig::{Rig, RigConfig};
 use crate::stamp::{SECTOR, SectorValue, decode, original, stamp};
 use crate::trace::{TraceOp, TraceRequest};
 
+/// What a run tells whoever watches it (a progress bar, periodic lines), every
+/// [`PROGRESS_EVERY_REQUESTS`] requests and at each crash. It cannot change the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Workload requests issued so far.
+    pub issued: u64,
+    /// Workload requests in all.
+    pub total: u64,
+    /// Crashes applied so far.
+    pub crashes: usize,
+    /// Crashes planned.
+    pub crashes_planned: usize,
+    /// Simulated time, seconds.
+    pub simulated_seconds: f64,
+    /// True once a failure was found.
+    pub failed: bool,
+}
+
+/// How often [`Progress`] is reported, in requests.
+pub const PROGRESS_EVERY_REQUESTS: u64 = 1000;
+
+/// A watcher of a run: called with progress; returning `false` stops the run where it stands
+/// (Ctrl-C), which is then reported as interrupted.
+pub type Watcher = Box<dyn FnMut(&Progress) -> bool>;
+
 /// What kind of failure a run found. Exit codes: safety, check and invariant 1; liveness 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -98,10 +123,34 @@ pub struct CrashSummary {
 }
 
 /// Counters of a run.
+///
+/// Every issued request ends one way: `completed + failed + dropped_at_crash` equals `issued`
+/// once the workload ended (a failure halts the run with requests still in flight).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
-    /// Workload requests issued.
-    pub requests: u64,
+    /// Workload requests issued (taken from the workload, whether or not the engine saw them
+    /// before a crash).
+    pub issued: u64,
+    /// Workload requests that completed successfully.
+    pub completed: u64,
+    /// Workload requests that failed (injected I/O errors).
+    pub failed: u64,
+    /// Workload requests lost to a crash: in flight, or waiting for their time, when it came.
+    pub dropped_at_crash: u64,
+    /// Trace requests whose offsets were folded onto the virtual disk (`--wrap`).
+    pub folded: u64,
+    /// Trace requests stamped earlier than one before them (replayed in file order).
+    pub out_of_order: u64,
+    /// Trace requests longer than the longest request issued, split into pieces.
+    pub split: u64,
+    /// Crashes the plan asked for.
+    pub crashes_planned: u64,
+    /// Why fewer crashes were applied than planned, if they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crashes_note: Option<String>,
+    /// True if the run was stopped early (Ctrl-C): every figure covers what ran.
+    #[serde(default)]
+    pub interrupted: bool,
     /// Reads completed.
     pub reads: u64,
     /// Writes completed.
@@ -126,6 +175,10 @@ pub struct RunSummary {
     pub journal_writes: u64,
     /// Copy-on-write bytes (all opens).
     pub copy_on_write_bytes: u64,
+    /// Memory the simulated image and data disks hold at the end (their pages and volatile
+    /// caches), bytes: grows with distinct foreign data written, not with copies of the base.
+    #[serde(default)]
+    pub disk_resident_bytes: u64,
 }
 
 /// Everything a run produced.
@@ -168,14 +221,22 @@ pub struct ConfigError(pub String);
 
 /// The workload's requests, resolved.
 enum Requests {
-    Trace(Rc<Vec<TraceRequest>>, ReplayMode),
+    Trace(Rc<Vec<TraceRequest>>, ReplayMode, TraceFacts),
     Random { testers: u32, total: u64, max_sectors: u64, read_per_mille: u32 },
+}
+
+/// What loading the trace noticed.
+#[derive(Debug, Clone, Copy, Default)]
+struct TraceFacts {
+    out_of_order: u64,
+    split: u64,
+    wrap: bool,
 }
 
 impl Requests {
     fn total(&self) -> u64 {
         match self {
-            Requests::Trace(trace, _) => trace.len() as u64,
+            Requests::Trace(trace, _, _) => trace.len() as u64,
             Requests::Random { total, .. } => *total,
         }
     }
@@ -196,7 +257,12 @@ struct Driver {
     latency: LatencyRecorder,
     rng: SimRng,
     in_flight: BTreeMap<u64, (u64, u64)>,
+    /// Fold trace offsets that do not fit onto the disk (`--wrap`); otherwise they were refused
+    /// before the run.
+    wrap: bool,
     crashes_applied: usize,
+    crashes_planned: usize,
+    watcher: Option<Watcher>,
     arm: Option<Arming>,
     fired: Option<CrashPoint>,
     /// Event count when the first workload request was claimed.
@@ -217,13 +283,41 @@ struct Arming {
 type Shared = Rc<RefCell<Driver>>;
 
 impl Driver {
+    /// Tells the watcher; false if it asks to stop.
+    fn report_progress(&mut self, handle: &SimHandle) -> bool {
+        let progress = Progress {
+            issued: self.summary.issued,
+            total: self.total,
+            crashes: self.crashes_applied,
+            crashes_planned: self.crashes_planned,
+            simulated_seconds: handle.now_ns() as f64 / 1e9,
+            failed: self.failure.is_some(),
+        };
+        self.watcher.as_mut().is_none_or(|watch| watch(&progress))
+    }
+
+    /// A request ended: counts it.
+    fn ended(&mut self, ok: bool) {
+        if ok {
+            self.summary.completed += 1;
+        } else {
+            self.summary.failed += 1;
+        }
+    }
+
+    /// A crash: every issued request that has not ended is dropped.
+    fn drop_outstanding(&mut self) {
+        let s = &mut self.summary;
+        s.dropped_at_crash = s.issued - s.completed - s.failed;
+    }
+
     fn fail(&mut self, handle: &SimHandle, class: FailureClass, message: String, sectors: Vec<SectorFailure>) {
         if self.failure.is_none() {
             self.failure = Some(Failure {
                 class,
                 message,
                 sectors,
-                at_request: self.summary.requests,
+                at_request: self.summary.issued,
                 after_crashes: self.crashes_applied,
             });
         }
@@ -299,10 +393,29 @@ fn build_rig(config: &RunConfig, log_tail: usize) -> Result<Rig, ConfigError> {
 
 fn load_requests(config: &RunConfig) -> Result<Requests, ConfigError> {
     Ok(match &config.workload {
-        WorkloadConfig::Trace { path, format, mode } => {
+        WorkloadConfig::Trace { path, format, mode, wrap } => {
             let trace = crate::trace::load(std::path::Path::new(path), *format)
                 .map_err(|e| ConfigError(format!("trace: {e}")))?;
-            Requests::Trace(Rc::new(trace), *mode)
+            let disk_sectors = config.image.size_bytes / SECTOR;
+            if !*wrap && trace.extent_sectors > disk_sectors {
+                let (index, request) = trace
+                    .requests
+                    .iter()
+                    .enumerate()
+                    .find(|(_, r)| r.offset_sectors + r.len_sectors > disk_sectors)
+                    .expect("a request reaches the extent");
+                return Err(ConfigError(format!(
+                    "trace {path}: request {} (sectors {}..{}) does not fit the {}-byte virtual disk; the trace \
+                     reaches byte {}. Leave out --size to size the disk to the trace, or fold offsets with --wrap",
+                    index + 1,
+                    request.offset_sectors,
+                    request.offset_sectors + request.len_sectors,
+                    config.image.size_bytes,
+                    trace.extent_sectors * SECTOR
+                )));
+            }
+            let facts = TraceFacts { out_of_order: trace.out_of_order, split: trace.split, wrap: *wrap };
+            Requests::Trace(Rc::new(trace.requests), *mode, facts)
         }
         WorkloadConfig::Random { testers, requests, max_sectors, read_per_mille } => {
             if *testers == 0 || *max_sectors == 0 {
@@ -329,13 +442,25 @@ pub const DEFAULT_LOG_TAIL: usize = 256;
 /// [`run`], keeping the last `log_tail` events for the outcome (a debugging aid: it does not
 /// change the run).
 pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, ConfigError> {
+    run_watched(config, log_tail, None)
+}
+
+/// [`run_with`], telling `watcher` of progress (which may stop the run: Ctrl-C).
+pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>) -> Result<RunOutcome, ConfigError> {
     let requests = load_requests(config)?;
     let rig = build_rig(config, log_tail)?;
     let total = config.max_requests.map_or(requests.total(), |m| m.min(requests.total()));
     let mut config = config.clone();
-    let schedule: Vec<CrashSpec> =
-        draw_schedule(&config, total).into_iter().filter(|s| s.after_request < total).collect();
+    let schedule: Vec<CrashSpec> = draw_schedule(&config, total);
+    let crashes_planned = match &config.crashes.schedule {
+        Some(explicit) => explicit.len(),
+        None => config.crashes.count as usize,
+    };
     config.crashes.schedule = Some(schedule.clone());
+    let facts = match &requests {
+        Requests::Trace(_, _, facts) => *facts,
+        Requests::Random { .. } => TraceFacts::default(),
+    };
     let seed = config.seed;
     let driver = Rc::new(RefCell::new(Driver {
         oracle: Oracle::new(),
@@ -347,11 +472,19 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
         flush_every: config.flush_every_requests,
         faults_on: !config.faults.is_empty(),
         failure: None,
-        summary: RunSummary::default(),
+        summary: RunSummary {
+            out_of_order: facts.out_of_order,
+            split: facts.split,
+            crashes_planned: crashes_planned as u64,
+            ..RunSummary::default()
+        },
         latency: LatencyRecorder::new(1_000_000_000),
         rng: SimRng::stream(seed, "workload"),
         in_flight: BTreeMap::new(),
+        wrap: facts.wrap,
         crashes_applied: 0,
+        crashes_planned,
+        watcher,
         arm: None,
         fired: None,
         first_event: 0,
@@ -370,7 +503,7 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
             .unwrap_or_else(|| "panic".into());
         let mut d = driver.borrow_mut();
         if d.failure.is_none() {
-            let at_request = d.summary.requests;
+            let at_request = d.summary.issued;
             let after_crashes = d.crashes_applied;
             d.failure = Some(Failure {
                 class: FailureClass::Invariant,
@@ -383,6 +516,15 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
     }
     let mut d = driver.borrow_mut();
     d.summary.simulated_seconds = rig.sim.now_ns() as f64 / 1e9;
+    d.summary.disk_resident_bytes =
+        rig.image.resident_bytes() + rig.data.as_ref().map_or(0, fvd_sim::SimDisk::resident_bytes);
+    if crashes.len() < crashes_planned && d.failure.is_none() && !d.summary.interrupted {
+        d.summary.crashes_note = Some(format!(
+            "{} of {crashes_planned} planned crashes applied: {}",
+            crashes.len(),
+            if total == 0 { "the workload has no requests".to_string() } else { "the plan held fewer".to_string() }
+        ));
+    }
     let last_events = rig.sim.with_log(|log| log.tail().map(|e| e.to_string()).collect());
     let latency = std::mem::replace(&mut d.latency, LatencyRecorder::new(1));
     Ok(RunOutcome {
@@ -469,11 +611,21 @@ fn campaign(
             d.fired = None;
         }
         let outcome = run_segment(rig, requests, driver, &image);
-        if driver.borrow().failure.is_some() {
+        if driver.borrow().failure.is_some() || driver.borrow().summary.interrupted {
             return;
         }
+        let mut at_workload_end = false;
         match outcome {
-            Ok(()) => break,
+            Ok(()) if pending.is_empty() => break,
+            Ok(()) => {
+                // The workload ended before this crash fired (its point never came, or the plan
+                // put it in the last requests): crash the world as it stands, so every planned
+                // crash is applied.
+                let mut d = driver.borrow_mut();
+                d.arm = None;
+                d.fired = Some(CrashPoint::RandomEvent);
+                at_workload_end = true;
+            }
             Err(RunError::Halted(_)) => {}
             Err(error @ (RunError::Stall(_) | RunError::TimeLimit(_))) => {
                 return driver.borrow_mut().fail(
@@ -494,15 +646,22 @@ fn campaign(
             let mut d = driver.borrow_mut();
             d.oracle.crashed();
             d.in_flight.clear();
+            d.drop_outstanding();
             d.crashes_applied += 1;
-            let key = if fired_at == spec.point {
+            let key = if at_workload_end {
+                format!("at the end of the workload (no {} came)", spec.point.name())
+            } else if fired_at == spec.point {
                 fired_at.name().to_string()
             } else {
                 format!("{} (no {} came)", fired_at.name(), spec.point.name())
             };
             *d.summary.crashes_by_point.entry(key).or_default() += 1;
-            d.summary.requests
+            d.summary.issued
         };
+        if !driver.borrow_mut().report_progress(&handle) {
+            driver.borrow_mut().summary.interrupted = true;
+            return;
+        }
         // Recovery runs without injected faults: the plan is about the workload's requests.
         rig.image.set_faults(FaultPlan::default());
         image = match rig.open_with(open_options) {
@@ -638,7 +797,7 @@ fn run_segment(rig: &Rig, requests: &Requests, driver: &Shared, image: &FvdImage
                 }
             })
         }
-        Requests::Trace(trace, ReplayMode::ClosedLoop { queue_depth }) => {
+        Requests::Trace(trace, ReplayMode::ClosedLoop { queue_depth }, _) => {
             let (trace, depth) = (Rc::clone(trace), *queue_depth);
             rig.sim.run(async move {
                 let lanes: Vec<_> = (0..u64::from(depth.max(1)))
@@ -654,7 +813,7 @@ fn run_segment(rig: &Rig, requests: &Requests, driver: &Shared, image: &FvdImage
                 }
             })
         }
-        Requests::Trace(trace, ReplayMode::OpenLoop { time_scale, max_in_flight }) => {
+        Requests::Trace(trace, ReplayMode::OpenLoop { time_scale, max_in_flight }, _) => {
             let (trace, scale, cap) = (Rc::clone(trace), *time_scale, *max_in_flight);
             rig.sim.run(open_loop(driver, image, handle, trace, scale, cap))
         }
@@ -672,7 +831,12 @@ fn claim(driver: &Shared, handle: &SimHandle) -> Option<u64> {
         d.first_event = handle.event_count();
     }
     d.next_request += 1;
-    d.summary.requests += 1;
+    d.summary.issued += 1;
+    if d.summary.issued.is_multiple_of(PROGRESS_EVERY_REQUESTS) && !d.report_progress(handle) {
+        d.summary.interrupted = true;
+        handle.halt();
+        return None;
+    }
     let mut to_arm = None;
     if let Some(arm) = d.arm.as_mut() {
         if !arm.armed && index + 1 >= arm.spec.after_request {
@@ -749,6 +913,7 @@ async fn perform(
             d.oracle.write_completed(id, result.is_ok());
             d.latency.record("write", handle.now_ns(), handle.now_ns() - started);
             d.latency.record("guest", handle.now_ns(), handle.now_ns() - started);
+            d.ended(result.is_ok());
             match result {
                 Ok(()) => {
                     d.summary.writes += 1;
@@ -770,6 +935,7 @@ async fn perform(
             let allowed = d.oracle.read_completed(ticket);
             d.latency.record("read", handle.now_ns(), handle.now_ns() - started);
             d.latency.record("guest", handle.now_ns(), handle.now_ns() - started);
+            d.ended(result.is_ok());
             match result {
                 Ok(()) => {
                     d.summary.reads += 1;
@@ -829,11 +995,26 @@ async fn guest_flush(driver: &Shared, image: &FvdImage, handle: &SimHandle) {
     }
 }
 
+/// Folds `[offset, offset + len)` (sectors) onto the disk: random testers aim near the end.
 fn wrap(driver: &Shared, offset: u64, len: u64) -> (u64, u64) {
     let sectors = driver.borrow().disk_sectors;
     let len = len.min(sectors);
-    let offset = if offset + len > sectors { offset % (sectors - len + 1) } else { offset };
+    let offset = if offset.saturating_add(len) > sectors { offset % (sectors - len + 1) } else { offset };
     (offset, len)
+}
+
+/// Where a trace request goes: where it was recorded. One that does not fit was refused before
+/// the run unless `--wrap` asked to fold it (and it is counted).
+fn place(driver: &Shared, request: &TraceRequest) -> (u64, u64) {
+    let (offset, len) = (request.offset_sectors, request.len_sectors);
+    let mut d = driver.borrow_mut();
+    if offset.saturating_add(len) <= d.disk_sectors {
+        return (offset, len);
+    }
+    assert!(d.wrap, "trace requests beyond the disk are refused before the run unless --wrap");
+    d.summary.folded += 1;
+    drop(d);
+    wrap(driver, offset, len)
 }
 
 fn wants_flush(driver: &Shared, index: u64) -> bool {
@@ -876,7 +1057,7 @@ async fn random_lane(
 async fn closed_lane(lane: u64, driver: Shared, image: FvdImage, handle: SimHandle, trace: Rc<Vec<TraceRequest>>) {
     while let Some(index) = claim(&driver, &handle) {
         let request = trace[index as usize];
-        let (first, count) = wrap(&driver, request.offset_sectors, request.len_sectors);
+        let (first, count) = place(&driver, &request);
         perform(&driver, &image, &handle, first, count, request.op, lane).await;
         if wants_flush(&driver, index) {
             guest_flush(&driver, &image, &handle).await;
@@ -906,12 +1087,12 @@ async fn open_loop(
         }
         let Some(index) = claim(&driver, &handle) else { break };
         let request = trace[index as usize];
-        let due = origin + (request.time_ns as f64 * scale) as u64;
+        let due = origin.saturating_add((request.time_ns as f64 * scale) as u64);
         let now = handle.now_ns();
         if due > now {
             handle.sleep_ns(due - now).await;
         }
-        let (first, count) = wrap(&driver, request.offset_sectors, request.len_sectors);
+        let (first, count) = place(&driver, &request);
         lane += 1;
         *in_flight.borrow_mut() += 1;
         let (d, img, h, counter) = (Rc::clone(&driver), image.clone(), handle.clone(), Rc::clone(&in_flight));

@@ -1,0 +1,84 @@
+//! The `fvdsim` command line as a user meets it: options without the subcommand, traces sized
+//! and labelled by what they are, bad arguments caught before a run, repro verdicts.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fvdsim(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fvdsim")).args(args).current_dir(dir).output().expect("fvdsim runs")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn run_options_work_without_the_run_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = fvdsim(dir.path(), &["--seed", "5", "--requests", "300", "--crashes", "2", "--quiet", "--out", "o"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("verified: cloudphysics seed 0x0000000000000005"), "{}", text(&output));
+}
+
+#[test]
+fn a_user_trace_is_sized_to_its_extent_and_named_in_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    // A request 40 GiB into the disk: beyond the main job's 32 GiB disk, so it used to be folded.
+    std::fs::write(dir.path().join("far-disk.txt"), "0 0 8 w\n1 83886080 8 w\n2 83886080 8 r\n").unwrap();
+    let args = ["--trace", "far-disk.txt", "--trace-format", "plain", "--crashes", "1"];
+    let output = fvdsim(dir.path(), &[&args[..], &["--out", "o"]].concat());
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let out = text(&output);
+    assert!(out.contains("fvdsim far-disk seed"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["folded"], 0);
+    assert_eq!(report["config"]["image"]["size_bytes"], 40u64 * (1 << 30) + (1 << 20));
+    let html = std::fs::read_to_string(dir.path().join("o/index.html")).unwrap();
+    assert!(html.contains("far-disk seed"), "the page names the trace");
+    assert!(html.contains("far-disk.txt (plain format), open loop at time scale 0.01"), "and how it replays");
+    // A disk too small for it: refused before the run, naming the request.
+    let small = fvdsim(dir.path(), &[&args[..], &["--size", "1G", "--out", "s"]].concat());
+    assert_eq!(small.status.code(), Some(3), "{}", text(&small));
+    assert!(text(&small).contains("request 2 (sectors 83886080..83886088) does not fit"), "{}", text(&small));
+    let wrapped = fvdsim(dir.path(), &[&args[..], &["--size", "1G", "--wrap", "--out", "w"]].concat());
+    assert_eq!(wrapped.status.code(), Some(0), "{}", text(&wrapped));
+    assert!(text(&wrapped).contains("2 folded onto the disk"), "{}", text(&wrapped));
+}
+
+#[test]
+fn bad_arguments_are_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    for (args, expected) in [
+        (vec!["--out", "a-file"], "exists and is not a directory"),
+        (vec!["--out", "a-file/below"], "cannot create the directory"),
+        (vec!["--requests", "0"], "0 is not in 1.."),
+        (vec!["run", "--queue-depth", "0"], "0 is not in 1.."),
+    ] {
+        let output = fvdsim(dir.path(), &args);
+        assert_eq!(output.status.code(), Some(3), "{args:?}: {}", text(&output));
+        assert!(text(&output).contains(expected), "{args:?}: {}", text(&output));
+    }
+}
+
+#[test]
+fn repro_says_whether_the_failure_reproduced_and_refuses_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let failing = fvdsim(
+        dir.path(),
+        &["run", "--profile", "v1", "--requests", "8000", "--crashes", "3", "--quiet", "--out", "o"],
+    );
+    assert_eq!(failing.status.code(), Some(1), "v1 fails on the trace: {}", text(&failing));
+    let failure_file = std::fs::read_dir(dir.path().join("o"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("failure-cloudphysics-"))
+        .expect("a failure file");
+    let replay = fvdsim(dir.path(), &["repro", failure_file.to_str().unwrap(), "--out", "r"]);
+    assert_eq!(replay.status.code(), Some(1));
+    assert!(text(&replay).contains("reproduced: same failure, same event-log hash 0x"), "{}", text(&replay));
+    let report = fvdsim(dir.path(), &["repro", "o/report.json"]);
+    assert_eq!(report.status.code(), Some(3));
+    assert!(text(&report).contains("is a run report (report.json), not a failure file"), "{}", text(&report));
+}
