@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use fvd_scenarios::bench::{SimBenchOptions, run_sim_bench};
 use fvd_scenarios::campaign::config::{ProfileName, ReplayMode, WorkloadConfig};
 use fvd_scenarios::campaign::output::{crash_line, read_failure_file, repro_command, write_run_directory};
+use fvd_scenarios::campaign::run::DEFAULT_LOG_TAIL;
 use fvd_scenarios::campaign::run::RunOutcome;
-use fvd_scenarios::campaign::{RunConfig, SCENARIOS, run, scenario};
+use fvd_scenarios::campaign::{RunConfig, SCENARIOS, scenario};
 use fvd_scenarios::say;
 use fvd_scenarios::trace::TraceFormat;
 use fvd_sim::Seed;
@@ -93,6 +94,9 @@ enum Command {
         /// Crash-plus-reopen cycles.
         #[arg(long, default_value_t = SimBenchOptions::default().crash_cycles)]
         crash_cycles: u64,
+        /// `scale` only: run one part in this process and print its JSON (what the parent runs).
+        #[arg(long, hide = true)]
+        part: Option<String>,
     },
 }
 
@@ -188,6 +192,9 @@ enum BenchKind {
     Sim,
     /// The FVD engine on real files: allocating writes and rewrites over a base image.
     Engine,
+    /// Memory and wall time at real scale: the CloudPhysics trace at its recorded timing, RSS per
+    /// GiB of foreign data and of base copies, a three-day idle gap (each in its own process).
+    Scale,
 }
 
 fn usage(message: impl std::fmt::Display) -> ExitCode {
@@ -311,18 +318,18 @@ fn check_out_dir(out: &Path) -> Result<(), String> {
 /// nothing when quiet. Ctrl-C stops the run at the next request; the partial report is written.
 fn watcher(quiet: bool) -> Option<fvd_scenarios::campaign::run::Watcher> {
     use std::io::IsTerminal as _;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        // A second Ctrl-C (or a handler already set, in tests) falls back to the default.
-        let _ = ctrlc::set_handler(move || {
-            if interrupted.swap(true, Ordering::SeqCst) {
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // The first Ctrl-C stops the run at its next request; a second one exits at once.
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
         });
-    }
+    });
+    let interrupted = &INTERRUPTED;
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -488,15 +495,19 @@ fn exhaustive(config: &RunConfig, out: &Path) -> ExitCode {
     }
 }
 
-fn check_determinism(config: &RunConfig) -> ExitCode {
-    let first = match run(config) {
-        Ok(o) => o,
-        Err(error) => return usage(error),
-    };
-    let second = match run(config) {
-        Ok(o) => o,
-        Err(error) => return usage(error),
-    };
+fn check_determinism(config: &RunConfig, quiet: bool) -> ExitCode {
+    let mut outcomes = Vec::new();
+    for _ in 0..2 {
+        match fvd_scenarios::campaign::run::run_watched(config, DEFAULT_LOG_TAIL, watcher(quiet)) {
+            Ok(outcome) if outcome.summary.interrupted => {
+                eprintln!("INTERRUPTED: the determinism check did not finish");
+                return ExitCode::from(130);
+            }
+            Ok(outcome) => outcomes.push(outcome),
+            Err(error) => return usage(error),
+        }
+    }
+    let (first, second) = (&outcomes[0], &outcomes[1]);
     say!("first run:  event-log hash {:#018x}, image hash {:#018x}", first.log_hash, first.image_hash);
     say!("second run: event-log hash {:#018x}, image hash {:#018x}", second.log_hash, second.image_hash);
     if (first.log_hash, first.image_hash) == (second.log_hash, second.image_hash) {
@@ -558,7 +569,7 @@ fn main() -> ExitCode {
                 Err(error) => return usage(error),
             };
             if args.check_determinism {
-                check_determinism(&config)
+                check_determinism(&config, args.quiet)
             } else if config.scenario.starts_with("exhaustive") {
                 exhaustive(&config, &args.out)
             } else {
@@ -715,7 +726,44 @@ fn main() -> ExitCode {
                 Err(error) => usage(format!("bench engine: {error:#}")),
             }
         }
-        Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles } => {
+        Command::Bench { which: BenchKind::Scale, json, part, .. } => {
+            use fvd_scenarios::bench_scale::{run_all, run_part};
+            if let Some(part) = part {
+                return match run_part(&part) {
+                    Ok(figures) => {
+                        say!("{}", serde_json::to_string(&figures).expect("figures serialise"));
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => usage(format!("bench scale --part {part}: {error:#}")),
+                };
+            }
+            if !json {
+                say!("scale benchmark: each part in its own process (peak RSS is VmHWM)");
+            }
+            let parts = run_all(|p| {
+                if !json {
+                    say!(
+                        "  {:<22} {:<44} target {:<22} {}\n  {:<22} {}",
+                        p.part,
+                        p.figure,
+                        p.target,
+                        if p.met { "met" } else { "NOT MET" },
+                        "",
+                        p.what
+                    );
+                }
+            });
+            match parts {
+                Ok(parts) => {
+                    if json {
+                        say!("{}", serde_json::to_string(&parts).expect("figures serialise"));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => usage(format!("bench scale: {error:#}")),
+            }
+        }
+        Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles, .. } => {
             let report = run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, ..SimBenchOptions::default() });
             if json {
                 say!("{}", serde_json::to_string(&report).expect("bench report serialises"));

@@ -82,3 +82,30 @@ fn repro_says_whether_the_failure_reproduced_and_refuses_a_report() {
     assert_eq!(report.status.code(), Some(3));
     assert!(text(&report).contains("is a run report (report.json), not a failure file"), "{}", text(&report));
 }
+
+#[test]
+fn ctrl_c_writes_the_partial_report_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fvdsim"))
+        .args(["--out", "o"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fvdsim starts");
+    // Wait until the run is under way (the out directory is made before the run starts).
+    let started = std::time::Instant::now();
+    while !dir.path().join("o").exists() && started.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", text(&output));
+    assert!(text(&output).contains("INTERRUPTED after"), "{}", text(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["interrupted"], true);
+    assert!(report["summary"]["issued"].as_u64().unwrap() < 113_872);
+}

@@ -208,6 +208,19 @@ pub struct Report {
     pub host: HostFacts,
 }
 
+/// Failure files in `dir` other than `this_run`'s, sorted: a reused run directory keeps them, and
+/// the index says so rather than hide them.
+fn earlier_failure_files(dir: &Path, this_run: Option<&str>) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.starts_with("failure-") && name.ends_with(".json") && Some(name.as_str()) != this_run)
+        .collect();
+    files.sort();
+    files
+}
+
 /// The command that replays `file`.
 pub fn repro_command(file: &Path) -> String {
     format!("fvdsim repro {}", file.display())
@@ -273,10 +286,18 @@ pub fn write_run_directory(outcome: &RunOutcome, dir: &Path, wall_seconds: f64) 
         schema_version: fvd_reports::REPORT_SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: GIT_COMMIT.into(),
-        outcome: outcome.failure.as_ref().map_or("verified".into(), |f| {
-            serde_json::to_value(f.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-        }),
-        exit_code: outcome.failure.as_ref().map_or(0, |f| f.class.exit_code()),
+        outcome: match &outcome.failure {
+            Some(f) => {
+                serde_json::to_value(f.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+            }
+            None if outcome.summary.interrupted => "interrupted".into(),
+            None => "verified".into(),
+        },
+        exit_code: match &outcome.failure {
+            Some(f) => f.class.exit_code(),
+            None if outcome.summary.interrupted => 130,
+            None => 0,
+        },
         config: outcome.config.clone(),
         summary: outcome.summary.clone(),
         crashes: outcome.crashes.clone(),
@@ -371,6 +392,11 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
             .failure_file
             .iter()
             .map(|f| (report.failure.as_ref().map_or(String::new(), |x| x.message.clone()), f.clone()))
+            .chain(
+                earlier_failure_files(dir, report.failure_file.as_deref())
+                    .into_iter()
+                    .map(|f| ("from an earlier run in this directory, not this one".to_string(), f)),
+            )
             .collect(),
         files: vec![(
             "versioned run report (schema ".to_string() + &report.schema_version.to_string() + ")",

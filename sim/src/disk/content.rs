@@ -42,11 +42,22 @@ pub struct ProceduralContent {
     pub seed: u64,
 }
 
-fn mix(seed: u64, sector: u64, word: u64) -> u64 {
-    let mut z = seed ^ sector.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+#[inline]
+fn finalise(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The part of a base word that depends on the seed and the sector.
+#[inline]
+fn base_key(seed: u64, sector: u64) -> u64 {
+    seed ^ sector.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[inline]
+fn mix(seed: u64, sector: u64, word: u64) -> u64 {
+    finalise(base_key(seed, sector) ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
 }
 
 /// Word `word` (0..64) of procedural sector `sector` under `seed`.
@@ -97,14 +108,31 @@ fn equals_words(bytes: &[u8], word: impl Fn(u64) -> u64) -> bool {
     bytes.chunks_exact(8).enumerate().all(|(i, chunk)| chunk == word(i as u64).to_le_bytes())
 }
 
-/// Fills `out` (512 bytes) with procedural sector `sector` under `seed`.
+/// Fills `out` (512 bytes) with procedural sector `sector` under `seed` (the hot path of every
+/// base read: the header words, then a branch-free loop the compiler can unroll).
 pub fn fill_base_sector(seed: u64, sector: u64, out: &mut [u8]) {
-    fill_words(out, |w| base_word(seed, sector, w));
+    assert_eq!(out.len(), SECTOR_BYTES, "one sector");
+    out[0..8].copy_from_slice(&BASE_SECTOR_MAGIC.to_le_bytes());
+    out[8..16].copy_from_slice(&sector.to_le_bytes());
+    out[16..24].copy_from_slice(&seed.to_le_bytes());
+    let key = base_key(seed, sector);
+    for (i, chunk) in out[24..].chunks_exact_mut(8).enumerate() {
+        let word = i as u64 + 3;
+        chunk.copy_from_slice(&finalise(key ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).to_le_bytes());
+    }
 }
 
 /// True if `bytes` (512) are exactly procedural sector `sector` under `seed`.
 pub fn is_base_sector(seed: u64, sector: u64, bytes: &[u8]) -> bool {
-    equals_words(bytes, |w| base_word(seed, sector, w))
+    assert_eq!(bytes.len(), SECTOR_BYTES, "one sector");
+    let key = base_key(seed, sector);
+    bytes[0..8] == BASE_SECTOR_MAGIC.to_le_bytes()
+        && bytes[8..16] == sector.to_le_bytes()
+        && bytes[16..24] == seed.to_le_bytes()
+        && bytes[24..].chunks_exact(8).enumerate().fold(true, |same, (i, chunk)| {
+            let word = i as u64 + 3;
+            same & (chunk == finalise(key ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).to_le_bytes())
+        })
 }
 
 /// Fills `out` (a whole number of sectors) with the stamps of write `write_id` starting at
