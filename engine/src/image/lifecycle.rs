@@ -236,6 +236,7 @@ impl FvdImage {
             stats: Default::default(),
             copy_on_read_outstanding_bytes: 0,
             copy_on_read_cap_bytes: 0,
+            copy_on_read_tasks: 0,
             prefetch: None,
             waiters: Vec::new(),
         };
@@ -528,13 +529,16 @@ impl FvdImage {
         Ok(())
     }
 
-    /// Clean shutdown: metadata home, flushes, `clean_shutdown = true`. Call once every request
-    /// has completed.
+    /// Clean shutdown: stops prefetch and waits for its I/O and for background copy-on-read tasks,
+    /// then metadata home, flushes, `clean_shutdown = true`. Call once every request has completed.
     pub async fn close(self) -> Result<(), FvdError> {
         if self.inner.options.read_only {
             return Ok(());
         }
         self.stop_prefetch().await;
+        // Copy-on-read runs after the guest's read was acknowledged. Like QEMU's close draining
+        // requests, wait for those copies to land so the metadata written home includes them.
+        self.inner.until("engine: copy-on-read tasks to finish", |s| s.copy_on_read_tasks == 0).await;
         self.write_metadata_home().await?;
         if self.inner.hardened() && self.inner.layout.compact {
             // Record the exact high-water mark so the next open wastes no storage.
