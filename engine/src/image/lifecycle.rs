@@ -147,6 +147,16 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     })
 }
 
+impl CreateOptions {
+    /// Checks every option as [`FvdImage::create`] does, without touching a device, so a caller
+    /// can refuse bad options before it creates or truncates any file.
+    ///
+    /// Errors: [`FvdError::InvalidOption`] naming the option.
+    pub fn validate(&self) -> Result<(), FvdError> {
+        header_for(self).map(|_| ())
+    }
+}
+
 fn io(context: &'static str) -> impl FnOnce(crate::device::DeviceError) -> FvdError {
     FvdError::io(context)
 }
