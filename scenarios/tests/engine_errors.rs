@@ -183,3 +183,176 @@ fn an_io_error_fails_only_its_request_and_the_image_stays_consistent() {
     let report = rig.sim.run(async move { check(&devices, Profile::Hardened, false).await }).unwrap().unwrap();
     assert!(report.is_clean() && !report.needs_recovery, "{report:?}");
 }
+
+// ---- Hostile input (issue #9): every case below panicked, was accepted or was missed by check.
+
+fn rig_with(seed: u64, create: CreateOptions, base_bytes: u64) -> Rig {
+    let rig = Rig::new(
+        Seed(seed),
+        RigConfig {
+            create,
+            base_bytes,
+            image_profile: DeviceProfile::nvme(),
+            base_profile: DeviceProfile::nvme(),
+            separate_data: false,
+            log_tail: 256,
+        },
+    );
+    rig.create_image().unwrap();
+    rig
+}
+
+fn run_check(rig: &Rig, repair: bool) -> fvd_engine::CheckReport {
+    let devices = rig.devices();
+    rig.sim.run(async move { check(&devices, Profile::Hardened, repair).await }).unwrap().unwrap()
+}
+
+fn assert_check_names(rig: &Rig, needle: &str) {
+    let report = run_check(rig, false);
+    assert!(!report.is_clean(), "check called an image with {needle} clean: {report:?}");
+    assert!(report.corruptions.iter().any(|c| c.contains(needle)), "check should name {needle:?}: {report:?}");
+}
+
+/// Layout of `compact_rig`: bitmap at 8192 (4 KiB), table at 12288 (4 KiB), journal at 16384.
+const COMPACT_JOURNAL_OFFSET: u64 = HEADER_REGION_BYTES + 4096 + 4096;
+
+fn current_epoch(rig: &Rig) -> u64 {
+    let mut region = vec![0u8; HEADER_REGION_BYTES as usize];
+    rig.image.peek(0, &mut region);
+    HeaderExtension::newest(&region).unwrap().journal_epoch
+}
+
+#[test]
+fn a_journal_bitmap_record_with_a_huge_first_sector_is_corruption_not_a_panic() {
+    for first_sector in [u64::MAX - 3, 1 << 60, (4 << 20) / 512] {
+        let rig = compact_rig(20);
+        let epoch = current_epoch(&rig);
+        let sector = encode_sector(
+            SectorFormat::Hardened { epoch },
+            0,
+            &[
+                JournalRecord::Bitmap { first_sector: 8, sectors: 8 },
+                JournalRecord::Bitmap { first_sector, sectors: 1 },
+            ],
+        );
+        poke(&rig, COMPACT_JOURNAL_OFFSET + 512, sector.to_vec());
+        poke(&rig, 4300, 0u32.to_le_bytes().to_vec());
+        let error = expect_refused(&rig, "journal sector 1 record 1 first_sector");
+        assert!(matches!(error, FvdError::Corrupt { .. }), "{error:?}");
+        assert!(error.to_string().contains(&first_sector.to_string()), "{error}");
+        assert_check_names(&rig, "journal sector 1 record 1 first_sector");
+        let report = run_check(&rig, true);
+        assert!(report.repaired, "{report:?}");
+        assert!(report.fixes.iter().any(|f| f.contains("journal sector 1 record 1")), "{report:?}");
+        let image = rig.open(Profile::Hardened).unwrap_or_else(|e| panic!("repaired image failed to open: {e}"));
+        image.assert_invariants();
+        assert!(run_check(&rig, false).is_clean());
+    }
+}
+
+#[test]
+fn v1_journal_garbage_with_a_huge_first_sector_is_corruption_not_a_panic() {
+    let mut create = CreateOptions::new(4 << 20);
+    create.block_size = Some(4096);
+    create.journal = JournalSize::Bytes(8192);
+    create.profile = Profile::V1;
+    let rig = rig_with(21, create, 3 << 20);
+    // No checksum on a v1 sector: random bytes that happen to start with a BITMAP record type.
+    let sector =
+        encode_sector(SectorFormat::V1, 0, &[JournalRecord::Bitmap { first_sector: u64::MAX / 3, sectors: 7 }]);
+    let journal_offset = HEADER_REGION_BYTES + 4096; // after the bitmap (not compact)
+    poke(&rig, journal_offset, sector.to_vec());
+    poke(&rig, 4300, 0u32.to_le_bytes().to_vec());
+    expect_refused(&rig, "journal sector 0 record 0 first_sector");
+    let devices = rig.devices();
+    let report = rig.sim.run(async move { check(&devices, Profile::V1, true).await }).unwrap().unwrap();
+    assert!(report.corruptions.iter().any(|c| c.contains("journal sector 0 record 0")), "{report:?}");
+    assert!(report.repaired);
+    rig.open(Profile::V1).unwrap_or_else(|e| panic!("repaired v1 image failed to open: {e}"));
+}
+
+#[test]
+fn a_journal_table_record_past_the_table_is_corruption_naming_the_record() {
+    let rig = compact_rig(22);
+    let epoch = current_epoch(&rig);
+    let sector = encode_sector(
+        SectorFormat::Hardened { epoch },
+        0,
+        &[JournalRecord::Table { first_chunk: u32::MAX - 1, entries: vec![0, 1, 2] }],
+    );
+    poke(&rig, COMPACT_JOURNAL_OFFSET, sector.to_vec());
+    poke(&rig, 4300, 0u32.to_le_bytes().to_vec());
+    expect_refused(&rig, "journal sector 0 record 0 first_chunk");
+    assert_check_names(&rig, "journal sector 0 record 0 first_chunk");
+}
+
+/// A compact image holding written data (so its file is longer than the metadata).
+fn compact_rig_with_data(seed: u64) -> Rig {
+    let rig = compact_rig(seed);
+    let image = rig.open(Profile::Hardened).unwrap();
+    rig.sim
+        .run(async move {
+            image.write(0, &[0x5a; 128 << 10]).await.unwrap();
+            image.close().await.unwrap();
+        })
+        .unwrap();
+    rig
+}
+
+#[test]
+fn a_raised_metadata_size_is_refused_by_open_and_check() {
+    for raise in [100u64, 35_072, 4096] {
+        let rig = compact_rig_with_data(23);
+        let mut bytes = [0u8; 8];
+        rig.image.peek(20, &mut bytes);
+        let metadata_size = u64::from_le_bytes(bytes);
+        poke(&rig, 20, (metadata_size + raise).to_le_bytes().to_vec());
+        expect_refused(&rig, "header.metadata_size");
+        assert_check_names(&rig, "header.metadata_size");
+    }
+}
+
+#[test]
+fn a_data_area_shorter_than_the_virtual_disk_is_refused_by_open_and_check() {
+    let plain = || rig_with(24, CreateOptions::new(1 << 20), 0);
+    let rig = plain();
+    let image = rig.image.clone();
+    rig.sim.run(async move { image.set_len(8192 + (512 << 10)).await.unwrap() }).unwrap();
+    expect_refused(&rig, "data area");
+    assert_check_names(&rig, "data area");
+    let rig = plain();
+    poke(&rig, 12, (2u64 << 20).to_le_bytes().to_vec()); // virtual_disk_size
+    expect_refused(&rig, "data area");
+    assert_check_names(&rig, "data area");
+}
+
+#[test]
+fn an_emptied_base_name_with_a_bitmap_is_header_corruption() {
+    let rig = compact_rig(25);
+    poke(&rig, 28, vec![0]); // base_img = ""
+    let error = expect_refused(&rig, "header.base_img");
+    assert!(matches!(error, FvdError::Corrupt { .. }), "{error:?}");
+    assert_check_names(&rig, "header.base_img");
+}
+
+#[test]
+fn bitmap_bits_inside_an_unmapped_chunk_are_found_and_cleared() {
+    let rig = compact_rig(26);
+    poke(&rig, HEADER_REGION_BYTES, vec![0xff]); // blocks 0..8 "in the image"; chunk 0 unmapped
+    assert_check_names(&rig, "unmapped");
+    let report = run_check(&rig, true);
+    assert!(report.repaired, "{report:?}");
+    assert!(run_check(&rig, false).is_clean());
+    let image = rig.open(Profile::Hardened).unwrap();
+    let mut expected = vec![0u8; 32 << 10];
+    rig.base.as_ref().unwrap().peek(0, &mut expected);
+    let back = rig
+        .sim
+        .run(async move {
+            let mut back = vec![0u8; 32 << 10];
+            image.read(0, &mut back).await.unwrap();
+            back
+        })
+        .unwrap();
+    assert!(back == expected, "after repair the blocks read their base data again");
+}

@@ -1,6 +1,7 @@
 //! Where everything lives, derived from a header and checked against the image length.
 
 use super::header::{HEADER_REGION_BYTES, Header};
+use super::journal::JournalRecord;
 use crate::error::FvdError;
 
 /// Bytes per sector.
@@ -55,9 +56,13 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Checks every cross-field rule of `header` against an image file of `image_len` bytes.
+    /// Checks every cross-field rule of `header` against an image file of `image_len` bytes and
+    /// data storage of `data_len` bytes (the separate data file, or the image file itself).
     /// Errors name the field, its value and the rule.
-    pub fn from_header(header: &Header, image_len: u64) -> Result<Layout, FvdError> {
+    ///
+    /// This is the one set of layout rules: open and check both call it, so check can never call
+    /// clean an image that open refuses for its layout.
+    pub fn from_header(header: &Header, image_len: u64, data_len: u64) -> Result<Layout, FvdError> {
         let corrupt =
             |field: &str, value: u64, rule: String| Err(FvdError::corrupt(format!("header.{field}"), value, rule));
         let virtual_size = header.virtual_disk_size;
@@ -65,6 +70,17 @@ impl Layout {
             return corrupt("virtual_disk_size", virtual_size, "must be a positive multiple of 512".into());
         }
         let has_base = !header.base_img.is_empty() || header.bitmap_size > 0;
+        if header.base_img.is_empty() && header.bitmap_size > 0 && !header.all_data_in_fvd_img {
+            return Err(FvdError::corrupt(
+                "header.base_img",
+                "\"\"",
+                format!(
+                    "is empty while bitmap_size = {} and all_data_in_fvd_img = 0: the bitmap sends reads to a base \
+                     image the header does not name",
+                    header.bitmap_size
+                ),
+            ));
+        }
         let base_size = if has_base { header.base_img_size } else { 0 };
         if has_base && (base_size > virtual_size || !base_size.is_multiple_of(SECTOR)) {
             return corrupt(
@@ -139,11 +155,16 @@ impl Layout {
             return corrupt("journal_size", journal_size, "an image without bitmap or table has no journal".into());
         }
         let metadata_needed = journal_offset + journal_size;
-        if header.metadata_size < metadata_needed {
+        if header.metadata_size != metadata_needed {
+            // v1 create writes exactly this sum, and v1 addresses the data area in sectors from
+            // metadata_size / 512: any other value moves every data byte to the wrong offset.
             return corrupt(
                 "metadata_size",
                 header.metadata_size,
-                format!("must cover header, bitmap, table and journal ({metadata_needed} bytes)"),
+                format!(
+                    "must be {metadata_needed}: the end of header, bitmap, table and journal, where the data area \
+                     starts"
+                ),
             );
         }
         if header.metadata_size > image_len {
@@ -154,25 +175,110 @@ impl Layout {
             );
         }
         let separate_data = !header.data_file.is_empty();
+        let data_offset = if separate_data { 0 } else { header.metadata_size };
+        if !compact && data_len.saturating_sub(data_offset) < virtual_size {
+            return Err(FvdError::corrupt(
+                "data area",
+                format!("{} bytes", data_len.saturating_sub(data_offset)),
+                format!(
+                    "must hold the whole virtual disk ({virtual_size} bytes from offset {data_offset} of the {}; it \
+                     is {data_len} bytes)",
+                    if separate_data { "data file" } else { "image file" }
+                ),
+            ));
+        }
         Ok(Layout {
             virtual_size,
             base_size,
             block_size: if has_base { block_size } else { 0 },
             bitmap_blocks,
-            bitmap_offset: header.bitmap_offset,
+            // Checked values only: without a base or a table the header's offsets are ignored.
+            bitmap_offset: HEADER_REGION_BYTES,
             bitmap_size,
             compact,
             chunk_size,
             table_entries,
-            table_offset: header.table_offset,
+            table_offset: after_bitmap,
             table_size,
             journal_offset,
             journal_size,
             metadata_size: header.metadata_size,
-            data_offset: if separate_data { 0 } else { header.metadata_size },
+            data_offset,
             separate_data,
             storage_grow_unit: header.storage_grow_unit,
         })
+    }
+
+    /// Whole physical chunks that data storage of `data_len` bytes holds past the data offset
+    /// (compact images; 0 otherwise).
+    pub fn storage_chunks(&self, data_len: u64) -> u64 {
+        if self.compact { data_len.saturating_sub(self.data_offset) / self.chunk_size } else { 0 }
+    }
+
+    /// Checks one journal record against the layout before anything uses its numbers: a `BITMAP`
+    /// record must lie inside the virtual disk, a `TABLE` record inside the table, and its entries
+    /// inside the data storage (`storage_chunks`). Errors name the journal sector, the record's
+    /// index in it and the field.
+    pub fn check_journal_record(
+        &self,
+        record: &JournalRecord,
+        storage_chunks: u64,
+        sector: u64,
+        index: usize,
+    ) -> Result<(), FvdError> {
+        let field = |name: &str| format!("journal sector {sector} record {index} {name}");
+        match record {
+            JournalRecord::Bitmap { first_sector, sectors } => {
+                let disk_sectors = self.virtual_size / SECTOR;
+                if *first_sector >= disk_sectors {
+                    return Err(FvdError::corrupt(
+                        field("first_sector"),
+                        first_sector,
+                        format!("lies beyond the virtual disk ({disk_sectors} sectors)"),
+                    ));
+                }
+                if first_sector.checked_add(u64::from(*sectors)).is_none_or(|end| end > disk_sectors) {
+                    return Err(FvdError::corrupt(
+                        field("sectors"),
+                        sectors,
+                        format!(
+                            "runs from sector {first_sector} past the end of the virtual disk ({disk_sectors} sectors)"
+                        ),
+                    ));
+                }
+            }
+            JournalRecord::Table { first_chunk, entries } => {
+                if !self.compact {
+                    return Err(FvdError::corrupt(field("type"), "TABLE", "an image that is not compact has no table"));
+                }
+                let first = u64::from(*first_chunk);
+                if first >= self.table_entries {
+                    return Err(FvdError::corrupt(
+                        field("first_chunk"),
+                        first_chunk,
+                        format!("lies beyond the table ({} chunks)", self.table_entries),
+                    ));
+                }
+                if first + entries.len() as u64 > self.table_entries {
+                    return Err(FvdError::corrupt(
+                        field("n"),
+                        entries.len(),
+                        format!("runs from chunk {first} past the end of the table ({} chunks)", self.table_entries),
+                    ));
+                }
+                for (i, &raw) in entries.iter().enumerate() {
+                    let entry = if raw == EMPTY_TABLE_ENTRY { raw } else { raw & !DIRTY_TABLE_BIT };
+                    if entry != EMPTY_TABLE_ENTRY && u64::from(entry) >= storage_chunks {
+                        return Err(FvdError::corrupt(
+                            field(&format!("entry {i} (table[{}])", first + i as u64)),
+                            entry,
+                            format!("points beyond the data storage ({storage_chunks} chunks)"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// True when the image has a base image (and so a bitmap).

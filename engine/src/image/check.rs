@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use super::lifecycle::replay_record;
 use super::{Devices, Profile};
 use crate::device::{BlockDevice, WriteFlags};
 use crate::error::FvdError;
-use crate::format::journal::{DecodedSector, JournalRecord, decode_sector};
+use crate::format::journal::{DecodedSector, decode_sector};
 use crate::format::table::encode_table;
 use crate::format::{
     Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR,
@@ -41,26 +42,38 @@ impl CheckReport {
     }
 }
 
-/// Checks the image on `devices`; with `repair`, fixes what it found: replays the journal, clears
-/// stray bits and dirty bits, drops table entries beyond storage or sharing a chunk, writes the
-/// metadata home and marks the image clean.
+/// Checks the image on `devices`; with `repair`, fixes what it found: replays the journal (dropping
+/// records that open would refuse), clears stray bits, dirty bits and the bits of blocks in
+/// unmapped chunks, drops table entries beyond storage or sharing a chunk, writes the metadata home
+/// and marks the image clean. The layout rules and journal replay are open's own functions.
 ///
-/// Errors: [`FvdError::Io`] only; everything wrong with the image goes in the report.
+/// Errors: [`FvdError::Io`]; [`FvdError::InvalidOption`] when the devices disagree with the header
+/// about a separate data file. Everything wrong with the image goes in the report.
 pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<CheckReport, FvdError> {
     let mut report = CheckReport::default();
     let image = &devices.image;
     let image_len = image.len_bytes();
     let mut region = vec![0u8; HEADER_REGION_BYTES.min(image_len) as usize];
     image.read_at(0, &mut region).await.map_err(FvdError::io("check: read header"))?;
-    let header = match Header::decode(&region).and_then(|h| Layout::from_header(&h, image_len).map(|l| (h, l))) {
-        Ok(pair) => pair,
+    let header = match Header::decode(&region) {
+        Ok(header) => header,
         Err(error) => {
             report.corruptions.push(error.to_string());
             report.fatal = true;
             return Ok(report);
         }
     };
-    let (mut header, layout) = header;
+    let data_len = super::data_len(devices, &header)?;
+    // The same layout rules as open (one function), so check never calls clean what open refuses.
+    let layout = match Layout::from_header(&header, image_len, data_len) {
+        Ok(layout) => layout,
+        Err(error) => {
+            report.corruptions.push(error.to_string());
+            report.fatal = true;
+            return Ok(report);
+        }
+    };
+    let mut header = header;
     let extension = if profile == Profile::Hardened { HeaderExtension::newest(&region) } else { None };
     // Bitmap: bits beyond the base image.
     let mut bitmap = Bitmap::new(layout.bitmap_blocks);
@@ -83,9 +96,7 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
         }
     }
     // Table: dirty bits, entries beyond storage, shared chunks.
-    let data_len = devices.data.as_ref().map_or(image_len, |d| d.len_bytes());
-    let storage_chunks =
-        if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
+    let storage_chunks = layout.storage_chunks(data_len);
     let mut table = Vec::new();
     if layout.compact {
         let mut bytes = vec![0u8; layout.table_size as usize];
@@ -125,8 +136,14 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
             }
             report.journal_sectors_valid += 1;
             if report.needs_recovery {
-                for record in records {
-                    apply_lenient(&record, &layout, &mut bitmap, &mut table, index, &mut report);
+                for (at, record) in records.iter().enumerate() {
+                    // Open refuses the image at the first invalid record; repair drops each one.
+                    if let Err(error) =
+                        replay_record(&mut bitmap, &mut table, &layout, storage_chunks, record, index as u64, at)
+                    {
+                        report.corruptions.push(error.to_string());
+                        report.fixes.push(format!("drop journal sector {index} record {at} (not applied)"));
+                    }
                 }
             }
         }
@@ -142,6 +159,27 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
                 .into(),
         );
         report.fixes.push("accept the metadata as it is and mark the image clean".into());
+    }
+    // A block "in the image" inside an unmapped chunk reads zeros instead of its base data: the
+    // crash signature of a bit made durable before the mapping it needs (docs/format.md §6.5 and
+    // §7.4, the order rule). Neither the journal nor the home holds the mapping, so the block's
+    // image data is unreachable; clearing the bit sends reads back to the base image.
+    if layout.compact && layout.has_base() && !header.all_data_in_fvd_img {
+        let unmapped = blocks_in_unmapped_chunks(&bitmap, &table, &layout);
+        if let Some(&(block, chunk)) = unmapped.first() {
+            report.corruptions.push(format!(
+                "bitmap: {} block(s) marked in the image lie in unmapped chunks (first: block {block} in chunk \
+                 {chunk}), so they read zeros instead of their base data",
+                unmapped.len()
+            ));
+            report.fixes.push(format!(
+                "clear {} bitmap bit(s) of blocks in unmapped chunks (they read their base data again)",
+                unmapped.len()
+            ));
+            for (block, _) in unmapped {
+                bitmap.clear(block);
+            }
+        }
     }
     // Leaks: physical chunks below the highest used one that nothing references.
     if layout.compact {
@@ -230,35 +268,17 @@ fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, w
     }
 }
 
-fn apply_lenient(
-    record: &JournalRecord,
-    layout: &Layout,
-    bitmap: &mut Bitmap,
-    table: &mut [u32],
-    sector: usize,
-    report: &mut CheckReport,
-) {
-    match record {
-        JournalRecord::Bitmap { first_sector, sectors } => {
-            if layout.has_base() {
-                let end = (first_sector + u64::from(*sectors)) * SECTOR;
-                bitmap.set_range(first_sector * SECTOR / layout.block_size, end.div_ceil(layout.block_size));
-            }
-        }
-        JournalRecord::Table { first_chunk, entries } => {
-            for (i, &raw) in entries.iter().enumerate() {
-                let chunk = u64::from(*first_chunk) + i as u64;
-                if chunk >= layout.table_entries {
-                    report.corruptions.push(format!(
-                        "journal sector {sector}: table record for chunk {chunk} beyond the table ({} chunks)",
-                        layout.table_entries
-                    ));
-                    continue;
-                }
-                if raw != EMPTY_TABLE_ENTRY {
-                    table[chunk as usize] = raw & !DIRTY_TABLE_BIT;
-                }
-            }
-        }
-    }
+/// Blocks whose bit is set in `bitmap` while a chunk they overlap is unmapped in `table`, each with
+/// the first such chunk.
+fn blocks_in_unmapped_chunks(bitmap: &Bitmap, table: &[u32], layout: &Layout) -> Vec<(u64, u64)> {
+    (0..layout.bitmap_blocks)
+        .filter(|&block| bitmap.get(block))
+        .filter_map(|block| {
+            let start = block * layout.block_size;
+            let end = ((block + 1) * layout.block_size).min(layout.base_size);
+            (start / layout.chunk_size..end.div_ceil(layout.chunk_size))
+                .find(|&chunk| table.get(chunk as usize).is_none_or(|e| *e == EMPTY_TABLE_ENTRY))
+                .map(|chunk| (block, chunk))
+        })
+        .collect()
 }

@@ -145,7 +145,12 @@ impl FvdImage {
                 inner.state.borrow_mut().copy_on_read_outstanding_bytes -= (e - s) * SECTOR;
                 from = e;
             }
+            let mut state = inner.state.borrow_mut();
+            assert!(state.copy_on_read_tasks > 0, "a copy-on-read task ends once");
+            state.copy_on_read_tasks -= 1;
+            state.wake_all();
         };
+        self.inner.state.borrow_mut().copy_on_read_tasks += 1;
         self.inner.spawn_background("copy-on-read", Box::pin(task));
     }
 }

@@ -147,6 +147,16 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     })
 }
 
+impl CreateOptions {
+    /// Checks every option as [`FvdImage::create`] does, without touching a device, so a caller
+    /// can refuse bad options before it creates or truncates any file.
+    ///
+    /// Errors: [`FvdError::InvalidOption`] naming the option.
+    pub fn validate(&self) -> Result<(), FvdError> {
+        header_for(self).map(|_| ())
+    }
+}
+
 fn io(context: &'static str) -> impl FnOnce(crate::device::DeviceError) -> FvdError {
     FvdError::io(context)
 }
@@ -165,12 +175,13 @@ impl FvdImage {
             ));
         }
         let header = header_for(options)?;
-        let layout = Layout::from_header(&header, header.metadata_size).expect("create builds valid headers");
+        let data_end = if header.compact_image { 0 } else { header.virtual_disk_size };
+        let image_len = header.metadata_size + if options.data_file.is_some() { 0 } else { data_end };
+        let data_len = if options.data_file.is_some() { data_end } else { image_len };
+        let layout = Layout::from_header(&header, image_len, data_len).expect("create builds valid headers");
         let image = &devices.image;
         // Shrinking to zero and growing back makes every metadata byte zero (BlockDevice contract).
         image.set_len(0).await.map_err(io("create: truncate image"))?;
-        let data_end = if layout.compact { 0 } else { layout.virtual_size };
-        let image_len = layout.metadata_size + if layout.separate_data { 0 } else { data_end };
         image.set_len(image_len).await.map_err(io("create: size image"))?;
         if let Some(data) = &devices.data {
             data.set_len(0).await.map_err(io("create: truncate data file"))?;
@@ -207,13 +218,7 @@ impl FvdImage {
         if layout.has_base() && devices.base.is_none() && !header.all_data_in_fvd_img {
             return Err(invalid("backing_file", &header.base_img, "the header names a base image but none was given"));
         }
-        if layout.separate_data != devices.data.is_some() {
-            return Err(invalid(
-                "data_file",
-                &header.data_file,
-                "the header and the devices disagree about a separate data file",
-            ));
-        }
+        debug_assert_eq!(layout.separate_data, devices.data.is_some(), "load checked the data device");
         let referenced =
             table.iter().filter(|e| **e != EMPTY_TABLE_ENTRY).map(|e| u64::from(*e) + 1).max().unwrap_or(0);
         // Chunks below the high-water mark may hold data of lost writes: never hand them out again.
@@ -241,6 +246,7 @@ impl FvdImage {
             stats: Default::default(),
             copy_on_read_outstanding_bytes: 0,
             copy_on_read_cap_bytes: 0,
+            copy_on_read_tasks: 0,
             prefetch: None,
             waiters: Vec::new(),
         };
@@ -295,8 +301,9 @@ impl FvdImage {
                 (DecodedSector::V1 { records, .. }, None) => records,
                 (DecodedSector::V1 { .. }, Some(_)) => continue,
             };
-            for record in records {
-                apply_record(&mut state, &layout, &record, index)?;
+            let State { fresh, table, storage_chunks, .. } = &mut *state;
+            for (at, record) in records.iter().enumerate() {
+                replay_record(fresh, table, &layout, *storage_chunks, record, index as u64, at)?;
             }
             applied += 1;
         }
@@ -532,13 +539,16 @@ impl FvdImage {
         Ok(())
     }
 
-    /// Clean shutdown: metadata home, flushes, `clean_shutdown = true`. Call once every request
-    /// has completed.
+    /// Clean shutdown: stops prefetch and waits for its I/O and for background copy-on-read tasks,
+    /// then metadata home, flushes, `clean_shutdown = true`. Call once every request has completed.
     pub async fn close(self) -> Result<(), FvdError> {
         if self.inner.options.read_only {
             return Ok(());
         }
         self.stop_prefetch().await;
+        // Copy-on-read runs after the guest's read was acknowledged. Like QEMU's close draining
+        // requests, wait for those copies to land so the metadata written home includes them.
+        self.inner.until("engine: copy-on-read tasks to finish", |s| s.copy_on_read_tasks == 0).await;
         self.write_metadata_home().await?;
         if self.inner.hardened() && self.inner.layout.compact {
             // Record the exact high-water mark so the next open wastes no storage.
@@ -571,41 +581,52 @@ impl FvdImage {
     }
 }
 
-fn apply_record(state: &mut State, layout: &Layout, record: &JournalRecord, sector: usize) -> Result<(), FvdError> {
+/// Applies one journal record to `fresh` and `table` (recovery), after checking it against the
+/// layout ([`Layout::check_journal_record`]) and against the mappings already recorded: a table
+/// entry is written once, so a record giving a mapped chunk another physical chunk is damage. A
+/// record that fails a check changes nothing. Open and check both replay through this function.
+pub(crate) fn replay_record(
+    fresh: &mut Bitmap,
+    table: &mut [u32],
+    layout: &Layout,
+    storage_chunks: u64,
+    record: &JournalRecord,
+    sector: u64,
+    index: usize,
+) -> Result<(), FvdError> {
+    layout.check_journal_record(record, storage_chunks, sector, index)?;
     match record {
         JournalRecord::Bitmap { first_sector, sectors } => {
             if layout.has_base() && *sectors > 0 {
-                let first_block = first_sector * SECTOR / layout.block_size;
-                let end_block = (first_sector + u64::from(*sectors)) * SECTOR;
-                state.fresh.set_range(first_block, end_block.div_ceil(layout.block_size));
+                // Checked above: the range lies inside the virtual disk, so nothing overflows.
+                let end_sector = first_sector + u64::from(*sectors);
+                debug_assert!(end_sector * SECTOR <= layout.virtual_size);
+                fresh.set_range(
+                    first_sector * SECTOR / layout.block_size,
+                    (end_sector * SECTOR).div_ceil(layout.block_size),
+                );
             }
         }
         JournalRecord::Table { first_chunk, entries } => {
-            for (i, &raw) in entries.iter().enumerate() {
-                let chunk = u64::from(*first_chunk) + i as u64;
-                let entry = if raw == EMPTY_TABLE_ENTRY { raw } else { raw & !DIRTY_TABLE_BIT };
-                if chunk >= layout.table_entries
-                    || (entry != EMPTY_TABLE_ENTRY && u64::from(entry) >= state.storage_chunks)
-                {
+            let first = u64::from(*first_chunk);
+            assert_eq!(table.len() as u64, layout.table_entries, "the table has one entry per chunk");
+            let cleaned =
+                entries.iter().map(|&raw| if raw == EMPTY_TABLE_ENTRY { raw } else { raw & !DIRTY_TABLE_BIT });
+            for (i, entry) in cleaned.clone().enumerate() {
+                let chunk = first + i as u64;
+                let current = table[chunk as usize];
+                if entry != EMPTY_TABLE_ENTRY && current != EMPTY_TABLE_ENTRY && current & !DIRTY_TABLE_BIT != entry {
                     return Err(FvdError::corrupt(
-                        format!("journal sector {sector}"),
-                        format!("table[{chunk}] = {entry:#x}"),
-                        format!(
-                            "outside the table ({} chunks) or the data storage ({} chunks)",
-                            layout.table_entries, state.storage_chunks
-                        ),
+                        format!("journal sector {sector} record {index} entry {i} (table[{chunk}])"),
+                        entry,
+                        format!("conflicts with the mapping {} already recorded", current & !DIRTY_TABLE_BIT),
                     ));
                 }
-                let current = state.table[chunk as usize];
-                if entry != EMPTY_TABLE_ENTRY && current == EMPTY_TABLE_ENTRY {
-                    state.table[chunk as usize] = entry;
-                } else if entry != EMPTY_TABLE_ENTRY && current & !DIRTY_TABLE_BIT != entry {
-                    // An entry is written once: a different mapping is damage, never applied.
-                    return Err(FvdError::corrupt(
-                        format!("journal sector {sector}"),
-                        format!("table[{chunk}] = {entry}"),
-                        format!("conflicts with the mapping {current} already recorded"),
-                    ));
+            }
+            for (i, entry) in cleaned.enumerate() {
+                let slot = &mut table[(first + i as u64) as usize];
+                if entry != EMPTY_TABLE_ENTRY && *slot == EMPTY_TABLE_ENTRY {
+                    *slot = entry;
                 }
             }
         }
@@ -637,7 +658,8 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
     let mut region = vec![0u8; HEADER_REGION_BYTES as usize];
     image.read_at(0, &mut region).await.map_err(io("open: read header"))?;
     let header = Header::decode(&region)?;
-    let layout = Layout::from_header(&header, image_len)?;
+    let data_len = super::data_len(devices, &header)?;
+    let layout = Layout::from_header(&header, image_len, data_len)?;
     let extension = match profile {
         Profile::Hardened => HeaderExtension::newest(&region),
         Profile::V1 => None,
@@ -654,9 +676,7 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
     } else {
         Bitmap::new(0)
     };
-    let data_len = devices.data.as_ref().map_or(image_len, |d| d.len_bytes());
-    let storage_chunks =
-        if layout.compact { data_len.saturating_sub(layout.data_offset) / layout.chunk_size } else { 0 };
+    let storage_chunks = layout.storage_chunks(data_len);
     let table = if layout.compact {
         let mut bytes = vec![0u8; layout.table_size as usize];
         image.read_at(layout.table_offset, &mut bytes).await.map_err(io("open: read table"))?;
@@ -671,15 +691,5 @@ pub(crate) async fn load(devices: &Devices, profile: Profile) -> Result<Loaded, 
     } else {
         Vec::new()
     };
-    if !layout.compact && data_len < layout.data_offset + layout.virtual_size {
-        return Err(FvdError::corrupt(
-            "data area",
-            format!("{data_len} bytes"),
-            format!(
-                "must hold the whole virtual disk ({} bytes from offset {})",
-                layout.virtual_size, layout.data_offset
-            ),
-        ));
-    }
     Ok(Loaded { header, layout, extension, bitmap, table, storage_chunks })
 }

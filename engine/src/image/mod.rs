@@ -185,6 +185,20 @@ impl Devices {
     }
 }
 
+/// The length of the data storage `header` describes: the separate data device when the header
+/// names a data file, the image device otherwise. Fails when the devices disagree with the header.
+pub(crate) fn data_len(devices: &Devices, header: &crate::format::Header) -> Result<u64, crate::error::FvdError> {
+    match (&devices.data, header.data_file.is_empty()) {
+        (None, true) => Ok(devices.image.len_bytes()),
+        (Some(data), false) => Ok(data.len_bytes()),
+        (None, false) | (Some(_), true) => Err(crate::error::FvdError::InvalidOption {
+            option: "data_file",
+            value: header.data_file.clone(),
+            rule: "the header and the devices disagree about a separate data file".into(),
+        }),
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) devices: Devices,
     pub(crate) env: Rc<dyn Env>,

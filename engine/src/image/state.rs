@@ -129,6 +129,8 @@ pub(crate) struct State {
     pub(crate) copy_on_read_outstanding_bytes: u64,
     /// The cap on them (v1: the header's value, or one block if that is under two blocks).
     pub(crate) copy_on_read_cap_bytes: u64,
+    /// Copy-on-read tasks spawned and not yet finished (close waits for them).
+    pub(crate) copy_on_read_tasks: u64,
     /// Whole-image prefetch, once started.
     pub(crate) prefetch: Option<super::prefetch::Prefetcher>,
     /// Tasks waiting for some state change.
