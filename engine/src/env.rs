@@ -32,11 +32,20 @@ pub enum ProgressPoint {
     CopyStored,
     /// A guest request was acknowledged.
     GuestAck,
+    /// Group commit: a write's metadata change was queued for the next commit (the write is
+    /// acknowledged next, its record not yet written). Detail: changes queued.
+    RecordQueued,
+    /// Group commit: the data flush that precedes a batch of records was submitted. Detail:
+    /// records in the batch.
+    CommitDataFlushSubmitted,
+    /// Group commit: a batch of records is durable; the guest flush that asked for it is not yet
+    /// acknowledged. Detail: records in the batch.
+    CommitDurable,
 }
 
 impl ProgressPoint {
     /// Every point, in declaration order (for listings and exhaustive sweeps).
-    pub const ALL: [ProgressPoint; 8] = [
+    pub const ALL: [ProgressPoint; 11] = [
         ProgressPoint::JournalWriteSubmitted,
         ProgressPoint::JournalWriteCompleted,
         ProgressPoint::RecycleBegin,
@@ -45,6 +54,9 @@ impl ProgressPoint {
         ProgressPoint::CleanFlagWritten,
         ProgressPoint::CopyStored,
         ProgressPoint::GuestAck,
+        ProgressPoint::RecordQueued,
+        ProgressPoint::CommitDataFlushSubmitted,
+        ProgressPoint::CommitDurable,
     ];
 
     /// The stable kebab-case name used on the command line and in reports.
@@ -58,6 +70,9 @@ impl ProgressPoint {
             ProgressPoint::CleanFlagWritten => "clean-flag-written",
             ProgressPoint::CopyStored => "copy-stored",
             ProgressPoint::GuestAck => "guest-ack",
+            ProgressPoint::RecordQueued => "record-queued",
+            ProgressPoint::CommitDataFlushSubmitted => "commit-data-flush-submitted",
+            ProgressPoint::CommitDurable => "commit-durable",
         }
     }
 

@@ -16,7 +16,7 @@ pub mod image;
 
 pub use error::FvdError;
 pub use image::{
-    BaseImage, CheckReport, CreateOptions, Devices, EngineStats, FvdImage, ImageInfo, JournalSize, MapExtent,
-    MapSource, OpenOptions, PrefetchConfig, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchSettings,
-    PrefetchTelemetry, Profile, check,
+    BaseImage, CheckReport, CommitMode, CreateOptions, Devices, EngineStats, FvdImage, GROUP_COMMIT_DELAY_NS,
+    GROUP_COMMIT_MAX_QUEUED, ImageInfo, JournalSize, MapExtent, MapSource, OpenOptions, PrefetchConfig, PrefetchPhase,
+    PrefetchPolicy, PrefetchSample, PrefetchSettings, PrefetchTelemetry, Profile, check,
 };

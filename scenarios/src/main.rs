@@ -114,6 +114,10 @@ struct RunArgs {
     /// Run directory for report.json, charts, index.html and failure files.
     #[arg(long, default_value = "fvdsim-out")]
     out: PathBuf,
+    /// Commit mode of the hardened profile: group (default; durable at guest flushes) or sync
+    /// (a durable record per allocating write).
+    #[arg(long, value_enum)]
+    commit: Option<fvd_scenarios::campaign::config::CommitName>,
     /// Crashes to inject (0: none). Spread over the whole workload; every one is applied.
     #[arg(long)]
     crashes: Option<u32>,
@@ -208,6 +212,9 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
     let mut config = (scenario.build)(args.seed);
     if let Some(profile) = args.profile {
         config.profile = profile;
+    }
+    if let Some(commit) = args.commit {
+        config.commit = commit;
     }
     if let Some(crashes) = args.crashes {
         config.crashes.count = crashes;

@@ -144,8 +144,16 @@ fn a_dirty_image_without_journal_is_refused() {
 
 #[test]
 fn an_io_error_fails_only_its_request_and_the_image_stays_consistent() {
+    for commit in [fvd_engine::CommitMode::Sync, fvd_engine::CommitMode::Group] {
+        io_error_fails_only_its_request(commit);
+    }
+}
+
+fn io_error_fails_only_its_request(commit: fvd_engine::CommitMode) {
     let rig = compact_rig(10);
-    let image = rig.open(Profile::Hardened).unwrap();
+    let image = rig
+        .open_with(fvd_engine::OpenOptions { profile: Profile::Hardened, commit, ..fvd_engine::OpenOptions::default() })
+        .unwrap();
     // Fail every write to the journal region once a few have gone through.
     let journal = (HEADER_REGION_BYTES + 8192, HEADER_REGION_BYTES + 8192 + 8192);
     rig.image.set_faults(FaultPlan {
@@ -158,8 +166,21 @@ fn an_io_error_fails_only_its_request_and_the_image_stays_consistent() {
         ..FaultPlan::default()
     });
     let target = image.clone();
-    let failed = rig.sim.run(async move { target.write(8192, &[7u8; 4096]).await }).unwrap();
-    assert!(matches!(failed, Err(FvdError::Io { context: "journal write", .. })), "{failed:?}");
+    if commit == fvd_engine::CommitMode::Sync {
+        let failed = rig.sim.run(async move { target.write(8192, &[7u8; 4096]).await }).unwrap();
+        assert!(matches!(failed, Err(FvdError::Io { context: "journal write", .. })), "{failed:?}");
+    } else {
+        // Group commit: the write is acknowledged with its change queued; the guest flush that
+        // must make it durable fails, and the change stays queued for the next commit.
+        let failed = rig
+            .sim
+            .run(async move {
+                target.write(8192, &[7u8; 4096]).await.unwrap();
+                target.flush().await
+            })
+            .unwrap();
+        assert!(matches!(failed, Err(FvdError::Io { context: "group commit: journal write", .. })), "{failed:?}");
+    }
     // Base read failures fail copy-on-write writes and release their locks.
     rig.image.set_faults(FaultPlan::default());
     rig.base.as_ref().unwrap().set_faults(FaultPlan { read_error_per_million: 1_000_000, ..FaultPlan::default() });

@@ -45,7 +45,7 @@ pub enum JournalRecord {
 }
 
 impl JournalRecord {
-    fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         match self {
             JournalRecord::Bitmap { .. } => 16,
             JournalRecord::Table { entries, .. } => 12 + 4 * entries.len(),

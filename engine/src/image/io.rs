@@ -153,9 +153,11 @@ impl FvdImage {
         Ok(())
     }
 
-    /// Writes `data` at `offset_bytes` (both multiples of 512). Acknowledged (returns `Ok`) only
-    /// once the data and, if the write changed metadata, its journal record are durable (hardened)
-    /// or complete (v1).
+    /// Writes `data` at `offset_bytes` (both multiples of 512). Acknowledged (returns `Ok`) once
+    /// the data landed and, if the write changed metadata, its change is queued for the next group
+    /// commit (hardened, [`super::CommitMode::Group`]: durable once a later guest flush
+    /// completes), its journal record is durable ([`super::CommitMode::Sync`]), or its record
+    /// was written (v1).
     ///
     /// Errors: [`FvdError::BadRequest`], [`FvdError::ReadOnly`], [`FvdError::NoSpace`],
     /// [`FvdError::Io`]; after an error the image stays consistent and later requests work.
@@ -180,7 +182,7 @@ impl FvdImage {
         if fast {
             let table_changed = self.store_data(start, data).await?;
             if let Some(chunks) = table_changed {
-                self.commit(MetadataChange { bitmap: None, chunks: Some(chunks) }).await?;
+                self.record(MetadataChange { bitmap: None, chunks: Some(chunks) }).await?;
             }
             let mut state = self.inner.state.borrow_mut();
             state.stats.writes += 1;
@@ -266,7 +268,7 @@ impl FvdImage {
             state.wake_all();
             result?
         };
-        self.commit(MetadataChange { bitmap: Some((start, end - start)), chunks: table_change }).await?;
+        self.record(MetadataChange { bitmap: Some((start, end - start)), chunks: table_change }).await?;
         let mut state = inner.state.borrow_mut();
         state.stats.writes += 1;
         if copy_lock.is_some() {

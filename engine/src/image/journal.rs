@@ -10,7 +10,7 @@ use crate::format::table::clean_entry;
 use crate::format::{DIRTY_TABLE_BIT, SECTOR};
 
 /// The metadata change of one guest write.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct MetadataChange {
     /// Guest sectors `(first, count)` whose blocks enter the image.
     pub(crate) bitmap: Option<(u64, u64)>,
@@ -18,7 +18,162 @@ pub(crate) struct MetadataChange {
     pub(crate) chunks: Option<(u64, u64)>,
 }
 
+/// Journal sectors one piece of a batch takes at most (one write each).
+const BATCH_PIECE_SECTORS: u64 = 64;
+
 impl FvdImage {
+    /// Records a write's metadata change: group commit queues it (the write is acknowledged next,
+    /// durable at the next commit); otherwise it is committed now ([`Self::commit`]).
+    pub(crate) async fn record(&self, change: MetadataChange) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        if !inner.group_commit() {
+            return self.commit(change).await;
+        }
+        debug_assert!(change.bitmap.is_some() || change.chunks.is_some(), "a change changes something");
+        let (queued, schedule) = {
+            let mut state = inner.state.borrow_mut();
+            if let Some((first, sectors)) = change.bitmap
+                && inner.layout.has_base()
+            {
+                let block = inner.layout.block_size;
+                assert!(
+                    state.fresh.all_set(first * SECTOR / block, ((first + sectors) * SECTOR).div_ceil(block)),
+                    "a change is queued only after its data landed"
+                );
+            }
+            state.journal.queued.push(change);
+            let schedule = !state.journal.commit_scheduled;
+            state.journal.commit_scheduled = true;
+            (state.journal.queued.len(), schedule)
+        };
+        inner.progress(ProgressPoint::RecordQueued, queued as u64);
+        if schedule {
+            // The first change of a batch starts its timer; a full queue commits at once.
+            let image = self.clone();
+            inner.spawn_background(
+                "group commit",
+                Box::pin(async move {
+                    let delay = image.inner.env.sleep_ns(crate::image::GROUP_COMMIT_DELAY_NS);
+                    let full = image.inner.until("engine: the group-commit delay or a full queue", |s| {
+                        s.journal.queued.len() >= crate::image::GROUP_COMMIT_MAX_QUEUED || s.journal.closed
+                    });
+                    futures_lite_select(delay, full).await;
+                    image.inner.state.borrow_mut().journal.commit_scheduled = false;
+                    if !image.inner.state.borrow().journal.closed {
+                        // An error leaves the changes queued: the next guest flush retries and reports it.
+                        let _ = image.commit_queued(false).await;
+                    }
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Group commit: makes every queued change durable. Waits for a commit in flight, then: flush
+    /// the data device (the data of every record is durable before the record can be), write the
+    /// records in pieces of sequential FUA journal writes, then apply them to the stale bitmap and
+    /// the table's dirty bits. `guest_flush`: the data device is flushed even with nothing queued.
+    pub(crate) async fn commit_queued(&self, guest_flush: bool) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        inner.until("engine: the group commit in flight", |s| !s.journal.committing).await;
+        let changes = {
+            let mut state = inner.state.borrow_mut();
+            assert!(!state.journal.committing, "commits are serialised");
+            if state.journal.queued.is_empty() && !guest_flush {
+                return Ok(());
+            }
+            state.journal.committing = true;
+            std::mem::take(&mut state.journal.queued)
+        };
+        let result = self.commit_batch(&changes).await;
+        let mut state = inner.state.borrow_mut();
+        state.journal.committing = false;
+        if result.is_err() {
+            // Not durable: keep the changes for the next commit, oldest first.
+            let newer = std::mem::replace(&mut state.journal.queued, changes);
+            state.journal.queued.extend(newer);
+        }
+        state.wake_all();
+        result
+    }
+
+    /// Writes `changes` as one batch (see [`Self::commit_queued`]).
+    async fn commit_batch(&self, changes: &[MetadataChange]) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let layout = inner.layout;
+        inner.progress(ProgressPoint::CommitDataFlushSubmitted, changes.len() as u64);
+        inner.devices.data().flush().await.map_err(FvdError::io("group commit: flush data before the records"))?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Each change packs into self-contained sector units (a bitmap record sits in the same
+        // unit as the table entries its blocks need), and units are never split across sectors,
+        // so any prefix or subset of the batch's sectors that survives a crash is consistent.
+        let sectors_per_chunk = layout.chunk_size / SECTOR;
+        let probe = SectorFormat::Hardened { epoch: 0 };
+        let capacity = probe.capacity();
+        let mut sectors: Vec<Vec<crate::format::journal::JournalRecord>> = Vec::new();
+        let mut used = capacity;
+        for change in changes {
+            let entries: Option<(u32, Vec<u32>)> = change.chunks.map(|(first, end)| {
+                let state = inner.state.borrow();
+                (first as u32, state.table[first as usize..end as usize].iter().map(|&e| clean_entry(e)).collect())
+            });
+            let units = pack_sectors(
+                probe,
+                change.bitmap,
+                entries.as_ref().map(|(f, e)| (*f, e.as_slice())),
+                sectors_per_chunk,
+            )?;
+            for unit in units {
+                let len: usize = unit.iter().map(crate::format::journal::JournalRecord::encoded_len).sum();
+                assert!(len <= capacity, "a packed unit fits one sector");
+                if used + len > capacity {
+                    sectors.push(Vec::new());
+                    used = 0;
+                }
+                sectors.last_mut().expect("a sector was just started").extend(unit);
+                used += len;
+            }
+        }
+        let total = layout.journal_sectors();
+        for piece in sectors.chunks(BATCH_PIECE_SECTORS.min(total) as usize) {
+            let count = piece.len() as u64;
+            let first = self.allocate_journal_sectors(count).await?;
+            let (epoch, sequence) = {
+                let mut state = inner.state.borrow_mut();
+                let sequence = state.journal.sequence;
+                state.journal.sequence += count;
+                (state.extension.map_or(0, |e| e.journal_epoch), sequence)
+            };
+            let mut bytes = Vec::with_capacity((count * SECTOR) as usize);
+            for (i, records) in piece.iter().enumerate() {
+                bytes.extend_from_slice(&encode_sector(SectorFormat::Hardened { epoch }, sequence + i as u64, records));
+            }
+            let write = inner.devices.image.write_at(layout.journal_offset + first * SECTOR, &bytes, WriteFlags::FUA);
+            inner.progress(ProgressPoint::JournalWriteSubmitted, first);
+            let result = write.await;
+            inner.progress(ProgressPoint::JournalWriteCompleted, first);
+            let mut state = inner.state.borrow_mut();
+            state.journal.ongoing -= 1;
+            state.stats.journal_writes += 1;
+            state.stats.journal_sectors += count;
+            state.wake_all();
+            drop(state);
+            result.map_err(FvdError::io("group commit: journal write"))?;
+        }
+        let mut state = inner.state.borrow_mut();
+        for change in changes {
+            apply_committed(&mut state, &layout, change);
+        }
+        debug_assert!(state.stale.is_subset_of(&state.fresh), "stale ⊆ fresh");
+        state.stats.group_commits += 1;
+        state.stats.group_committed_changes += changes.len() as u64;
+        drop(state);
+        inner.progress(ProgressPoint::CommitDurable, changes.len() as u64);
+        Ok(())
+    }
+
     /// Makes `change` durable in the journal, then applies it to the stale bitmap and clears the
     /// chunks' dirty bits. Hardened: the data device is flushed first (so data is durable before
     /// its record can be) and the record is written with FUA (durable before the acknowledgement).
@@ -72,24 +227,7 @@ impl FvdImage {
         state.stats.journal_writes += 1;
         state.stats.journal_sectors += count;
         if result.is_ok() {
-            if let Some((first_sector, sectors)) = change.bitmap
-                && layout.has_base()
-            {
-                let first_block = first_sector * SECTOR / layout.block_size;
-                let end_block = ((first_sector + sectors) * SECTOR).div_ceil(layout.block_size);
-                debug_assert!(
-                    state.fresh.all_set(first_block, end_block),
-                    "a block is committed only after its data landed"
-                );
-                state.stale.set_range(first_block, end_block);
-            }
-            if let Some((first, end)) = change.chunks {
-                for chunk in first..end {
-                    if !state.unlanded.contains(&chunk) {
-                        state.table[chunk as usize] &= !DIRTY_TABLE_BIT;
-                    }
-                }
-            }
+            apply_committed(&mut state, &layout, &change);
             debug_assert!(state.stale.is_subset_of(&state.fresh), "stale ⊆ fresh");
         }
         state.wake_all();
@@ -150,4 +288,38 @@ impl FvdImage {
         inner.progress(ProgressPoint::RecycleEnd, round);
         Ok(())
     }
+}
+
+/// A durable record's effect on memory: its blocks become stale (guaranteed on disk) and its
+/// chunks' entries clean.
+fn apply_committed(state: &mut super::state::State, layout: &crate::format::Layout, change: &MetadataChange) {
+    if let Some((first_sector, sectors)) = change.bitmap
+        && layout.has_base()
+    {
+        let first_block = first_sector * SECTOR / layout.block_size;
+        let end_block = ((first_sector + sectors) * SECTOR).div_ceil(layout.block_size);
+        assert!(state.fresh.all_set(first_block, end_block), "a block is committed only after its data landed");
+        state.stale.set_range(first_block, end_block);
+    }
+    if let Some((first, end)) = change.chunks {
+        for chunk in first..end {
+            if !state.unlanded.contains(&chunk) {
+                state.table[chunk as usize] &= !DIRTY_TABLE_BIT;
+            }
+        }
+    }
+}
+
+/// Whichever of two futures completes first (both are polled; the other is dropped).
+async fn futures_lite_select(a: crate::env::LocalFuture<'static, ()>, b: impl std::future::Future<Output = ()>) {
+    let mut a = a;
+    let mut b = std::pin::pin!(b);
+    std::future::poll_fn(move |cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
 }

@@ -528,10 +528,16 @@ impl FvdImage {
         Ok(())
     }
 
-    /// Flushes every device the image writes (a guest flush).
+    /// A guest flush: every write acknowledged before it is durable when it completes. Group
+    /// commit: commits every queued change (data flush, one batch of records with FUA); otherwise
+    /// flushes the data device.
     pub async fn flush(&self) -> Result<(), FvdError> {
         let inner = &self.inner;
-        inner.devices.data().flush().await.map_err(io("guest flush: data"))?;
+        if inner.group_commit() {
+            self.commit_queued(true).await?;
+        } else {
+            inner.devices.data().flush().await.map_err(io("guest flush: data"))?;
+        }
         if inner.devices.data.is_some() {
             inner.devices.image.flush().await.map_err(io("guest flush: image"))?;
         }
@@ -549,7 +555,16 @@ impl FvdImage {
         // Copy-on-read runs after the guest's read was acknowledged. Like QEMU's close draining
         // requests, wait for those copies to land so the metadata written home includes them.
         self.inner.until("engine: copy-on-read tasks to finish", |s| s.copy_on_read_tasks == 0).await;
+        // Group commit: no batch in flight; the write-home below covers every queued change (their
+        // data landed before its snapshot), so the queue empties and background commits stop.
+        self.inner.until("engine: the group commit in flight", |s| !s.journal.committing).await;
+        self.inner.state.borrow_mut().journal.closed = true;
         self.write_metadata_home().await?;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            state.journal.queued.clear();
+            state.wake_all();
+        }
         if self.inner.hardened() && self.inner.layout.compact {
             // Record the exact high-water mark so the next open wastes no storage.
             self.raise_allocation_mark(0).await?;

@@ -151,11 +151,45 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Engine behaviour.
     pub profile: Profile,
+    /// When the hardened profile makes metadata changes durable (`docs/format.md` §7); the v1
+    /// profile ignores it and keeps its 2011 behaviour.
+    pub commit: CommitMode,
     /// Override the header's copy-on-read setting.
     pub copy_on_read: Option<bool>,
     /// Start whole-image prefetch with these settings (overriding the header's), if any.
     pub prefetch: Option<prefetch::PrefetchConfig>,
 }
+
+/// When metadata changes become durable in the hardened profile (`docs/format.md` §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Group commit (the default): a write is acknowledged once its data landed and its change is
+    /// queued; a guest flush makes every queued change durable with one data flush and one
+    /// sequential journal write. Also committed in the background once
+    /// [`GROUP_COMMIT_MAX_QUEUED`] changes wait or [`GROUP_COMMIT_DELAY_NS`] passed.
+    #[default]
+    Group,
+    /// Every allocating write is durable when acknowledged: a data flush and a FUA journal
+    /// record per write (the pre-group-commit protocol).
+    Sync,
+}
+
+impl CommitMode {
+    /// The name used on the command line and in configurations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitMode::Group => "group",
+            CommitMode::Sync => "sync",
+        }
+    }
+}
+
+/// Group commit: a batch is committed in the background once this many changes wait.
+pub const GROUP_COMMIT_MAX_QUEUED: usize = 256;
+
+/// Group commit: a batch is committed in the background this long after its first change was
+/// queued, so a guest that never flushes does not grow the queue without bound (10 ms).
+pub const GROUP_COMMIT_DELAY_NS: u64 = 10_000_000;
 
 /// The devices an image uses.
 #[derive(Clone)]
@@ -224,6 +258,12 @@ impl Inner {
 
     pub(crate) fn hardened(&self) -> bool {
         self.options.profile == Profile::Hardened
+    }
+
+    /// True when metadata changes are queued for group commit (hardened profile, group mode, an
+    /// image with a journal).
+    pub(crate) fn group_commit(&self) -> bool {
+        self.hardened() && self.options.commit == CommitMode::Group && self.layout.journal_size > 0
     }
 }
 

@@ -60,6 +60,14 @@ pub(crate) struct JournalState {
     pub(crate) sequence: u64,
     /// A journal round's extension write failed: recycle before the next record.
     pub(crate) broken: bool,
+    /// Group commit: changes whose data landed, acknowledged, waiting for the next commit.
+    pub(crate) queued: Vec<super::journal::MetadataChange>,
+    /// Group commit: a batch is being committed (commits are serialised).
+    pub(crate) committing: bool,
+    /// Group commit: a background commit is scheduled (the delay timer or the size threshold).
+    pub(crate) commit_scheduled: bool,
+    /// The image was closed: background commits do nothing.
+    pub(crate) closed: bool,
 }
 
 /// Counters of engine activity (for reports and tests).
@@ -81,6 +89,10 @@ pub struct EngineStats {
     pub journal_sectors: u64,
     /// Journal recycles.
     pub recycles: u64,
+    /// Group commits that wrote records (batches).
+    pub group_commits: u64,
+    /// Changes those batches made durable.
+    pub group_committed_changes: u64,
     /// Chunks allocated (compact).
     pub chunks_allocated: u64,
     /// Guest flushes.

@@ -25,6 +25,26 @@ impl From<ProfileName> for fvd_engine::Profile {
     }
 }
 
+/// When the hardened engine makes metadata durable, as written in configs (`--commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitName {
+    /// Group commit: records queued, made durable at guest flushes (the default).
+    #[default]
+    Group,
+    /// A durable record per allocating write before its acknowledgement.
+    Sync,
+}
+
+impl From<CommitName> for fvd_engine::CommitMode {
+    fn from(name: CommitName) -> fvd_engine::CommitMode {
+        match name {
+            CommitName::Group => fvd_engine::CommitMode::Group,
+            CommitName::Sync => fvd_engine::CommitMode::Sync,
+        }
+    }
+}
+
 /// How trace requests are issued.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -115,6 +135,12 @@ pub enum CrashPoint {
     MetadataWrittenHome,
     /// During a copy-on-read or prefetch store.
     CopyStore,
+    /// Group commit: right after a write's change was queued (before its acknowledgement).
+    RecordQueued,
+    /// Group commit: while the data flush before a batch is in flight.
+    CommitDataFlush,
+    /// Group commit: a batch is durable, the guest flush not yet acknowledged.
+    CommitLanded,
 }
 
 impl CrashPoint {
@@ -127,6 +153,9 @@ impl CrashPoint {
             CrashPoint::MidRecycle => "mid-recycle",
             CrashPoint::MetadataWrittenHome => "metadata-written-home",
             CrashPoint::CopyStore => "copy-store",
+            CrashPoint::RecordQueued => "record-queued",
+            CrashPoint::CommitDataFlush => "commit-data-flush",
+            CrashPoint::CommitLanded => "commit-landed",
         }
     }
 
@@ -255,6 +284,9 @@ pub struct RunConfig {
     pub seed: Seed,
     /// Engine profile.
     pub profile: ProfileName,
+    /// Commit mode of the hardened profile (v1 ignores it).
+    #[serde(default)]
+    pub commit: CommitName,
     /// Workload.
     pub workload: WorkloadConfig,
     /// Image.
@@ -356,6 +388,7 @@ fn cloudphysics(seed: Seed) -> RunConfig {
         scenario: "cloudphysics".into(),
         seed,
         profile: ProfileName::Hardened,
+        commit: CommitName::Group,
         workload: WorkloadConfig::Trace {
             path: crate::trace::BUILTIN_CLOUDPHYSICS.into(),
             format: TraceFormat::Cloudphysics,
@@ -403,6 +436,7 @@ fn random(seed: Seed) -> RunConfig {
         scenario: "random".into(),
         seed,
         profile: ProfileName::Hardened,
+        commit: CommitName::Group,
         workload: WorkloadConfig::Random { testers: 8, requests: 20_000, max_sectors: 128, read_per_mille: 450 },
         image: ImageConfig {
             size_bytes: 64 * MIB,
@@ -561,6 +595,28 @@ fn prefetch_faults(seed: Seed) -> RunConfig {
     config
 }
 
+fn rare_flush(seed: Seed) -> RunConfig {
+    // Group commit's hardest case: many allocating writes between rare guest flushes, so batches
+    // are large, background commits run, and crashes land at every step of a batch.
+    let mut config = random(seed);
+    config.scenario = "rare-flush".into();
+    config.workload = WorkloadConfig::Random { testers: 8, requests: 20_000, max_sectors: 64, read_per_mille: 200 };
+    config.image.size_bytes = 256 * MIB;
+    config.image.base_bytes = 192 * MIB;
+    config.image.journal_bytes = 32 << 10;
+    config.flush_every_requests = 2_000;
+    config.crashes.points = vec![
+        CrashPoint::RecordQueued,
+        CrashPoint::CommitDataFlush,
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::CommitLanded,
+        CrashPoint::JournalWriteLanded,
+        CrashPoint::RandomEvent,
+        CrashPoint::MidRecycle,
+    ];
+    config
+}
+
 fn exhaustive_torn(seed: Seed) -> RunConfig {
     let mut config = exhaustive(seed);
     config.scenario = "exhaustive-torn".into();
@@ -626,6 +682,11 @@ pub const SCENARIOS: &[Scenario] = &[
         build: prefetch_faults,
     },
     Scenario {
+        name: "rare-flush",
+        description: "group commit's hard case: allocating writes with a guest flush only every 2,000 requests, crashes at each commit step",
+        build: rare_flush,
+    },
+    Scenario {
         name: "exhaustive-torn",
         description: "exhaustive, with no atomic unit: every unflushed sector may tear at any byte",
         build: exhaustive_torn,
@@ -662,8 +723,13 @@ pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> 
             let occurrence = match point {
                 CrashPoint::RandomEvent => rng.range_inclusive(1, 5_000),
                 CrashPoint::JournalWriteInFlight | CrashPoint::JournalWriteLanded => rng.range_inclusive(1, 4),
+                CrashPoint::RecordQueued => rng.range_inclusive(1, 16),
                 // Rare points: the first one after arming.
-                CrashPoint::MidRecycle | CrashPoint::MetadataWrittenHome | CrashPoint::CopyStore => 1,
+                CrashPoint::MidRecycle
+                | CrashPoint::MetadataWrittenHome
+                | CrashPoint::CopyStore
+                | CrashPoint::CommitDataFlush
+                | CrashPoint::CommitLanded => 1,
             };
             let strategy = match rng.below(4) {
                 0 => CrashStrategy::Prefix,

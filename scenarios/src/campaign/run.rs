@@ -585,6 +585,7 @@ fn campaign(
     let open_options = fvd_engine::OpenOptions {
         read_only: false,
         profile,
+        commit: config.commit.into(),
         copy_on_read: Some(config.copy_on_read),
         prefetch: config.prefetch.map(|p| p.engine_config()),
     };
@@ -603,7 +604,11 @@ fn campaign(
                 // Recycles are rare where rewrites take the fast path: give them two segments.
                 let rare = matches!(
                     spec.point,
-                    CrashPoint::MidRecycle | CrashPoint::MetadataWrittenHome | CrashPoint::CopyStore
+                    CrashPoint::MidRecycle
+                        | CrashPoint::MetadataWrittenHome
+                        | CrashPoint::CopyStore
+                        | CrashPoint::CommitDataFlush
+                        | CrashPoint::CommitLanded
                 );
                 let window = fallback_window(d.total, schedule.len()) * if rare { 2 } else { 1 };
                 Arming { spec: *spec, armed: false, fallback_at_request: spec.after_request + window }
@@ -869,6 +874,9 @@ fn arm_crash(driver: &Shared, handle: &SimHandle, spec: CrashSpec) {
         CrashPoint::MidRecycle => ProgressPoint::RecycleBegin,
         CrashPoint::MetadataWrittenHome => ProgressPoint::MetadataWrittenHome,
         CrashPoint::CopyStore => ProgressPoint::CopyStored,
+        CrashPoint::RecordQueued => ProgressPoint::RecordQueued,
+        CrashPoint::CommitDataFlush => ProgressPoint::CommitDataFlushSubmitted,
+        CrashPoint::CommitLanded => ProgressPoint::CommitDurable,
     };
     let mut seen = 0u64;
     let hook_driver = Rc::clone(driver);

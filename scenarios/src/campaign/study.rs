@@ -87,6 +87,7 @@ pub fn study_config(seed: Seed, spec: Option<PrefetchSpec>, requests: u64) -> Ru
         scenario: "prefetch-study".into(),
         seed,
         profile: ProfileName::Hardened,
+        commit: super::config::CommitName::Group,
         workload: WorkloadConfig::Random { testers: 8, requests, max_sectors: 64, read_per_mille: 600 },
         image: ImageConfig {
             size_bytes: 1 << 30,
