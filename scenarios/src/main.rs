@@ -721,12 +721,24 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench { which: BenchKind::Engine, json, .. } => {
-            match fvd_scenarios::bench::run_engine_bench(&fvd_scenarios::bench::EngineBenchOptions::default()) {
+            use fvd_scenarios::bench_engine::{EngineBenchOptions, header, row_line, run_engine_bench};
+            let options = EngineBenchOptions::default();
+            if !json {
+                let version = std::process::Command::new("qemu-img")
+                    .arg("--version")
+                    .output()
+                    .ok()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string());
+                say!("{}", header(&options, version.as_deref()));
+            }
+            match run_engine_bench(&options, |row| {
+                if !json {
+                    say!("{}", row_line(row));
+                }
+            }) {
                 Ok(report) => {
                     if json {
                         say!("{}", serde_json::to_string(&report).expect("bench report serialises"));
-                    } else {
-                        say!("{report}");
                     }
                     ExitCode::SUCCESS
                 }
