@@ -177,6 +177,10 @@ pub struct RangeArgs {
     /// Engine behaviour.
     #[arg(long, value_enum, default_value = "hardened")]
     pub profile: ProfileArg,
+    /// Commit mode of the hardened profile (`docs/format.md` §7): group (default) or sync. Either
+    /// way the tool flushes and closes the image before it exits, so the data is durable.
+    #[arg(long, value_enum, default_value = "group")]
+    pub commit: crate::campaign::config::CommitName,
     /// The image file.
     pub image: PathBuf,
     /// First byte (a multiple of 512; K, M, G suffixes).
@@ -318,12 +322,13 @@ fn open_engine(
     devices: Devices,
     writable: bool,
     profile: Profile,
+    commit: fvd_engine::CommitMode,
 ) -> Result<FvdImage, ImgError> {
     let env = Rc::new(HostEnv::new(executor, Seed(0)));
     Ok(executor.block_on(FvdImage::open(
         devices,
         env,
-        OpenOptions { read_only: !writable, profile, ..OpenOptions::default() },
+        OpenOptions { read_only: !writable, profile, commit, ..OpenOptions::default() },
     ))?)
 }
 
@@ -420,7 +425,7 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
         ImgCommand::Map { image } => {
             let header = read_header(&image)?;
             let opened = open_devices(&image, &header, false, BaseNeed::Tolerated)?;
-            let opened = open_engine(&executor, opened.devices, false, Profile::Hardened)?;
+            let opened = open_engine(&executor, opened.devices, false, Profile::Hardened, Default::default())?;
             say!("{:>16} {:>16} {:>16}  where", "offset", "length", "data offset");
             for extent in opened.map() {
                 let (mapped, place) = match extent.source {
@@ -440,7 +445,7 @@ fn info(executor: &HostExecutor, image: &Path) -> Result<u8, ImgError> {
     // info reads no guest data, so a missing base image is described rather than refused.
     let opened = open_devices(image, &header, false, BaseNeed::Tolerated)?;
     let Opened { devices, missing_base, data_path } = opened;
-    let engine = open_engine(executor, devices, false, Profile::Hardened)?;
+    let engine = open_engine(executor, devices, false, Profile::Hardened, Default::default())?;
     let info = engine.info();
     let l = info.layout;
     let disk_size = [Some(image.to_path_buf()), data_path].iter().flatten().filter_map(|p| allocated_bytes(p)).sum();
@@ -502,7 +507,7 @@ fn read(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, ImgError> {
     // Reads write to the image only to copy base data in (copy-on-read); otherwise read-only.
     let writable = header.copy_on_read && !header.base_img.is_empty() && !header.all_data_in_fvd_img;
     let opened = open_devices(&args.image, &header, writable, BaseNeed::Required)?;
-    let image = open_engine(executor, opened.devices, writable, args.profile.into())?;
+    let image = open_engine(executor, opened.devices, writable, args.profile.into(), args.commit.into())?;
     let pattern = args.pattern;
     let (mismatch, result) = executor.block_on(async move {
         let mut buf = vec![0u8; len.min(IO_CHUNK_BYTES) as usize];
@@ -543,7 +548,7 @@ fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, ImgError> {
     let header = read_header(&args.image)?;
     check_range("write", offset, len, header.virtual_disk_size)?;
     let opened = open_devices(&args.image, &header, true, BaseNeed::Required)?;
-    let image = open_engine(executor, opened.devices, true, args.profile.into())?;
+    let image = open_engine(executor, opened.devices, true, args.profile.into(), args.commit.into())?;
     executor.block_on(async move {
         let buf = vec![pattern; len.min(IO_CHUNK_BYTES) as usize];
         let mut result = Ok(());

@@ -185,11 +185,11 @@ impl CommitMode {
 }
 
 /// Group commit: a batch is committed in the background once this many changes wait.
-pub const GROUP_COMMIT_MAX_QUEUED: usize = 256;
+pub const GROUP_COMMIT_MAX_QUEUED: usize = 1024;
 
 /// Group commit: a batch is committed in the background this long after its first change was
-/// queued, so a guest that never flushes does not grow the queue without bound (10 ms).
-pub const GROUP_COMMIT_DELAY_NS: u64 = 10_000_000;
+/// queued, so a guest that never flushes does not grow the queue without bound (50 ms).
+pub const GROUP_COMMIT_DELAY_NS: u64 = 50_000_000;
 
 /// The devices an image uses.
 #[derive(Clone)]

@@ -159,9 +159,15 @@ impl CrashPoint {
         }
     }
 
-    /// True for the two mid-journal points.
+    /// True for the mid-journal points: a journal write or a group commit in flight or landed.
     pub fn is_mid_journal(self) -> bool {
-        matches!(self, CrashPoint::JournalWriteInFlight | CrashPoint::JournalWriteLanded)
+        matches!(
+            self,
+            CrashPoint::JournalWriteInFlight
+                | CrashPoint::JournalWriteLanded
+                | CrashPoint::CommitDataFlush
+                | CrashPoint::CommitLanded
+        )
     }
 }
 
@@ -371,15 +377,16 @@ impl std::fmt::Debug for Scenario {
 }
 
 fn mixed_points() -> Vec<CrashPoint> {
-    // At least half mid-journal.
+    // At least half mid-journal (a record or a group commit in flight or just landed).
     vec![
         CrashPoint::JournalWriteInFlight,
         CrashPoint::JournalWriteLanded,
         CrashPoint::RandomEvent,
-        CrashPoint::JournalWriteInFlight,
+        CrashPoint::CommitDataFlush,
         CrashPoint::MidRecycle,
-        CrashPoint::JournalWriteLanded,
+        CrashPoint::CommitLanded,
         CrashPoint::MetadataWrittenHome,
+        CrashPoint::RecordQueued,
     ]
 }
 
