@@ -50,7 +50,43 @@ fn ci() -> Result<()> {
         "main job",
         cargo().args(["run", "--release", "--quiet", "--bin", "fvdsim", "--", "run", "--out", "target/fvdsim-out"]),
     )?;
+    campaigns()?;
     eprintln!("xtask: ci passed");
+    Ok(())
+}
+
+/// Real campaigns beyond the tests (a few minutes): every crash scenario on fixed seeds in both
+/// commit modes, the exhaustive scenarios, and the main job at its recorded timing (7,200 s
+/// simulated, prefetch copying the whole base).
+fn campaigns() -> Result<()> {
+    let fvdsim = |args: &[&str]| {
+        let mut command = cargo();
+        command.args(["run", "--release", "--quiet", "--bin", "fvdsim", "--", "run", "--quiet"]).args(args);
+        command
+    };
+    let scenarios =
+        ["random", "random-faults", "torn", "tiny-journal", "plain", "prefetch", "prefetch-dense", "rare-flush"];
+    for scenario in scenarios {
+        for seed in ["1", "2", "3"] {
+            for commit in ["group", "sync"] {
+                let out = format!("target/ci-campaigns/{scenario}-{seed}-{commit}");
+                run(
+                    &format!("campaign {scenario} seed {seed} commit {commit}"),
+                    &mut fvdsim(&["--scenario", scenario, "--seed", seed, "--commit", commit, "--out", &out]),
+                )?;
+            }
+        }
+    }
+    for (scenario, seed) in [("exhaustive", "1"), ("exhaustive", "2"), ("exhaustive-torn", "1")] {
+        run(
+            &format!("campaign {scenario} seed {seed}"),
+            &mut fvdsim(&["--scenario", scenario, "--seed", seed, "--out", "target/ci-campaigns/exhaustive"]),
+        )?;
+    }
+    run(
+        "campaign: the main job at its recorded timing",
+        &mut fvdsim(&["--time-scale", "1", "--out", "target/ci-campaigns/realtime"]),
+    )?;
     Ok(())
 }
 
