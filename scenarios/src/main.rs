@@ -72,6 +72,9 @@ enum Command {
     },
     /// Prefetch tuning study: one setting, or a sweep, each against a no-prefetch baseline.
     PrefetchStudy(StudyArgs),
+    /// Swarm campaign: each seed draws its whole configuration; failures go into a failing-seed
+    /// database (OUT/failures.json) with the command that replays each.
+    Swarm(SwarmArgs),
     /// Create, inspect, check, read and write FVD images on real files (like qemu-img and qemu-io).
     Img {
         #[command(subcommand)]
@@ -151,9 +154,70 @@ struct RunArgs {
     /// Write the last N events of the log to OUT/events.log.
     #[arg(long, default_value_t = 0)]
     log_events: usize,
+    /// Run the configuration swarm seed S draws (`fvdsim swarm` prints it with every failure).
+    #[arg(long)]
+    swarm_seed: Option<Seed>,
     /// Print nothing but the verdict line and errors (no progress, no table).
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct SwarmArgs {
+    /// Run this many seeds.
+    #[arg(long, conflicts_with = "time", value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: Option<u64>,
+    /// Run seeds for this long (wall time: 30s, 10m, 2h).
+    #[arg(long, value_parser = parse_duration)]
+    time: Option<std::time::Duration>,
+    /// Simulations run at once (each one single-threaded and deterministic).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    jobs: u64,
+    /// Run only seed indices i with i % N == I (`--shard I/N`), so shards never overlap.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(u64, u64)>,
+    /// The campaign's base seed (seed i is derived from it and i).
+    #[arg(long, default_value = "1", env = "FVD_SIM_SEED")]
+    seed: Seed,
+    /// Also draw the v1 profile (one seed in eight): its known flaws show as failures.
+    #[arg(long)]
+    with_v1: bool,
+    /// Replay every failure recorded in this database first (a fix confirmed, a regression
+    /// caught), and merge it into OUT/failures.json.
+    #[arg(long)]
+    replay_db: Option<PathBuf>,
+    /// Only merge these failing-seed databases (shards, nights) into OUT/failures.json; run
+    /// nothing.
+    #[arg(long, num_args = 1..)]
+    merge: Vec<PathBuf>,
+    /// Campaign directory: failures.json, swarm.json, failure files.
+    #[arg(long, default_value = "fvdsim-swarm")]
+    out: PathBuf,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and s, m or h (30s, 10m)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        other => return Err(format!("{text:?}: unknown unit {other:?} (s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let (index, count) = text.split_once('/').ok_or_else(|| format!("{text:?}: expected I/N, for example 0/4"))?;
+    let index: u64 = index.parse().map_err(|_| format!("{text:?}: I is not a number"))?;
+    let count: u64 = count.parse().map_err(|_| format!("{text:?}: N is not a number"))?;
+    if count == 0 || index >= count {
+        return Err(format!("{text:?}: needs 0 <= I < N"));
+    }
+    Ok((index, count))
 }
 
 #[derive(Args, Debug)]
@@ -209,7 +273,12 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
     let scenario = scenario(&args.scenario)
         .ok_or_else(|| format!("unknown scenario {:?}; `fvdsim scenarios` lists them", args.scenario))?;
-    let mut config = (scenario.build)(args.seed);
+    let mut config = match args.swarm_seed {
+        Some(seed) => {
+            fvd_scenarios::campaign::swarm::swarm_config(seed, fvd_scenarios::campaign::swarm::SwarmProfiles::WithV1)
+        }
+        None => (scenario.build)(args.seed),
+    };
     if let Some(profile) = args.profile {
         config.profile = profile;
     }
@@ -553,6 +622,159 @@ fn repro_differences(recorded: &fvd_scenarios::campaign::output::FailureFile, re
     (!differences.is_empty()).then(|| differences.join("; "))
 }
 
+/// `fvdsim swarm`: seeds drawn configurations until the count or the time is reached.
+fn swarm(args: &SwarmArgs) -> ExitCode {
+    use fvd_scenarios::campaign::swarm::{FailureDb, SwarmProfiles, SwarmSummary, run_seeds};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if let Err(error) = check_out_dir(&args.out) {
+        return usage(error);
+    }
+    let profiles = if args.with_v1 { SwarmProfiles::WithV1 } else { SwarmProfiles::Hardened };
+    let mut db = FailureDb::default();
+    if !args.merge.is_empty() {
+        let target = args.out.join("failures.json");
+        if target.exists() {
+            match FailureDb::read(&target) {
+                Ok(existing) => db.merge(existing),
+                Err(error) => return usage(format!("{error:#}")),
+            }
+        }
+        for path in &args.merge {
+            match FailureDb::read(path) {
+                Ok(other) => db.merge(other),
+                Err(error) => return usage(format!("{error:#}")),
+            }
+        }
+        if let Err(error) = db.write(&target) {
+            return usage(format!("{error:#}"));
+        }
+        say!(
+            "merged {} database(s) into {}: {} distinct failure(s)",
+            args.merge.len(),
+            target.display(),
+            db.failures.len()
+        );
+        for failure in db.failures.values() {
+            say!("  {} x{}: {}", failure.signature, failure.count, failure.repro_command);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut summary = SwarmSummary::default();
+    let started = Instant::now();
+    let mut regressions = 0u64;
+    if let Some(path) = &args.replay_db {
+        let known = match FailureDb::read(path) {
+            Ok(db) => db,
+            Err(error) => return usage(format!("{error:#}")),
+        };
+        say!("replaying {} recorded failure(s) from {}", known.failures.len(), path.display());
+        for failure in known.failures.values() {
+            let Some(file) = failure.repro_command.strip_prefix("fvdsim repro ") else { continue };
+            let replayed =
+                read_failure_file(Path::new(file)).ok().and_then(|f| fvd_scenarios::campaign::run::run(&f.config).ok());
+            let still = replayed.as_ref().and_then(|o| o.failure.as_ref()).is_some();
+            regressions += u64::from(still);
+            say!("  {}: {}", if still { "STILL FAILS" } else { "passes now" }, failure.signature);
+        }
+        db.merge(known);
+    }
+    let deadline = args.time.map(|t| started + t);
+    let count = args.seeds.unwrap_or(if args.time.is_some() { u64::MAX } else { 100 });
+    let (shard, shards) = args.shard.unwrap_or((0, 1));
+    let indices = (0..count).map(move |k| k * shards + shard);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let keep_going = move || !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d);
+    let bar = (!args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    });
+    let mut last_line = Instant::now();
+    let out = args.out.clone();
+    let quiet = args.quiet;
+    run_seeds(args.seed, profiles, indices, args.jobs as usize, &keep_going, &mut |result| {
+        let outcome = match result.outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                eprintln!("fvdsim swarm: seed index {}: configuration error (a swarm bug): {error}", result.index);
+                return;
+            }
+        };
+        summary.add(&outcome);
+        if outcome.failure.is_some() {
+            let path = out.join(format!("failure-swarm-{}.json", outcome.config.seed));
+            let file = fvd_scenarios::campaign::output::failure_file(&outcome, &path);
+            let _ = std::fs::write(&path, serde_json::to_string_pretty(&file).expect("failure files serialise"));
+            let command = repro_command(&path);
+            db.record(&outcome, &command);
+            let line = format!(
+                "FAILURE seed {} ({}): {}\n  replay: {command}   or: fvdsim run --swarm-seed {}",
+                outcome.config.seed,
+                fvd_scenarios::campaign::swarm::signature(&outcome).unwrap_or_default(),
+                outcome.failure.as_ref().map_or("", |f| f.message.as_str()),
+                outcome.config.seed
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+        let minutes = started.elapsed().as_secs_f64() / 60.0;
+        let message = format!(
+            "{} seeds ({:.0}/min), {} crash states verified, {} failing seeds, {} distinct",
+            summary.seeds,
+            summary.seeds as f64 / minutes.max(1e-9),
+            summary.crashes_verified,
+            summary.failing_seeds,
+            db.failures.len()
+        );
+        match &bar {
+            Some(bar) => bar.set_message(message),
+            None if !quiet && last_line.elapsed().as_secs() >= 10 => {
+                last_line = Instant::now();
+                eprintln!("fvdsim swarm: {message}");
+            }
+            None => {}
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.distinct_failures = db.failures.len();
+    let written = db
+        .write(&args.out.join("failures.json"))
+        .and_then(|()| Ok(std::fs::write(args.out.join("swarm.json"), serde_json::to_string_pretty(&summary)?)?));
+    if let Err(error) = written {
+        eprintln!("fvdsim swarm: writing {}: {error:#}", args.out.display());
+    }
+    say!(
+        "swarm: {} seeds in {:.1} s ({:.0} per minute), {} crash states verified ({:.0}/s), {} sectors verified",
+        summary.seeds,
+        summary.wall_seconds,
+        summary.seeds as f64 * 60.0 / summary.wall_seconds.max(1e-9),
+        summary.crashes_verified,
+        summary.crashes_verified as f64 / summary.wall_seconds.max(1e-9),
+        summary.sectors_verified
+    );
+    let paths = fvd_scenarios::campaign::coverage::PATHS.len();
+    say!("  coverage: {} of {paths} paths reached", paths - summary.never_reached.len());
+    for path in &summary.never_reached {
+        say!("    never reached: {path}");
+    }
+    say!(
+        "  failures: {} failing seeds, {} distinct (database {})",
+        summary.failing_seeds,
+        db.failures.len(),
+        args.out.join("failures.json").display()
+    );
+    for failure in db.failures.values() {
+        say!("    {} x{}: {}", failure.signature, failure.count, failure.repro_command);
+    }
+    if summary.failing_seeds > 0 || regressions > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
 fn main() -> ExitCode {
     // A panic inside a run is a found bug: the runner catches it and writes a failure file with
     // the assertion, so one line on stderr is enough (RUST_BACKTRACE=1 for the full trace).
@@ -693,6 +915,7 @@ fn main() -> ExitCode {
                 Err(error) => usage(format!("prefetch-study: {error:#}")),
             }
         }
+        Command::Swarm(args) => swarm(&args),
         Command::Redraw { dir } => {
             let drawn = if dir.join("study.json").exists() {
                 fvd_scenarios::campaign::study::redraw_study(&dir)

@@ -2,8 +2,9 @@
 //!
 //! - `cargo xtask ci`: what CI runs (`.ci/run` calls it): formatting, clippy with warnings denied,
 //!   the README's test command, a determinism self-check, and the main job.
-//! - `cargo xtask nightly [--seed S]`: the fault-injection sweep: property tests with a seed taken
-//!   from the commit (or `--seed`), and every random scenario over 50 seeds with 40 crashes each.
+//! - `cargo xtask nightly [--seed S] [--time D] [--shard I/N]`: property tests with a seed taken
+//!   from the commit (or `--seed`) and 2,048 cases each, then `fvdsim swarm` for D (10m by
+//!   default), replaying the failures an earlier night recorded first.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -87,6 +88,26 @@ fn campaigns() -> Result<()> {
         "campaign: the main job at its recorded timing",
         &mut fvdsim(&["--time-scale", "1", "--out", "target/ci-campaigns/realtime"]),
     )?;
+    // About a minute of swarm: a fixed seed count, so CI is as deterministic as the runs.
+    run(
+        "swarm",
+        cargo().args([
+            "run",
+            "--release",
+            "--quiet",
+            "--bin",
+            "fvdsim",
+            "--",
+            "swarm",
+            "--seeds",
+            "300",
+            "--jobs",
+            "2",
+            "--quiet",
+            "--out",
+            "target/ci-swarm",
+        ]),
+    )?;
     Ok(())
 }
 
@@ -95,12 +116,15 @@ fn git_commit() -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-fn nightly(seed: Option<String>) -> Result<()> {
+/// The nightly campaign: property tests on a seed from the commit with many more cases, then a
+/// swarm for `time` (sharded with `--shard I/N`), replaying the failures recorded by earlier
+/// nights first when their database is there.
+fn nightly(seed: Option<String>, time: &str, shard: Option<&str>) -> Result<()> {
     let seed = match seed {
         Some(seed) => seed,
         None => git_commit()?,
     };
-    eprintln!("xtask: nightly with seed {seed}");
+    eprintln!("xtask: nightly with seed {seed}, swarm for {time}");
     let proptest_seed =
         u64::from_str_radix(&seed.chars().filter(char::is_ascii_hexdigit).take(15).collect::<String>(), 16)
             .unwrap_or(1);
@@ -111,31 +135,21 @@ fn nightly(seed: Option<String>) -> Result<()> {
             .env("PROPTEST_RNG_SEED", proptest_seed.to_string())
             .env("PROPTEST_CASES", "2048"),
     )?;
-    let mut failures = Vec::new();
-    for offset in 0..50u64 {
-        let run_seed = format!("{:#x}", proptest_seed.wrapping_add(offset));
-        if let Err(error) = run(
-            &format!("main job {run_seed}"),
-            cargo().args([
-                "run",
-                "--release",
-                "--quiet",
-                "--bin",
-                "fvdsim",
-                "--",
-                "run",
-                "--crashes",
-                "40",
-                "--seed",
-                &run_seed,
-            ]),
-        ) {
-            failures.push(format!("{run_seed}: {error}"));
-        }
+    let out = match shard {
+        Some(shard) => format!("target/nightly-swarm-{}", shard.replace('/', "-of-")),
+        None => "target/nightly-swarm".to_string(),
+    };
+    let mut command = cargo();
+    command.args(["run", "--release", "--quiet", "--bin", "fvdsim", "--", "swarm", "--time", time, "--jobs", "2"]);
+    command.args(["--seed", &format!("{proptest_seed:#x}"), "--out", &out]);
+    if let Some(shard) = shard {
+        command.args(["--shard", shard]);
     }
-    if !failures.is_empty() {
-        bail!("nightly found {} failing seed(s):\n{}", failures.len(), failures.join("\n"));
+    let known = project_root().join(&out).join("failures.json");
+    if known.exists() {
+        command.arg("--replay-db").arg(&known);
     }
+    run("swarm", &mut command)?;
     eprintln!("xtask: nightly passed");
     Ok(())
 }
@@ -144,8 +158,21 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["ci"] => ci(),
-        ["nightly"] => nightly(None),
-        ["nightly", "--seed", seed] => nightly(Some((*seed).to_owned())),
-        _ => bail!("usage: cargo xtask ci | cargo xtask nightly [--seed S]"),
+        ["nightly", rest @ ..] => {
+            let mut seed = None;
+            let mut time = "10m".to_string();
+            let mut shard = None;
+            let mut it = rest.iter();
+            while let Some(flag) = it.next() {
+                match (*flag, it.next()) {
+                    ("--seed", Some(value)) => seed = Some((*value).to_owned()),
+                    ("--time", Some(value)) => time = (*value).to_owned(),
+                    ("--shard", Some(value)) => shard = Some((*value).to_owned()),
+                    _ => bail!("usage: cargo xtask nightly [--seed S] [--time D] [--shard I/N]"),
+                }
+            }
+            nightly(seed, &time, shard.as_deref())
+        }
+        _ => bail!("usage: cargo xtask ci | cargo xtask nightly [--seed S] [--time D] [--shard I/N]"),
     }
 }

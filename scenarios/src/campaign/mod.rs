@@ -3,10 +3,12 @@
 //! charts, index.html).
 
 pub mod config;
+pub mod coverage;
 pub mod output;
 pub mod run;
 pub mod shrink;
 pub mod study;
+pub mod swarm;
 
 pub use config::{RunConfig, SCENARIOS, scenario};
 pub use run::{Failure, FailureClass, RunOutcome, RunSummary, run};

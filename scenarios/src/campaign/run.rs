@@ -175,6 +175,10 @@ pub struct RunSummary {
     pub journal_writes: u64,
     /// Copy-on-write bytes (all opens).
     pub copy_on_write_bytes: u64,
+    /// What the run exercised: engine paths, crash points, configuration dimensions
+    /// (`super::coverage::PATHS`).
+    #[serde(default)]
+    pub coverage: super::coverage::Coverage,
     /// Memory the simulated image and data disks hold at the end (their pages and volatile
     /// caches), bytes: grows with distinct foreign data written, not with copies of the base.
     #[serde(default)]
@@ -368,7 +372,48 @@ fn device_profile(name: &str) -> Result<DeviceProfile, ConfigError> {
     })
 }
 
+/// The engine's create options for `config` (the rig adds the base image and data file names).
+fn create_options(config: &RunConfig) -> CreateOptions {
+    let image = &config.image;
+    let mut create = CreateOptions::new(image.size_bytes);
+    create.compact = image.compact;
+    create.block_size = Some(image.block_bytes);
+    create.chunk_size = Some(image.chunk_bytes);
+    create.storage_grow_unit = Some(image.grow_unit_bytes);
+    create.journal = JournalSize::Bytes(image.journal_bytes);
+    create.profile = config.profile.into();
+    create
+}
+
+/// Checks everything about `config` that would otherwise fail inside the run: the image options
+/// the engine would refuse, device profile names, the random workload's parameters.
+///
+/// Errors: [`ConfigError`] naming the option.
+pub fn validate(config: &RunConfig) -> Result<(), ConfigError> {
+    let mut create = create_options(config);
+    if config.image.base_bytes > 0 {
+        create.base = Some(fvd_engine::BaseImage {
+            name: "base.raw".into(),
+            format: "raw".into(),
+            len_bytes: config.image.base_bytes,
+        });
+    }
+    if config.image.separate_data {
+        create.data_file = Some("image.data".into());
+    }
+    create.validate().map_err(|e| ConfigError(format!("image: {e}")))?;
+    device_profile(&config.image.image_device)?;
+    device_profile(&config.image.base_device)?;
+    if let WorkloadConfig::Random { testers, max_sectors, .. } = &config.workload
+        && (*testers == 0 || *max_sectors == 0)
+    {
+        return Err(ConfigError("random workload: testers and max_sectors must be positive".into()));
+    }
+    Ok(())
+}
+
 fn build_rig(config: &RunConfig, log_tail: usize) -> Result<Rig, ConfigError> {
+    validate(config)?;
     let image = &config.image;
     let mut create = CreateOptions::new(image.size_bytes);
     create.compact = image.compact;
@@ -516,6 +561,9 @@ pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>
     }
     let mut d = driver.borrow_mut();
     d.summary.simulated_seconds = rig.sim.now_ns() as f64 / 1e9;
+    super::coverage::add_config(&mut d.summary.coverage, &config);
+    let io_errors = d.summary.io_errors;
+    super::coverage::add(&mut d.summary.coverage, "guest: request failed (injected I/O error)", io_errors);
     d.summary.disk_resident_bytes =
         rig.image.resident_bytes() + rig.data.as_ref().map_or(0, fvd_sim::SimDisk::resident_bytes);
     if crashes.len() < crashes_planned && d.failure.is_none() && !d.summary.interrupted {
@@ -565,6 +613,7 @@ fn add_stats(driver: &Shared, image: &FvdImage) {
     d.summary.recycles += stats.recycles;
     d.summary.journal_writes += stats.journal_writes;
     d.summary.copy_on_write_bytes += stats.copy_on_write_bytes;
+    super::coverage::add_engine(&mut d.summary.coverage, &stats);
 }
 
 /// The whole run; returns early (with the failure recorded in the driver) on the first finding.
@@ -681,6 +730,13 @@ fn campaign(
             }
         };
         let replayed = image.stats().recovered_sectors;
+        {
+            let mut d = driver.borrow_mut();
+            let path = if replayed > 0 { "recovery: journal replayed" } else { "recovery: nothing to replay" };
+            super::coverage::add(&mut d.summary.coverage, path, 1);
+            let key = super::coverage::crash_key(fired_at, at_workload_end);
+            *d.summary.coverage.entry(key).or_default() += 1;
+        }
         let verified = match verify_after_crash(
             rig,
             &image,
@@ -718,11 +774,24 @@ fn campaign(
     rig.sim.clear_progress_hook();
     rig.sim.halt_after_events(None);
     if config.prefetch.is_some_and(|p| p.wait_for_finish) {
-        // Prefetch must finish: a stall is a liveness failure. Give it ten minutes of virtual time.
-        rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + 600_000_000_000));
-        let waiting = image.clone();
-        let waited = rig.sim.run(async move { waiting.wait_prefetch().await });
-        rig.sim.set_time_limit_ns(None);
+        // Prefetch must finish: a stall (nothing left to wake anyone) is a liveness failure, and
+        // so is ten minutes of virtual time without a byte copied (a livelock). A slow prefetch
+        // that keeps copying (a large base on a slow disk with small slots) may take hours.
+        const WINDOW_NS: u64 = 600_000_000_000;
+        const MAX_WINDOWS: u32 = 200;
+        let mut copied = image.stats().prefetch_bytes;
+        let mut waited = Ok(());
+        for _ in 0..MAX_WINDOWS {
+            rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + WINDOW_NS));
+            let waiting = image.clone();
+            waited = rig.sim.run(async move { waiting.wait_prefetch().await });
+            rig.sim.set_time_limit_ns(None);
+            let now_copied = image.stats().prefetch_bytes;
+            match &waited {
+                Err(RunError::TimeLimit(_)) if now_copied > copied => copied = now_copied,
+                _ => break,
+            }
+        }
         if let Err(error) = waited {
             add_stats(driver, &image);
             return driver.borrow_mut().fail(
@@ -732,7 +801,9 @@ fn campaign(
                 Vec::new(),
             );
         }
-        // With every block in the image, the whole base range must still read its base data.
+        // With every block in the image, the whole base range must still read its base data
+        // (verified without injected faults, as after a recovery: the plan is about the workload).
+        rig.image.set_faults(FaultPlan::default());
         if let Err(()) = verify_after_crash(rig, &image, driver, config.verify_sample_sectors, false) {
             return;
         }
