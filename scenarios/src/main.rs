@@ -59,8 +59,8 @@ enum Command {
         /// Where to write the smaller case (default: FILE with .min.json).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Most runs to try.
-        #[arg(long, default_value_t = 60)]
+        /// Most runs to try (runs get faster as the case shrinks).
+        #[arg(long, default_value_t = 400)]
         max_runs: u32,
     },
     /// List the named scenarios.
@@ -298,7 +298,7 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
     }
     if let Some(trace) = &args.trace {
         let mode = match &config.workload {
-            WorkloadConfig::Trace { mode, .. } => *mode,
+            WorkloadConfig::Trace { mode, .. } | WorkloadConfig::Inline { mode, .. } => *mode,
             WorkloadConfig::Random { .. } => ReplayMode::ClosedLoop { queue_depth: 16 },
         };
         let path = std::fs::canonicalize(trace).map_err(|e| format!("--trace {}: {e}", trace.display()))?;
@@ -848,8 +848,9 @@ fn main() -> ExitCode {
                     {
                         return usage(format!("writing {}: {error}", out.display()));
                     }
-                    let requests = shrunk.outcome.config.max_requests.map_or("all".into(), |m| m.to_string());
-                    let crashes = shrunk.outcome.config.crashes.schedule.as_ref().map_or(0, Vec::len);
+                    // What the shrunk run actually issued, not a setting that may be stale.
+                    let requests = shrunk.outcome.summary.issued;
+                    let crashes: u64 = shrunk.outcome.summary.crashes_by_point.values().sum();
                     say!(
                         "shrunk in {} runs to {requests} requests and {crashes} crash(es): {}",
                         shrunk.runs,

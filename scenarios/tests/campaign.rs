@@ -11,7 +11,7 @@ fn small(name: &str, seed: u64) -> RunConfig {
     let mut config = (scenario.build)(Seed(seed));
     match &mut config.workload {
         WorkloadConfig::Random { requests, .. } => *requests = 1_500,
-        WorkloadConfig::Trace { .. } => config.max_requests = Some(3_000),
+        WorkloadConfig::Trace { .. } | WorkloadConfig::Inline { .. } => config.max_requests = Some(3_000),
     }
     config.crashes.count = 6;
     config.verify_sample_sectors = 512;
@@ -96,7 +96,27 @@ fn a_failure_replays_from_its_recorded_config_and_shrinks() {
     let class = outcome.failure.as_ref().unwrap().class;
     let shrunk = fvd_scenarios::campaign::shrink::shrink(&outcome.config, class, 40, |_| {}).unwrap();
     assert_eq!(shrunk.outcome.failure.as_ref().unwrap().class, class);
-    assert!(shrunk.outcome.config.max_requests.unwrap() <= outcome.summary.issued);
+    assert!(shrunk.outcome.summary.issued <= outcome.summary.issued);
+}
+
+#[test]
+fn the_main_jobs_v1_failure_shrinks_to_a_few_inline_requests_that_replay_alone() {
+    let mut config = small("cloudphysics", 1);
+    config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+    config.max_requests = Some(8_000);
+    config.crashes.count = 3;
+    let outcome = run(&config).unwrap();
+    let class = outcome.failure.as_ref().expect("v1 fails on the trace").class;
+    let shrunk = fvd_scenarios::campaign::shrink::shrink(&outcome.config, class, 300, |_| {}).unwrap();
+    let WorkloadConfig::Inline { requests, .. } = &shrunk.outcome.config.workload else {
+        panic!("the shrunk case carries its requests inline: {:?}", shrunk.outcome.config.workload)
+    };
+    assert!(requests.len() <= 20, "{} requests", requests.len());
+    assert_eq!(shrunk.outcome.summary.issued, requests.len() as u64);
+    // It stands alone: the same failure from the config alone, the trace not needed.
+    let replay = run(&shrunk.outcome.config).unwrap();
+    assert_eq!(replay.failure, shrunk.outcome.failure);
+    assert_eq!(replay.log_hash, shrunk.outcome.log_hash);
 }
 
 #[test]

@@ -80,6 +80,13 @@ pub enum WorkloadConfig {
         #[serde(default)]
         wrap: bool,
     },
+    /// An explicit list of requests (what `fvdsim shrink` writes, so a failure file stands alone).
+    Inline {
+        /// The requests, in issue order.
+        requests: Vec<InlineRequest>,
+        /// How they are issued.
+        mode: ReplayMode,
+    },
     /// qemu-test style (`fvd-v1.md` §5.3): `testers` in parallel, reads and writes, half of the
     /// offsets near another tester's request so requests overlap and race.
     Random {
@@ -92,6 +99,22 @@ pub enum WorkloadConfig {
         /// Reads per mille of requests (the rest are writes).
         read_per_mille: u32,
     },
+}
+
+/// One request of an inline workload: `[time_ns, first_sector, sectors, "r" | "w"]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineRequest(pub u64, pub u64, pub u64, pub crate::trace::TraceOp);
+
+impl From<InlineRequest> for crate::trace::TraceRequest {
+    fn from(r: InlineRequest) -> crate::trace::TraceRequest {
+        crate::trace::TraceRequest { time_ns: r.0, offset_sectors: r.1, len_sectors: r.2, op: r.3 }
+    }
+}
+
+impl From<crate::trace::TraceRequest> for InlineRequest {
+    fn from(r: crate::trace::TraceRequest) -> InlineRequest {
+        InlineRequest(r.time_ns, r.offset_sectors, r.len_sectors, r.op)
+    }
 }
 
 /// The image under test.
@@ -351,6 +374,14 @@ impl RunConfig {
                     ReplayMode::ClosedLoop { queue_depth } => format!("closed loop at queue depth {queue_depth}"),
                 },
                 if *wrap { ", offsets folded onto the disk (--wrap)" } else { "" }
+            )),
+            WorkloadConfig::Inline { requests, mode } => Some(format!(
+                "{} inline requests, {}",
+                requests.len(),
+                match mode {
+                    ReplayMode::OpenLoop { time_scale, .. } => format!("open loop at time scale {time_scale}"),
+                    ReplayMode::ClosedLoop { queue_depth } => format!("closed loop at queue depth {queue_depth}"),
+                }
             )),
             WorkloadConfig::Random { .. } => None,
         }

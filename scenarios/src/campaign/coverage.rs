@@ -105,7 +105,7 @@ pub fn add_config(coverage: &mut Coverage, config: &RunConfig) {
     on("config: prefetch v1 policy", config.prefetch.is_some_and(|p| p.aimd_target_us.is_none()));
     on("config: prefetch aimd policy", config.prefetch.is_some_and(|p| p.aimd_target_us.is_some()));
     on("config: random workload", matches!(config.workload, WorkloadConfig::Random { .. }));
-    on("config: trace workload", matches!(config.workload, WorkloadConfig::Trace { .. }));
+    on("config: trace workload", !matches!(config.workload, WorkloadConfig::Random { .. }));
     let units = &config.crashes.atomic_units;
     on("config: atomic unit sector", units.contains(&fvd_sim::AtomicUnit::Sector));
     on("config: atomic unit page", units.contains(&fvd_sim::AtomicUnit::Page));

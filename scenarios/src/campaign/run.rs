@@ -203,6 +203,9 @@ pub struct RunOutcome {
     pub image_hash: u64,
     /// The last events of the log.
     pub last_events: Vec<String>,
+    /// Every workload request as it was issued, by request index (what `fvdsim shrink` turns
+    /// into an inline workload).
+    pub issued_requests: Vec<TraceRequest>,
     /// Events logged from the first workload request to the end of the workload.
     pub summary_events: u64,
     /// Prefetch telemetry at the end of the workload, if prefetch ran.
@@ -261,6 +264,8 @@ struct Driver {
     latency: LatencyRecorder,
     rng: SimRng,
     in_flight: BTreeMap<u64, (u64, u64)>,
+    /// Requests as issued, by index.
+    issued_requests: BTreeMap<u64, TraceRequest>,
     /// Fold trace offsets that do not fit onto the disk (`--wrap`); otherwise they were refused
     /// before the run.
     wrap: bool,
@@ -462,6 +467,22 @@ fn load_requests(config: &RunConfig) -> Result<Requests, ConfigError> {
             let facts = TraceFacts { out_of_order: trace.out_of_order, split: trace.split, wrap: *wrap };
             Requests::Trace(Rc::new(trace.requests), *mode, facts)
         }
+        WorkloadConfig::Inline { requests, mode } => {
+            let disk_sectors = config.image.size_bytes / SECTOR;
+            if let Some((index, r)) = requests.iter().enumerate().find(|(_, r)| {
+                r.2 == 0 || r.2 > crate::trace::MAX_REQUEST_BYTES / SECTOR || r.1.saturating_add(r.2) > disk_sectors
+            }) {
+                return Err(ConfigError(format!(
+                    "inline request {} (sectors {}..{}) is empty, too long or beyond the {}-byte disk",
+                    index + 1,
+                    r.1,
+                    r.1.saturating_add(r.2),
+                    config.image.size_bytes
+                )));
+            }
+            let requests: Vec<TraceRequest> = requests.iter().map(|r| (*r).into()).collect();
+            Requests::Trace(Rc::new(requests), *mode, TraceFacts::default())
+        }
         WorkloadConfig::Random { testers, requests, max_sectors, read_per_mille } => {
             if *testers == 0 || *max_sectors == 0 {
                 return Err(ConfigError("random workload: testers and max_sectors must be positive".into()));
@@ -526,6 +547,7 @@ pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>
         latency: LatencyRecorder::new(1_000_000_000),
         rng: SimRng::stream(seed, "workload"),
         in_flight: BTreeMap::new(),
+        issued_requests: BTreeMap::new(),
         wrap: facts.wrap,
         crashes_applied: 0,
         crashes_planned,
@@ -584,6 +606,7 @@ pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>
         log_hash: rig.sim.log_hash(),
         image_hash: rig.image.image_hash(),
         last_events,
+        issued_requests: std::mem::take(&mut d.issued_requests).into_values().collect(),
         summary_events: d.workload_events,
         prefetch: d.prefetch.clone(),
     })
@@ -1096,6 +1119,10 @@ fn place(driver: &Shared, request: &TraceRequest) -> (u64, u64) {
     wrap(driver, offset, len)
 }
 
+fn record_issued(driver: &Shared, index: u64, request: TraceRequest) {
+    driver.borrow_mut().issued_requests.insert(index, request);
+}
+
 fn wants_flush(driver: &Shared, index: u64) -> bool {
     let every = driver.borrow().flush_every;
     every > 0 && (index + 1).is_multiple_of(every)
@@ -1126,6 +1153,7 @@ async fn random_lane(
             (first, count, op)
         };
         let (first, count) = wrap(&driver, first, count);
+        record_issued(&driver, index, TraceRequest { time_ns: 0, offset_sectors: first, len_sectors: count, op });
         perform(&driver, &image, &handle, first, count, op, lane).await;
         if wants_flush(&driver, index) {
             guest_flush(&driver, &image, &handle).await;
@@ -1137,6 +1165,7 @@ async fn closed_lane(lane: u64, driver: Shared, image: FvdImage, handle: SimHand
     while let Some(index) = claim(&driver, &handle) {
         let request = trace[index as usize];
         let (first, count) = place(&driver, &request);
+        record_issued(&driver, index, TraceRequest { offset_sectors: first, len_sectors: count, ..request });
         perform(&driver, &image, &handle, first, count, request.op, lane).await;
         if wants_flush(&driver, index) {
             guest_flush(&driver, &image, &handle).await;
@@ -1172,6 +1201,7 @@ async fn open_loop(
             handle.sleep_ns(due - now).await;
         }
         let (first, count) = place(&driver, &request);
+        record_issued(&driver, index, TraceRequest { offset_sectors: first, len_sectors: count, ..request });
         lane += 1;
         *in_flight.borrow_mut() += 1;
         let (d, img, h, counter) = (Rc::clone(&driver), image.clone(), handle.clone(), Rc::clone(&in_flight));

@@ -1,8 +1,11 @@
 //! `fvdsim shrink`: cuts a failing run down while the same failure class still occurs: fewer
-//! workload requests (binary search on the prefix), fewer crashes (greedy removal), fewer
-//! testers and shorter requests (random workloads).
+//! workload requests (binary search on the prefix), fewer crashes (greedy removal), then the
+//! requests as issued written inline and cut by delta debugging (Zeller's ddmin over the request
+//! list, crash arming positions remapped), then fewer testers and shorter requests (random
+//! workloads that did not reproduce inline). The result stands alone: an inline workload carries
+//! its requests, not a pointer to the trace.
 
-use super::config::{RunConfig, WorkloadConfig};
+use super::config::{InlineRequest, ReplayMode, RunConfig, WorkloadConfig};
 use super::run::{ConfigError, FailureClass, RunOutcome, run};
 
 /// The smallest configuration found and how many runs it took.
@@ -27,7 +30,7 @@ pub fn shrink(
     mut note: impl FnMut(&str),
 ) -> Result<Shrunk, ConfigError> {
     let mut runs = 0u32;
-    let attempt = |candidate: &RunConfig, runs: &mut u32| -> Result<Option<RunOutcome>, ConfigError> {
+    let attempt = move |candidate: &RunConfig, runs: &mut u32| -> Result<Option<RunOutcome>, ConfigError> {
         *runs += 1;
         let outcome = run(candidate)?;
         Ok(outcome.failure.as_ref().is_some_and(|f| f.class == class).then_some(outcome))
@@ -73,7 +76,26 @@ pub fn shrink(
             best = outcome;
         }
     }
-    // 3. Fewer testers, shorter requests.
+    // 3. The requests as issued, inline (replayed in the same mode), then delta debugging.
+    if runs < max_runs {
+        let mode = match &best.config.workload {
+            WorkloadConfig::Trace { mode, .. } | WorkloadConfig::Inline { mode, .. } => *mode,
+            WorkloadConfig::Random { testers, .. } => ReplayMode::ClosedLoop { queue_depth: *testers },
+        };
+        let issued: Vec<InlineRequest> = best.issued_requests.iter().map(|r| (*r).into()).collect();
+        let mut candidate = best.config.clone();
+        candidate.workload = WorkloadConfig::Inline { requests: issued, mode };
+        candidate.max_requests = None;
+        match attempt(&candidate, &mut runs)? {
+            Some(outcome) => {
+                note(&format!("inline: {} requests as issued still fail", inline_len(&outcome.config)));
+                best = outcome;
+                best = ddmin(best, &mut runs, max_runs, &attempt, &mut note)?;
+            }
+            None => note("inline: the requests as issued do not reproduce the failure (timing); kept the prefix"),
+        }
+    }
+    // 4. Fewer testers, shorter requests.
     for _ in 0..8 {
         if runs >= max_runs {
             break;
@@ -102,4 +124,71 @@ pub fn shrink(
         }
     }
     Ok(Shrunk { outcome: best, runs })
+}
+
+fn inline_len(config: &RunConfig) -> usize {
+    match &config.workload {
+        WorkloadConfig::Inline { requests, .. } => requests.len(),
+        _ => 0,
+    }
+}
+
+/// `config` (inline) keeping only the requests at `keep` (ascending indices); each crash stays
+/// armed after the same surviving request.
+fn keep_requests(config: &RunConfig, keep: &[usize]) -> RunConfig {
+    let mut candidate = config.clone();
+    if let WorkloadConfig::Inline { requests, .. } = &mut candidate.workload {
+        *requests = keep.iter().map(|&i| requests[i]).collect();
+    }
+    if let Some(schedule) = &mut candidate.crashes.schedule {
+        for spec in schedule.iter_mut() {
+            spec.after_request = keep.partition_point(|&i| (i as u64) < spec.after_request) as u64;
+        }
+    }
+    candidate
+}
+
+/// One shrink step: runs a candidate, counting runs; the outcome if it failed the same way.
+type Attempt = dyn Fn(&RunConfig, &mut u32) -> Result<Option<RunOutcome>, ConfigError>;
+
+/// Zeller's ddmin over the inline requests: remove one of `n` chunks while the failure holds,
+/// doubling `n` when none can go.
+fn ddmin(
+    mut best: RunOutcome,
+    runs: &mut u32,
+    max_runs: u32,
+    attempt: &Attempt,
+    note: &mut dyn FnMut(&str),
+) -> Result<RunOutcome, ConfigError> {
+    let mut n = 2usize;
+    loop {
+        let len = inline_len(&best.config);
+        if len < 2 || *runs >= max_runs {
+            return Ok(best);
+        }
+        let chunk = len.div_ceil(n);
+        let mut reduced = false;
+        for start in (0..len).step_by(chunk) {
+            if *runs >= max_runs {
+                return Ok(best);
+            }
+            let keep: Vec<usize> = (0..len).filter(|i| *i < start || *i >= start + chunk).collect();
+            if keep.is_empty() {
+                continue;
+            }
+            if let Some(outcome) = attempt(&keep_requests(&best.config, &keep), runs)? {
+                note(&format!("ddmin: {} requests still fail", keep.len()));
+                best = outcome;
+                n = (n - 1).max(2);
+                reduced = true;
+                break;
+            }
+        }
+        if !reduced {
+            if n >= len {
+                return Ok(best);
+            }
+            n = (n * 2).min(len);
+        }
+    }
 }
