@@ -107,7 +107,7 @@ const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
 fn random_writes(options: SimBenchOptions, device_bytes: u64, total_writes: u64) -> RandomWriteFigures {
     let sim = Sim::new(options.seed);
     let disk = SimDisk::new(&sim.handle(), "image", device_bytes, DiskConfig::new(DeviceProfile::nvme()));
-    let rng = Rc::new(RefCell::new(sim.stream("workload")));
+    let rng = Rc::new(RefCell::new(sim.stream(fvd_sim::streams::WORKLOAD)));
     let flushes = Rc::new(RefCell::new(0u64));
     let per_writer = total_writes / options.writers;
     let handle = sim.handle();
@@ -158,8 +158,8 @@ fn crash_cycles(options: SimBenchOptions) -> CrashCycleFigures {
     const DEVICE_BYTES: u64 = HEADLINE_DEVICE_BYTES;
     let sim = Sim::new(options.seed);
     let disk = SimDisk::new(&sim.handle(), "image", DEVICE_BYTES, DiskConfig::new(DeviceProfile::ssd()));
-    let mut control = sim.stream("crash-points");
-    let rng = Rc::new(RefCell::new(sim.stream("workload")));
+    let mut control = sim.stream(fvd_sim::streams::BENCH_CRASH_POINTS);
+    let rng = Rc::new(RefCell::new(sim.stream(fvd_sim::streams::WORKLOAD)));
     let mut writes_resolved = 0u64;
     let started = Instant::now();
     for _ in 0..options.crash_cycles {

@@ -90,7 +90,7 @@ pub fn run_part(name: &str) -> Result<ScalePart> {
         "foreign-data" => {
             let sim = Sim::new(Seed(1));
             let disk = SimDisk::new(&sim.handle(), "image", 1 << 30, DiskConfig::new(DeviceProfile::nvme()));
-            let mut rng = sim.stream("workload");
+            let mut rng = sim.stream(fvd_sim::streams::WORKLOAD);
             let writer = disk.clone();
             sim.run(async move {
                 let mut data = vec![0u8; 1 << 20];

@@ -83,7 +83,7 @@ impl Rig {
             create.data_file = Some("image.data".into());
         }
         let (base, base_content) = if config.base_bytes > 0 {
-            let content = ProceduralContent { seed: sim.stream("base-content").next_u64() };
+            let content = ProceduralContent { seed: sim.stream(fvd_sim::streams::BASE_CONTENT).next_u64() };
             let disk = SimDisk::with_content(
                 &handle,
                 "base",

@@ -23,7 +23,7 @@ impl std::fmt::Debug for SimEnv {
 impl SimEnv {
     /// The environment of `handle`'s world, drawing from its `engine` stream.
     pub fn new(handle: &SimHandle) -> SimEnv {
-        SimEnv { handle: handle.clone(), rng: RefCell::new(handle.stream("engine")) }
+        SimEnv { handle: handle.clone(), rng: RefCell::new(handle.stream(crate::rng::streams::ENGINE)) }
     }
 }
 

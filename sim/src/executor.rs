@@ -304,7 +304,7 @@ impl Sim {
         let world = Rc::new(World {
             seed,
             now_ns: Cell::new(0),
-            scheduler: RefCell::new(SimRng::stream(seed, "scheduler")),
+            scheduler: RefCell::new(SimRng::stream(seed, crate::rng::streams::SCHEDULER)),
             timeline: RefCell::new(BinaryHeap::new()),
             next_seq: Cell::new(0),
             slots: RefCell::new(Vec::new()),

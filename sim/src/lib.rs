@@ -7,7 +7,7 @@
 
 pub mod rng;
 
-pub use rng::{Seed, SeedParseError, SimRng};
+pub use rng::{Seed, SeedParseError, SimRng, streams};
 pub mod executor;
 pub mod log;
 

@@ -64,6 +64,45 @@ fn stream_number(name: &str) -> u64 {
     hash
 }
 
+/// The names of every random stream a run draws from, in one place: the stream's name is part of
+/// the replay format (renaming one changes every run that draws from it).
+pub mod streams {
+    /// Task choice among ready tasks and timeline ties (the executor).
+    pub const SCHEDULER: &str = "scheduler";
+    /// The engine's `Env::random_u64` (prefetch coin flips and pauses).
+    pub const ENGINE: &str = "engine";
+    /// The workload: random testers' requests, verification samples.
+    pub const WORKLOAD: &str = "workload";
+    /// The procedural base image's content seed.
+    pub const BASE_CONTENT: &str = "base-content";
+    /// The crash schedule of a run.
+    pub const CRASH_PLAN: &str = "crash-plan";
+    /// The configuration a swarm seed draws.
+    pub const SWARM: &str = "swarm";
+    /// Crash points chosen by the simulator benchmark.
+    pub const BENCH_CRASH_POINTS: &str = "crash-points";
+
+    /// A simulated disk's completion timing: `disk/<name>`.
+    pub fn disk(name: &str) -> String {
+        format!("disk/{name}")
+    }
+
+    /// A simulated disk's injected faults: `faults/<name>`.
+    pub fn faults(name: &str) -> String {
+        format!("faults/{name}")
+    }
+
+    /// A simulated disk's crash resolution: `crash/<name>`.
+    pub fn crash(name: &str) -> String {
+        format!("crash/{name}")
+    }
+
+    /// A simulated disk's contention phases: `contention/<name>`.
+    pub fn contention(name: &str) -> String {
+        format!("contention/{name}")
+    }
+}
+
 /// A deterministic random stream: ChaCha8 with integer-only sampling helpers.
 #[derive(Clone)]
 pub struct SimRng {

@@ -750,7 +750,7 @@ pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> 
     if let Some(schedule) = &config.crashes.schedule {
         return schedule.clone();
     }
-    let mut rng = fvd_sim::SimRng::stream(config.seed, "crash-plan");
+    let mut rng = fvd_sim::SimRng::stream(config.seed, fvd_sim::streams::CRASH_PLAN);
     let count = u64::from(config.crashes.count);
     if count == 0 || total_requests == 0 || config.crashes.points.is_empty() {
         return Vec::new();

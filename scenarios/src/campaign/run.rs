@@ -545,7 +545,7 @@ pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>
             ..RunSummary::default()
         },
         latency: LatencyRecorder::new(1_000_000_000),
-        rng: SimRng::stream(seed, "workload"),
+        rng: SimRng::stream(seed, fvd_sim::streams::WORKLOAD),
         in_flight: BTreeMap::new(),
         issued_requests: BTreeMap::new(),
         wrap: facts.wrap,

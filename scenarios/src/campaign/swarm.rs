@@ -46,7 +46,7 @@ pub enum SwarmProfiles {
 /// Always a configuration the engine accepts (checked by [`super::run::validate`]; a draw that is
 /// not is redrawn from the same stream).
 pub fn swarm_config(seed: Seed, profiles: SwarmProfiles) -> RunConfig {
-    let mut rng = SimRng::stream(seed, "swarm");
+    let mut rng = SimRng::stream(seed, fvd_sim::streams::SWARM);
     loop {
         let config = draw(seed, &mut rng, profiles);
         if super::run::validate(&config).is_ok() {

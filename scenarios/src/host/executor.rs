@@ -171,7 +171,7 @@ impl HostEnv {
         HostEnv {
             executor: executor.clone(),
             start: Instant::now(),
-            rng: RefCell::new(SimRng::stream(seed, "engine")),
+            rng: RefCell::new(SimRng::stream(seed, fvd_sim::streams::ENGINE)),
             progress: RefCell::new(BTreeMap::new()),
         }
     }

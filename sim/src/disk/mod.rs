@@ -186,15 +186,15 @@ impl SimDisk {
         if let Err(message) = config.profile.validate() {
             panic!("invalid device profile for {name}: {message}");
         }
-        let mut contention_rng = sim.stream(&format!("contention/{name}"));
+        let mut contention_rng = sim.stream(&crate::rng::streams::contention(name));
         let first_phase = draw_phase(&config.profile, &mut contention_rng, 0);
         let state = DiskState {
             store: SparseStore::new(),
             len_bytes,
             durable_len_bytes: len_bytes,
-            timing: sim.stream(&format!("disk/{name}")),
-            faults_rng: sim.stream(&format!("faults/{name}")),
-            crash_rng: sim.stream(&format!("crash/{name}")),
+            timing: sim.stream(&crate::rng::streams::disk(name)),
+            faults_rng: sim.stream(&crate::rng::streams::faults(name)),
+            crash_rng: sim.stream(&crate::rng::streams::crash(name)),
             requests: RequestTable::default(),
             next_request: 0,
             in_service: 0,
