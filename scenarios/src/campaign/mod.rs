@@ -4,11 +4,14 @@
 
 pub mod config;
 pub mod coverage;
+pub mod outcome;
 pub mod output;
 pub mod run;
 pub mod shrink;
 pub mod study;
 pub mod swarm;
+mod verify;
+mod workload;
 
 pub use config::{RunConfig, SCENARIOS, scenario};
 pub use run::{Failure, FailureClass, RunOutcome, RunSummary, run};

@@ -1,0 +1,169 @@
+//! Verification after a recovery: every unsettled sector and a sample of the others read back and
+//! judged against the oracle, and the engine's own `check`.
+
+use fvd_engine::{FvdImage, check};
+
+use super::outcome::FailureClass;
+use super::workload::{Driver, Shared};
+use crate::oracle::{ORIGINAL, TORN};
+use crate::rig::Rig;
+use crate::stamp::{SECTOR, original, stamp};
+
+/// Reads back every unsettled sector and a sample of the others after a recovery; returns how
+/// many were verified.
+pub(super) fn verify_after_crash(
+    rig: &Rig,
+    image: &FvdImage,
+    driver: &Shared,
+    sample: u64,
+    torn_allowed: bool,
+) -> Result<u64, ()> {
+    let handle = rig.sim.handle();
+    let sectors: Vec<u64> = {
+        let mut d = driver.borrow_mut();
+        let mut chosen: std::collections::BTreeSet<u64> = d.oracle.unsettled_sectors().into_iter().collect();
+        let touched: Vec<u64> = d.oracle.touched_sectors().collect();
+        if !touched.is_empty() {
+            for _ in 0..sample.min(touched.len() as u64) {
+                let pick = touched[d.rng.below(touched.len() as u64) as usize];
+                chosen.insert(pick);
+            }
+        }
+        for _ in 0..256 {
+            let sectors = d.disk_sectors;
+            let pick = d.rng.below(sectors);
+            chosen.insert(pick);
+        }
+        chosen.into_iter().collect()
+    };
+    // Group into runs of consecutive sectors (at most 256 each) and read them.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &sector in &sectors {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == sector && *count < 256 => *count += 1,
+            _ => runs.push((sector, 1)),
+        }
+    }
+    let reader = image.clone();
+    let read = rig.sim.run(async move {
+        let mut out = Vec::with_capacity(runs.len());
+        for (first, count) in runs {
+            let mut buf = vec![0u8; (count * SECTOR) as usize];
+            let result = reader.read(first * SECTOR, &mut buf).await;
+            out.push((first, count, buf, result));
+        }
+        out
+    });
+    let results = match read {
+        Ok(results) => results,
+        Err(error) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Liveness,
+                format!("liveness while verifying after a crash: {error}"),
+                Vec::new(),
+            );
+            return Err(());
+        }
+    };
+    let mut d = driver.borrow_mut();
+    let mut bad = Vec::new();
+    let mut verified = 0u64;
+    for (first, count, buf, result) in results {
+        if let Err(error) = result {
+            d.fail(
+                &handle,
+                FailureClass::UnexpectedError,
+                format!("verification read after a crash failed: {error}"),
+                Vec::new(),
+            );
+            return Err(());
+        }
+        for i in 0..count {
+            let sector = first + i;
+            let bytes = &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize];
+            let allowed = d.oracle.allowed_after_crash(sector);
+            match d.judge(sector, bytes, &allowed) {
+                Ok(value) => d.oracle.settle(sector, value),
+                Err(_) if torn_allowed && is_byte_mix(&d, sector, bytes, &allowed) => {
+                    // No atomic unit: an unflushed sector may be torn between its candidates; it
+                    // holds no single value until rewritten.
+                    d.oracle.settle(sector, TORN);
+                }
+                Err(failure) => bad.push(failure),
+            }
+            verified += 1;
+        }
+    }
+    d.summary.sectors_verified += verified;
+    d.oracle.settled_all();
+    if !bad.is_empty() {
+        let message = format!(
+            "after crash {} and recovery, {} sector(s) hold data no rule allows (first: sector {} held {})",
+            d.crashes_applied,
+            bad.len(),
+            bad[0].sector,
+            bad[0].actual
+        );
+        bad.truncate(16);
+        d.fail(&handle, FailureClass::WrongData, message, bad);
+        return Err(());
+    }
+    Ok(verified)
+}
+
+/// True if every byte of `bytes` equals the same byte of some allowed value's content.
+pub(super) fn is_byte_mix(d: &Driver, sector: u64, bytes: &[u8], allowed: &[u32]) -> bool {
+    if allowed.len() < 2 {
+        return false;
+    }
+    let contents: Vec<Vec<u8>> = allowed
+        .iter()
+        .map(|&v| {
+            let mut content = vec![0u8; SECTOR as usize];
+            if v == ORIGINAL {
+                original(sector, d.base.as_ref().map(|(c, n)| (c, *n)), &mut content);
+            } else {
+                stamp(d.seed, u64::from(v), sector, &mut content);
+            }
+            content
+        })
+        .collect();
+    bytes.iter().enumerate().all(|(i, b)| contents.iter().any(|c| c[i] == *b))
+}
+
+/// Runs the engine's check; records a failure and returns false if it finds corruption.
+pub(super) fn check_image(rig: &Rig, driver: &Shared, profile: fvd_engine::Profile, when: &str) -> bool {
+    let devices = rig.devices();
+    let handle = rig.sim.handle();
+    match rig.sim.run(async move { check(&devices, profile, false).await }) {
+        Ok(Ok(report)) if report.is_clean() => true,
+        Ok(Ok(report)) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Check,
+                format!("check {when} found corruption: {}", report.corruptions.join("; ")),
+                Vec::new(),
+            );
+            false
+        }
+        Ok(Err(error)) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::UnexpectedError,
+                format!("check {when} failed: {error}"),
+                Vec::new(),
+            );
+            false
+        }
+        Err(error) => {
+            driver.borrow_mut().fail(
+                &handle,
+                FailureClass::Liveness,
+                format!("liveness in check {when}: {error}"),
+                Vec::new(),
+            );
+            false
+        }
+    }
+}
