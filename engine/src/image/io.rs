@@ -47,9 +47,13 @@ impl FvdImage {
     ///
     /// Errors: [`FvdError::BadRequest`]; [`FvdError::Io`] (the image stays consistent).
     pub async fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), FvdError> {
-        let started_ns = self.inner.env.now_ns();
+        // Guest latency feeds only the prefetch policy: no clock reads without prefetch.
+        let timed = self.inner.state.borrow().prefetch.is_some();
+        let started_ns = if timed { self.inner.env.now_ns() } else { 0 };
         let result = self.read_inner(offset_bytes, buf).await;
-        self.note_guest_latency(self.inner.env.now_ns() - started_ns);
+        if timed {
+            self.note_guest_latency(self.inner.env.now_ns() - started_ns);
+        }
         result
     }
 
@@ -162,9 +166,12 @@ impl FvdImage {
     /// Errors: [`FvdError::BadRequest`], [`FvdError::ReadOnly`], [`FvdError::NoSpace`],
     /// [`FvdError::Io`]; after an error the image stays consistent and later requests work.
     pub async fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<(), FvdError> {
-        let started_ns = self.inner.env.now_ns();
+        let timed = self.inner.state.borrow().prefetch.is_some();
+        let started_ns = if timed { self.inner.env.now_ns() } else { 0 };
         let result = self.write_inner(offset_bytes, data).await;
-        self.note_guest_latency(self.inner.env.now_ns() - started_ns);
+        if timed {
+            self.note_guest_latency(self.inner.env.now_ns() - started_ns);
+        }
         result
     }
 

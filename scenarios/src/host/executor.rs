@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use fvd_engine::{Env, Join, LocalFuture, Progress};
+use fvd_engine::{Env, Join, LocalFuture, Progress, ProgressPoint};
 use fvd_sim::{Seed, SimRng};
 
 type Task = Pin<Box<dyn Future<Output = ()>>>;
@@ -156,7 +156,8 @@ pub struct HostEnv {
     executor: HostExecutor,
     start: Instant,
     rng: RefCell<SimRng>,
-    progress: RefCell<BTreeMap<&'static str, u64>>,
+    /// Counts by [`ProgressPoint::ALL`] position (one add per point on the I/O path).
+    progress: RefCell<[u64; ProgressPoint::ALL.len()]>,
 }
 
 impl std::fmt::Debug for HostEnv {
@@ -172,13 +173,14 @@ impl HostEnv {
             executor: executor.clone(),
             start: Instant::now(),
             rng: RefCell::new(SimRng::stream(seed, fvd_sim::streams::ENGINE)),
-            progress: RefCell::new(BTreeMap::new()),
+            progress: RefCell::new([0; ProgressPoint::ALL.len()]),
         }
     }
 
     /// How many times each progress point was reported.
     pub fn progress_counts(&self) -> BTreeMap<&'static str, u64> {
-        self.progress.borrow().clone()
+        let counts = self.progress.borrow();
+        ProgressPoint::ALL.iter().zip(counts.iter()).filter(|(_, n)| **n > 0).map(|(p, n)| (p.as_str(), *n)).collect()
     }
 }
 
@@ -200,6 +202,7 @@ impl Env for HostEnv {
     }
 
     fn progress(&self, progress: Progress) {
-        *self.progress.borrow_mut().entry(progress.point.as_str()).or_default() += 1;
+        let index = ProgressPoint::ALL.iter().position(|p| *p == progress.point).expect("ALL lists every point");
+        self.progress.borrow_mut()[index] += 1;
     }
 }
