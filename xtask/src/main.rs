@@ -109,8 +109,8 @@ fn nightly(seed: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// The cargo-fuzz targets, in the order `fvd_scenarios::fuzz::TARGETS` lists them (the
-/// `fuzz_cases` test checks that every one has its `fuzz/fuzz_targets/<name>.rs`).
+/// The cargo-fuzz targets (`fuzz/fuzz_targets/<name>.rs`), by name; the `fuzz_cases` test checks
+/// that every harness of `fvd_scenarios::fuzz::TARGETS` has its file.
 fn fuzz_targets() -> Result<Vec<String>> {
     let dir = project_root().join("fuzz/fuzz_targets");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
