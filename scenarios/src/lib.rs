@@ -13,6 +13,7 @@ pub mod bench;
 pub mod bench_engine;
 pub mod bench_scale;
 pub mod campaign;
+pub mod fuzz;
 pub mod host;
 pub mod img;
 pub mod oracle;

@@ -182,6 +182,20 @@ pub fn parse(text: &str, format: TraceFormat, file: &str) -> Result<Trace, Trace
     if raw.is_empty() {
         return Err(error(0, "the trace holds no requests".into()));
     }
+    // Times become relative to the earliest request. CloudPhysics and plain times are checked
+    // per line; MSR timestamps are absolute filetimes, so only their span can be.
+    if format == TraceFormat::Msr {
+        let start = raw.iter().map(|(_, r)| r.0).min().unwrap_or(0);
+        if let Some((line, request)) = raw.iter().find(|(_, r)| r.0 - start > MAX_TIME_NS) {
+            return Err(error(
+                *line,
+                format!(
+                    "Timestamp {} ns after the earliest request is beyond the latest time fvdsim replays ({MAX_TIME_NS} ns)",
+                    request.0 - start
+                ),
+            ));
+        }
+    }
     let timed: Vec<RawRequest> = match format {
         TraceFormat::Cloudphysics => spread_seconds(&raw),
         _ => raw.into_iter().map(|(_, r)| r).collect(),

@@ -10,20 +10,17 @@
 //!   and checks clean.
 //!
 //! The engine runs on in-memory devices with the host executor (every request completes at
-//! once), so a case takes well under a millisecond.
+//! once), so a case takes well under a millisecond. Devices, seed images and the properties are
+//! `fvd_scenarios::fuzz`'s, shared with the `image` fuzz target.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::OnceLock;
-
-use fvd_engine::format::journal::{JournalRecord, SectorFormat, decode_sector, encode_sector};
+use fvd_engine::format::journal::{JournalRecord, decode_sector, encode_sector};
 use fvd_engine::format::table::decode_table;
-use fvd_engine::format::{Bitmap, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout};
-use fvd_engine::{
-    BaseImage, BlockDevice, CreateOptions, DeviceError, Devices, FvdError, FvdImage, IoFuture, IoKind, JournalSize,
-    OpenOptions, Profile, WriteFlags, check,
+use fvd_engine::format::{Bitmap, HEADER_BYTES, HEADER_REGION_BYTES, Header, Layout};
+use fvd_scenarios::fuzz::{
+    HEADER_FIELDS, check_mutated_image, devices_for, header_field_is_u32, open_and_read, run_check, sector_format,
+    seed_images as seeds,
 };
-use fvd_scenarios::host::{HostEnv, HostExecutor};
+use fvd_scenarios::host::HostExecutor;
 use proptest::prelude::*;
 
 fn pinned_config(cases: u32) -> ProptestConfig {
@@ -32,163 +29,6 @@ fn pinned_config(cases: u32) -> ProptestConfig {
         config.rng_seed = proptest::test_runner::RngSeed::Fixed(0xf5d_0009);
     }
     config
-}
-
-/// A byte vector as a [`BlockDevice`]; requests complete at once.
-struct MemDevice {
-    name: String,
-    bytes: RefCell<Vec<u8>>,
-}
-
-impl MemDevice {
-    fn new(name: &str, bytes: Vec<u8>) -> Rc<MemDevice> {
-        Rc::new(MemDevice { name: name.into(), bytes: RefCell::new(bytes) })
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        self.bytes.borrow().clone()
-    }
-
-    fn out_of_range(&self, kind: IoKind, offset_bytes: u64, len_bytes: u64) -> DeviceError {
-        DeviceError::OutOfRange {
-            device: self.name.clone(),
-            kind,
-            offset_bytes,
-            len_bytes,
-            device_len_bytes: self.len_bytes(),
-        }
-    }
-}
-
-impl BlockDevice for MemDevice {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn len_bytes(&self) -> u64 {
-        self.bytes.borrow().len() as u64
-    }
-    fn read_at<'a>(&'a self, offset_bytes: u64, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
-        let bytes = self.bytes.borrow();
-        let end = offset_bytes.checked_add(buf.len() as u64).filter(|end| *end <= bytes.len() as u64);
-        let result = match end {
-            Some(end) => {
-                buf.copy_from_slice(&bytes[offset_bytes as usize..end as usize]);
-                Ok(())
-            }
-            None => Err(self.out_of_range(IoKind::Read, offset_bytes, buf.len() as u64)),
-        };
-        Box::pin(std::future::ready(result))
-    }
-    fn write_at<'a>(&'a self, offset_bytes: u64, data: &'a [u8], _flags: WriteFlags) -> IoFuture<'a, ()> {
-        let mut bytes = self.bytes.borrow_mut();
-        let end = offset_bytes.checked_add(data.len() as u64).filter(|end| *end <= bytes.len() as u64);
-        let result = match end {
-            Some(end) => {
-                bytes[offset_bytes as usize..end as usize].copy_from_slice(data);
-                Ok(())
-            }
-            None => Err(self.out_of_range(IoKind::Write, offset_bytes, data.len() as u64)),
-        };
-        Box::pin(std::future::ready(result))
-    }
-    fn flush(&self) -> IoFuture<'_, ()> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-    fn set_len(&self, len_bytes: u64) -> IoFuture<'_, ()> {
-        self.bytes.borrow_mut().resize(len_bytes as usize, 0);
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-/// A valid image to mutate: its bytes, its data file and base image, and the profile it was
-/// written with.
-#[derive(Debug, Clone)]
-struct SeedImage {
-    kind: &'static str,
-    image: Vec<u8>,
-    data: Option<Vec<u8>>,
-    base: Option<Vec<u8>>,
-    profile: Profile,
-}
-
-fn base_bytes(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i / 512 % 251) as u8 ^ 0xa5).collect()
-}
-
-/// Creates an image, writes `writes` (offset, length) through the engine, and closes it unless
-/// `dirty` (then the clean flag stays 0 and the journal holds the session's records).
-fn build(
-    kind: &'static str,
-    mut create: CreateOptions,
-    base_len: usize,
-    writes: &[(u64, u64)],
-    dirty: bool,
-) -> SeedImage {
-    let executor = HostExecutor::new();
-    let image = MemDevice::new("image", Vec::new());
-    let data = create.data_file.is_some().then(|| MemDevice::new("data", Vec::new()));
-    let base = (base_len > 0).then(|| MemDevice::new("base", base_bytes(base_len)));
-    if base_len > 0 {
-        create.base = Some(BaseImage { name: "base.raw".into(), format: "raw".into(), len_bytes: base_len as u64 });
-    }
-    let devices = Devices {
-        image: image.clone(),
-        data: data.clone().map(|d| d as Rc<dyn BlockDevice>),
-        base: base.clone().map(|d| d as Rc<dyn BlockDevice>),
-    };
-    let profile = create.profile;
-    let target = devices.clone();
-    executor.block_on(async move { FvdImage::create(&target, &create).await.unwrap() });
-    let env = Rc::new(HostEnv::new(&executor, fvd_sim::Seed(7)));
-    let opened =
-        executor.block_on(FvdImage::open(devices, env, OpenOptions { profile, ..OpenOptions::default() })).unwrap();
-    let writes = writes.to_vec();
-    executor.block_on(async move {
-        for (i, (offset, len)) in writes.into_iter().enumerate() {
-            opened.write(offset, &vec![i as u8 + 1; len as usize]).await.unwrap();
-        }
-        if !dirty {
-            opened.close().await.unwrap();
-        }
-    });
-    SeedImage {
-        kind,
-        image: image.snapshot(),
-        data: data.map(|d| d.snapshot()),
-        base: base.map(|d| d.snapshot()),
-        profile,
-    }
-}
-
-fn seeds() -> &'static [SeedImage] {
-    static SEEDS: OnceLock<Vec<SeedImage>> = OnceLock::new();
-    SEEDS.get_or_init(|| {
-        let small = |size: u64| {
-            let mut create = CreateOptions::new(size);
-            create.block_size = Some(4096);
-            create.journal = JournalSize::Bytes(4096);
-            create
-        };
-        let plain = CreateOptions::new(256 << 10);
-        let mut compact = small(1 << 20);
-        compact.compact = true;
-        compact.chunk_size = Some(64 << 10);
-        compact.storage_grow_unit = Some(128 << 10);
-        let mut separate = compact.clone();
-        separate.data_file = Some("image.data".into());
-        let mut v1 = small(512 << 10);
-        v1.profile = Profile::V1;
-        let writes = [(0u64, 4096u64), (8192, 512), (300 << 10, 64 << 10), (700 << 10, 4096)];
-        // Twelve slow-path writes into eight journal sectors: the journal wraps and recycles.
-        let many: Vec<(u64, u64)> = (0..12u64).map(|i| (i * (80 << 10), 512)).collect();
-        vec![
-            build("plain", plain, 0, &[(0, 4096), (128 << 10, 8192)], false),
-            build("compact with base", compact.clone(), 768 << 10, &writes, false),
-            build("separate data file", separate, 0, &writes, false),
-            build("dirty v1", v1, 400 << 10, &[(0, 4096), (8192, 512), (200 << 10, 8192)], true),
-            build("dirty hardened, journal wrapped", compact, 768 << 10, &many, true),
-        ]
-    })
 }
 
 /// One change to an image.
@@ -204,10 +44,6 @@ enum Mutation {
     /// an image without extension) holding one record built from `a`, `b` and `n`.
     Forge { sector: u32, table: bool, a: u64, b: u32, n: u8, pick: u8 },
 }
-
-/// Offsets of the header's numeric fields (docs/format.md §1).
-const HEADER_FIELDS: [usize; 16] =
-    [8, 12, 20, 1068, 1076, 1084, 1092, 2148, 2168, 2208, 2212, 2220, 2228, 4284, 4292, 4300];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
@@ -264,7 +100,7 @@ fn apply(image: &mut [u8], mutation: &Mutation) {
                 _ => value % (1 << 32),
             };
             // 4-byte fields (booleans, block_size, i32s) take the low half only.
-            let width = if matches!(at, 8 | 1092 | 2148 | 2168 | 2208 | 4300) { 4 } else { 8 };
+            let width = if header_field_is_u32(at) { 4 } else { 8 };
             image[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
         }
         Mutation::Forge { sector, table, a, b, n, pick } => {
@@ -294,55 +130,11 @@ fn apply(image: &mut [u8], mutation: &Mutation) {
                 };
                 JournalRecord::Bitmap { first_sector, sectors: b % 64 }
             };
-            let format = match HeaderExtension::newest(&image[..HEADER_REGION_BYTES as usize]) {
-                Some(extension) => SectorFormat::Hardened { epoch: extension.journal_epoch },
-                None => SectorFormat::V1,
-            };
-            image[at..at + 512].copy_from_slice(&encode_sector(format, 0, &[record]));
+            let sector = encode_sector(sector_format(image), 0, &[record]);
+            image[at..at + 512].copy_from_slice(&sector);
             image[4300..4304].copy_from_slice(&0u32.to_le_bytes()); // dirty, so replay runs
         }
     }
-}
-
-/// Devices for a (mutated) image as `fvdsim img` would find them: the data file and base image
-/// its header names (empty ones when the seed has none).
-fn devices_for(seed: &SeedImage, image: &[u8]) -> Devices {
-    let header = Header::decode(&image[..(HEADER_REGION_BYTES as usize).min(image.len())]).ok();
-    let names_data = header.as_ref().is_some_and(|h| !h.data_file.is_empty());
-    let names_base = header.as_ref().is_some_and(|h| !h.base_img.is_empty() || h.bitmap_size > 0);
-    Devices {
-        image: MemDevice::new("image", image.to_vec()),
-        data: names_data.then(|| MemDevice::new("data", seed.data.clone().unwrap_or_default()) as Rc<dyn BlockDevice>),
-        base: names_base.then(|| MemDevice::new("base", seed.base.clone().unwrap_or_default()) as Rc<dyn BlockDevice>),
-    }
-}
-
-fn run_check(executor: &HostExecutor, devices: Devices, profile: Profile, repair: bool) -> fvd_engine::CheckReport {
-    executor
-        .block_on(async move { check(&devices, profile, repair).await })
-        .unwrap_or_else(|e| panic!("check failed with an error instead of a report: {e}"))
-}
-
-/// Opens, reads the whole disk, closes. Returns the open error, if any.
-fn open_and_read(executor: &HostExecutor, devices: Devices, profile: Profile) -> Result<(), FvdError> {
-    let env = Rc::new(HostEnv::new(executor, fvd_sim::Seed(9)));
-    let image = executor.block_on(FvdImage::open(devices, env, OpenOptions { profile, ..OpenOptions::default() }))?;
-    executor.block_on(async move {
-        let size = image.layout().virtual_size;
-        let mut buf = vec![0u8; 64 << 10];
-        let mut at = 0;
-        while at < size {
-            let n = (size - at).min(buf.len() as u64) as usize;
-            let _ = image.read(at, &mut buf[..n]).await;
-            at += n as u64;
-        }
-        let _ = image.close().await;
-    });
-    Ok(())
-}
-
-fn refused_as_corrupt(error: &FvdError) -> bool {
-    matches!(error, FvdError::Corrupt { .. } | FvdError::DirtyWithoutJournal)
 }
 
 proptest! {
@@ -358,33 +150,8 @@ proptest! {
         for m in &mutations {
             apply(&mut image, m);
         }
-        let executor = HostExecutor::new();
-        let report = run_check(&executor, devices_for(seed, &image), seed.profile, false);
-        let opened = open_and_read(&executor, devices_for(seed, &image), seed.profile);
-        if let Err(error) = &opened {
-            prop_assert!(
-                !refused_as_corrupt(error) || !report.is_clean(),
-                "{}: open refused ({error}) but check called it clean: {report:?}",
-                seed.kind
-            );
-        }
-        // check --repair on a fresh copy; unless the header or layout is beyond repair, the
-        // repaired image opens and checks clean.
-        let devices = devices_for(seed, &image);
-        let repaired_image = devices.image.clone();
-        let data = devices.data.clone();
-        let repair = run_check(&executor, devices, seed.profile, true);
-        if !repair.fatal {
-            let repaired = Devices {
-                image: repaired_image,
-                data,
-                base: devices_for(seed, &image).base,
-            };
-            let again = run_check(&executor, repaired.clone(), seed.profile, false);
-            prop_assert!(again.is_clean(), "{}: still corrupt after repair ({repair:?}): {again:?}", seed.kind);
-            let reopened = open_and_read(&executor, repaired, seed.profile);
-            prop_assert!(reopened.is_ok(), "{}: repaired image ({repair:?}) failed to open: {reopened:?}", seed.kind);
-        }
+        // The image fuzz target's properties (a panic fails the case and proptest shrinks it).
+        check_mutated_image(seed, &image);
     }
 
     #[test]
@@ -398,7 +165,7 @@ proptest! {
             apply(&mut image, m);
         }
         let region = &image[..(HEADER_REGION_BYTES as usize).min(image.len())];
-        let _ = HeaderExtension::newest(region);
+        let _ = fvd_engine::format::HeaderExtension::newest(region);
         let Ok(header) = Header::decode(region) else { return Ok(()) };
         let data_len = seed.data.as_ref().map_or(image.len(), Vec::len) as u64;
         let Ok(layout) = Layout::from_header(&header, image.len() as u64, data_len) else { return Ok(()) };

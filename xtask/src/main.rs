@@ -5,6 +5,11 @@
 //! - `cargo xtask nightly [--seed S] [--time D] [--shard I/N]`: property tests with a seed taken
 //!   from the commit (or `--seed`) and 2,048 cases each, then `fvdsim swarm` for D (10m by
 //!   default), replaying the failures an earlier night recorded first.
+//! - `cargo xtask fuzz [--time D] [--target NAME]`: every cargo-fuzz target (`fuzz/`) for `D`
+//!   each (`30s`, `10m`, `1h`; default 60 s; the nightly setting is 10 m), one at a time, from
+//!   the seed corpus of `fvd_scenarios::fuzz` (written to `fuzz/corpus/<target>/`). Installs
+//!   cargo-fuzz if missing; needs the nightly toolchain. Reports executions and crash artifacts
+//!   per target, and fails if any target found one.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -154,6 +159,178 @@ fn nightly(seed: Option<String>, time: &str, shard: Option<&str>) -> Result<()> 
     Ok(())
 }
 
+/// The cargo-fuzz targets (`fuzz/fuzz_targets/<name>.rs`), by name; the `fuzz_cases` test checks
+/// that every harness of `fvd_scenarios::fuzz::TARGETS` has its file.
+fn fuzz_targets() -> Result<Vec<String>> {
+    let dir = project_root().join("fuzz/fuzz_targets");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `30s`, `10m`, `1h` or a number of seconds.
+fn parse_duration(text: &str) -> Result<u64> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().with_context(|| format!("duration {text:?}: expected e.g. 30s, 10m or 1h"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => bail!("duration {text:?}: the unit must be s, m or h"),
+    };
+    number.checked_mul(scale).filter(|s| *s > 0).with_context(|| format!("duration {text:?} must be positive"))
+}
+
+/// `cargo` through rustup, so `+nightly` works (`$CARGO` is the stable toolchain's own binary).
+fn rustup_cargo() -> Command {
+    let mut command = Command::new("cargo");
+    command.current_dir(project_root());
+    command
+}
+
+/// What one cargo-fuzz run reported.
+struct FuzzResult {
+    target: String,
+    runs: Option<u64>,
+    seconds: f64,
+    artifacts: Vec<PathBuf>,
+    status: String,
+}
+
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    let root = project_root();
+    let mut targets = fuzz_targets()?;
+    if let Some(only) = only {
+        anyhow::ensure!(targets.iter().any(|t| t == only), "no fuzz target {only:?} (targets: {})", targets.join(", "));
+        targets.retain(|t| t == only);
+    }
+    let has_fuzz = rustup_cargo().args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_fuzz {
+        run("install cargo-fuzz", rustup_cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let corpus = root.join("fuzz/corpus");
+    run(
+        "seed corpus",
+        cargo()
+            .args(["test", "-p", "fvd-scenarios", "--test", "fuzz_cases", "--", "--ignored", "--exact", "write_corpus"])
+            .env("FUZZ_CORPUS_DIR", &corpus),
+    )?;
+    // The fuzz crate builds into $CARGO_TARGET_DIR/fuzz when a target directory is set. Safe Rust
+    // only in fvdsim, so no sanitizer: more executions for the panics, hangs and allocations
+    // the targets look for (release, with debug assertions and overflow checks).
+    let mut build_args: Vec<String> = vec!["+nightly".into(), "fuzz".into()];
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(|dir| PathBuf::from(dir).join("fuzz"));
+    let common = |args: &mut Vec<String>| {
+        args.extend(["--sanitizer".into(), "none".into()]);
+        if let Some(dir) = &target_dir {
+            args.extend(["--target-dir".into(), dir.display().to_string()]);
+        }
+    };
+    build_args.push("build".into());
+    common(&mut build_args);
+    run("build fuzz targets", rustup_cargo().args(&build_args))?;
+    let logs = root.join("fuzz/logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let mut results = Vec::new();
+    for target in &targets {
+        let artifacts = root.join("fuzz/artifacts").join(target);
+        let before = list_files(&artifacts);
+        let mut args: Vec<String> = vec!["+nightly".into(), "fuzz".into(), "run".into(), target.clone()];
+        common(&mut args);
+        args.extend([
+            "--".into(),
+            format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048".into(),
+            "-malloc_limit_mb=2048".into(),
+            "-timeout=10".into(),
+            "-print_final_stats=1".into(),
+        ]);
+        eprintln!("xtask: fuzz {target} for {seconds} s (log: fuzz/logs/{target}.log)");
+        let started = std::time::Instant::now();
+        let output = rustup_cargo().args(&args).output().with_context(|| format!("running cargo fuzz run {target}"))?;
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        std::fs::write(logs.join(format!("{target}.log")), &log)?;
+        let runs = log
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("stat::number_of_executed_units:"))
+            .and_then(|n| n.trim().parse().ok());
+        let artifacts: Vec<PathBuf> = list_files(&artifacts).into_iter().filter(|f| !before.contains(f)).collect();
+        let status = if output.status.success() { "ok".to_owned() } else { format!("failed ({})", output.status) };
+        let result =
+            FuzzResult { target: target.clone(), runs, seconds: started.elapsed().as_secs_f64(), artifacts, status };
+        eprintln!(
+            "xtask: fuzz {target}: {} runs in {:.0} s, {}, {} new artifact(s)",
+            result.runs.map_or("?".into(), |r| r.to_string()),
+            result.seconds,
+            result.status,
+            result.artifacts.len()
+        );
+        results.push(result);
+    }
+    println!("{:<22} {:>12} {:>8}  result", "target", "executions", "seconds");
+    for r in &results {
+        println!(
+            "{:<22} {:>12} {:>8.0}  {}",
+            r.target,
+            r.runs.map_or("?".into(), |r| r.to_string()),
+            r.seconds,
+            if r.artifacts.is_empty() {
+                r.status.clone()
+            } else {
+                format!(
+                    "{}: {}",
+                    r.status,
+                    r.artifacts.iter().map(|a| a.display().to_string()).collect::<Vec<_>>().join(", ")
+                )
+            }
+        );
+    }
+    let failed: Vec<&str> =
+        results.iter().filter(|r| r.status != "ok" || !r.artifacts.is_empty()).map(|r| r.target.as_str()).collect();
+    if !failed.is_empty() {
+        bail!(
+            "fuzzing found problems in {}: replay an artifact with `cargo +nightly fuzz run TARGET ARTIFACT`",
+            failed.join(", ")
+        );
+    }
+    eprintln!("xtask: fuzz passed");
+    Ok(())
+}
+
+fn list_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    files
+}
+
+const USAGE: &str = "usage: cargo xtask ci | cargo xtask nightly [--seed S] [--time D] [--shard I/N] | cargo xtask fuzz [--time D] [--target NAME]";
+
+fn fuzz_command(args: &[&str]) -> Result<()> {
+    let mut seconds = 60;
+    let mut target = None;
+    let mut rest = args;
+    while let [flag, value, tail @ ..] = rest {
+        match *flag {
+            "--time" => seconds = parse_duration(value)?,
+            "--target" => target = Some(*value),
+            _ => bail!("{USAGE}"),
+        }
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        bail!("{USAGE}");
+    }
+    fuzz(seconds, target)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -173,6 +350,23 @@ fn main() -> Result<()> {
             }
             nightly(seed, &time, shard.as_deref())
         }
-        _ => bail!("usage: cargo xtask ci | cargo xtask nightly [--seed S] [--time D] [--shard I/N]"),
+        ["fuzz", rest @ ..] => fuzz_command(rest),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("30s").unwrap(), 30);
+        assert_eq!(parse_duration("10m").unwrap(), 600);
+        assert_eq!(parse_duration("1h").unwrap(), 3600);
+        assert_eq!(parse_duration("45").unwrap(), 45);
+        for bad in ["", "0s", "m", "10x", "-1s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

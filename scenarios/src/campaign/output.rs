@@ -244,25 +244,27 @@ pub fn failure_file(outcome: &RunOutcome, path: &Path) -> FailureFile {
 /// Reads a failure file.
 pub fn read_failure_file(path: &Path) -> Result<FailureFile> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_failure_file(&text, &path.display().to_string())
+}
+
+/// Parses the text of a failure file; `name` names it in errors (the fuzz target's entry point).
+pub fn parse_failure_file(text: &str, name: &str) -> Result<FailureFile> {
     let expected = "expected the failure-NAME-SEED.json file a failing run writes in its run directory";
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|_| anyhow::anyhow!("{} is not JSON, so not a fvdsim failure file ({expected})", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| anyhow::anyhow!("{name} is not JSON, so not a fvdsim failure file ({expected})"))?;
     if value.get("latency_windows").is_some() && value.get("summary").is_some() {
         anyhow::bail!(
-            "{} is a run report (report.json), not a failure file ({expected}; a run that passed writes none)",
-            path.display()
+            "{name} is a run report (report.json), not a failure file ({expected}; a run that passed writes none)"
         );
     }
     if value.get("failure").is_none() || value.get("config").is_none() {
-        anyhow::bail!("{} is not a fvdsim failure file: it has no `failure` and `config` ({expected})", path.display());
+        anyhow::bail!("{name} is not a fvdsim failure file: it has no `failure` and `config` ({expected})");
     }
-    let file: FailureFile = serde_json::from_value(value).map_err(|e| {
-        anyhow::anyhow!("{} looks like a failure file but does not read as one: {e} ({expected})", path.display())
-    })?;
+    let file: FailureFile = serde_json::from_value(value)
+        .map_err(|e| anyhow::anyhow!("{name} looks like a failure file but does not read as one: {e} ({expected})"))?;
     anyhow::ensure!(
         file.schema_version == FAILURE_SCHEMA_VERSION,
-        "{}: failure file schema {} (this fvdsim reads {FAILURE_SCHEMA_VERSION})",
-        path.display(),
+        "{name}: failure file schema {} (this fvdsim reads {FAILURE_SCHEMA_VERSION})",
         file.schema_version
     );
     Ok(file)
