@@ -16,7 +16,17 @@ fn main() {
         .ok()
         .is_some_and(|o| !o.stdout.is_empty());
     println!("cargo:rustc-env=FVDSIM_GIT_COMMIT={commit}{}", if dirty { "-dirty" } else { "" });
-    for path in ["../.git/HEAD", "../.git/index", "../.git/refs"] {
-        println!("cargo:rerun-if-changed={path}");
+    // Where git keeps them (a worktree's `.git` is a file): a path that does not exist would
+    // rerun this script on every build.
+    for name in ["HEAD", "index", "refs"] {
+        let path = Command::new("git")
+            .args(["rev-parse", "--path-format=absolute", "--git-path", name])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if let Some(path) = path.filter(|p| std::path::Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }

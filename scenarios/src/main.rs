@@ -121,8 +121,9 @@ struct RunArgs {
     /// (a durable record per allocating write).
     #[arg(long, value_enum)]
     commit: Option<fvd_scenarios::campaign::config::CommitName>,
-    /// Crashes to inject (0: none). Spread over the whole workload; every one is applied.
-    #[arg(long)]
+    /// Crashes to inject (0: none; at most 100,000). Spread over the whole workload; every one is
+    /// applied.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     crashes: Option<u32>,
     /// Stop after this many workload requests (at least 1).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -103,11 +103,11 @@ fn a_failure_replays_from_its_recorded_config_and_shrinks() {
 fn the_main_jobs_v1_failure_shrinks_to_a_few_inline_requests_that_replay_alone() {
     let mut config = small("cloudphysics", 1);
     config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
-    config.max_requests = Some(8_000);
+    config.max_requests = Some(4_000);
     config.crashes.count = 3;
     let outcome = run(&config).unwrap();
     let class = outcome.failure.as_ref().expect("v1 fails on the trace").class;
-    let shrunk = fvd_scenarios::campaign::shrink::shrink(&outcome.config, class, 300, |_| {}).unwrap();
+    let shrunk = fvd_scenarios::campaign::shrink::shrink(&outcome.config, class, 800, |_| {}).unwrap();
     let WorkloadConfig::Inline { requests, .. } = &shrunk.outcome.config.workload else {
         panic!("the shrunk case carries its requests inline: {:?}", shrunk.outcome.config.workload)
     };

@@ -377,3 +377,25 @@ fn bitmap_bits_inside_an_unmapped_chunk_are_found_and_cleared() {
         .unwrap();
     assert!(back == expected, "after repair the blocks read their base data again");
 }
+
+#[test]
+fn close_ends_every_background_task_the_image_started() {
+    // A prefetch start delay (ten minutes, from a header or an option) and a group-commit timer
+    // both wait in the background; close must end them, or they keep the image and its devices
+    // alive after it (found by fuzzing: about 2 MB leaked per image on the host executor).
+    let rig = compact_rig(21);
+    let config = fvd_engine::PrefetchConfig { start_delay_ms: 600_000, ..fvd_engine::PrefetchConfig::default() };
+    let image = rig
+        .open_with(fvd_engine::OpenOptions { prefetch: Some(config), ..fvd_engine::OpenOptions::default() })
+        .unwrap();
+    let target = image.clone();
+    rig.sim
+        .run(async move {
+            target.write(0, &[3u8; 4096]).await.unwrap();
+            target.close().await.unwrap();
+        })
+        .unwrap();
+    drop(image);
+    rig.sim.run(async {}).unwrap();
+    assert_eq!(rig.sim.live_tasks(), 0, "a background task outlived close");
+}

@@ -115,3 +115,16 @@ fn a_watcher_sees_progress_and_can_interrupt_the_run() {
     assert!(seen.iter().any(|p| p.issued == 1_000 && p.total == 20_000));
     assert!(seen.windows(2).all(|w| w[0].simulated_seconds <= w[1].simulated_seconds));
 }
+
+#[test]
+fn a_configuration_that_would_size_an_allocation_by_an_absurd_number_is_refused() {
+    // Failure files are input: a crash count of u32::MAX drew billions of schedule entries.
+    let mut config = (scenario("random").unwrap().build)(Seed(1));
+    config.crashes.count = u32::MAX;
+    let error = run(&config).unwrap_err().to_string();
+    assert!(error.contains("crashes: 4294967295 is more than 100000"), "{error}");
+    config.crashes.count = 3;
+    config.crashes.atomic_units.clear();
+    let error = run(&config).unwrap_err().to_string();
+    assert!(error.contains("needs at least one point and one atomic unit"), "{error}");
+}

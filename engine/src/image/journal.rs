@@ -57,7 +57,7 @@ impl FvdImage {
                     let full = image.inner.until("engine: the group-commit delay or a full queue", |s| {
                         s.journal.queued.len() >= crate::image::GROUP_COMMIT_MAX_QUEUED || s.journal.closed
                     });
-                    futures_lite_select(delay, full).await;
+                    super::state::first_of(delay, full).await;
                     image.inner.state.borrow_mut().journal.commit_scheduled = false;
                     if !image.inner.state.borrow().journal.closed {
                         // An error leaves the changes queued: the next guest flush retries and reports it.
@@ -308,18 +308,4 @@ fn apply_committed(state: &mut super::state::State, layout: &crate::format::Layo
             }
         }
     }
-}
-
-/// Whichever of two futures completes first (both are polled; the other is dropped).
-async fn futures_lite_select(a: crate::env::LocalFuture<'static, ()>, b: impl std::future::Future<Output = ()>) {
-    let mut a = a;
-    let mut b = std::pin::pin!(b);
-    std::future::poll_fn(move |cx| {
-        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }

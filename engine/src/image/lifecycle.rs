@@ -577,14 +577,18 @@ impl FvdImage {
 
 impl FvdImage {
     /// The prefetch settings recorded in the header (`fvd-v1.md` §4.1).
+    /// Slot buffers are allocated from these two header values: capped so a hostile header cannot
+    /// size an allocation (64 slots of 16 MiB at most, 1 GiB in all; v1's defaults are 2 of 1 MiB).
     fn prefetch_config_from_header(&self) -> super::PrefetchConfig {
+        const MAX_SLOTS: u32 = 64;
+        const MAX_BYTES_PER_PREFETCH: u64 = 16 << 20;
         let state = self.inner.state.borrow();
         let h = &state.header;
         let ms = |v: i32| u64::try_from(v).unwrap_or(0);
         super::PrefetchConfig {
             start_delay_ms: ms(h.prefetch_start_delay) * 1000,
-            slots: u32::try_from(h.num_prefetch_slots.max(1)).unwrap_or(1),
-            bytes_per_prefetch: ms(h.bytes_per_prefetch).max(4096),
+            slots: u32::try_from(h.num_prefetch_slots.max(1)).unwrap_or(1).min(MAX_SLOTS),
+            bytes_per_prefetch: ms(h.bytes_per_prefetch).clamp(4096, MAX_BYTES_PER_PREFETCH),
             read_measure_ms: ms(h.prefetch_read_throughput_measure_time),
             write_measure_ms: ms(h.prefetch_write_throughput_measure_time),
             alpha_percent: u32::try_from(h.prefetch_perf_calc_alpha.clamp(0, 100)).unwrap_or(80),

@@ -251,8 +251,18 @@ impl FvdImage {
         self.inner.spawn_background(
             "prefetch-start",
             Box::pin(async move {
-                image.inner.env.sleep_ns(config.start_delay_ms * MS).await;
-                image.init_prefetch();
+                // The delay ends early when prefetch is stopped (close), so the task never
+                // outlives the image.
+                let delay = image.inner.env.sleep_ns(config.start_delay_ms * MS);
+                let stopped = image.inner.until("engine: the prefetch start delay", |s| {
+                    s.prefetch.as_ref().is_none_or(|p| p.phase == PrefetchPhase::Disabled)
+                });
+                super::state::first_of(delay, stopped).await;
+                let disabled =
+                    image.inner.state.borrow().prefetch.as_ref().is_none_or(|p| p.phase == PrefetchPhase::Disabled);
+                if !disabled {
+                    image.init_prefetch();
+                }
             }),
         );
     }
@@ -279,11 +289,15 @@ impl FvdImage {
 
     /// Stops prefetch and waits for its I/O to drain (close does this).
     pub(crate) async fn stop_prefetch(&self) {
-        if let Some(p) = self.inner.state.borrow_mut().prefetch.as_mut()
-            && p.phase != PrefetchPhase::Finished
         {
-            p.phase = PrefetchPhase::Disabled;
-            p.telemetry.phase = PrefetchPhase::Disabled;
+            let mut state = self.inner.state.borrow_mut();
+            if let Some(p) = state.prefetch.as_mut()
+                && p.phase != PrefetchPhase::Finished
+            {
+                p.phase = PrefetchPhase::Disabled;
+                p.telemetry.phase = PrefetchPhase::Disabled;
+            }
+            state.wake_all();
         }
         self.inner
             .until("engine: prefetch I/O to drain", |s| {

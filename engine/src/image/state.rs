@@ -208,3 +208,17 @@ impl<F: Fn(&State) -> bool> Future for Until<'_, F> {
         Poll::Pending
     }
 }
+
+/// Whichever of two futures completes first (both are polled; the other is dropped).
+pub(crate) async fn first_of(a: crate::env::LocalFuture<'static, ()>, b: impl std::future::Future<Output = ()>) {
+    let mut a = a;
+    let mut b = std::pin::pin!(b);
+    std::future::poll_fn(move |cx| {
+        if a.as_mut().poll(cx).is_ready() || b.as_mut().poll(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

@@ -29,6 +29,9 @@ fn device_profile(name: &str) -> Result<DeviceProfile, ConfigError> {
     })
 }
 
+/// Most crashes a run may plan (each is a few dozen bytes and a recovery).
+pub const MAX_CRASHES: u32 = 100_000;
+
 /// The engine's create options for `config` (the rig adds the base image and data file names).
 fn create_options(config: &RunConfig) -> CreateOptions {
     let image = &config.image;
@@ -61,6 +64,16 @@ pub fn validate(config: &RunConfig) -> Result<(), ConfigError> {
     create.validate().map_err(|e| ConfigError(format!("image: {e}")))?;
     device_profile(&config.image.image_device)?;
     device_profile(&config.image.base_device)?;
+    // A failure file is input too: its numbers must not size an allocation.
+    if config.crashes.count > MAX_CRASHES {
+        return Err(ConfigError(format!("crashes: {} is more than {MAX_CRASHES}", config.crashes.count)));
+    }
+    if config.crashes.count > 0
+        && config.crashes.schedule.is_none()
+        && (config.crashes.points.is_empty() || config.crashes.atomic_units.is_empty())
+    {
+        return Err(ConfigError("crashes: drawing a schedule needs at least one point and one atomic unit".into()));
+    }
     if let WorkloadConfig::Random { testers, max_sectors, .. } = &config.workload
         && (*testers == 0 || *max_sectors == 0)
     {

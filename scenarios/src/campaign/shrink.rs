@@ -90,7 +90,24 @@ pub fn shrink(
             Some(outcome) => {
                 note(&format!("inline: {} requests as issued still fail", inline_len(&outcome.config)));
                 best = outcome;
-                best = ddmin(best, &mut runs, max_runs, &attempt, &mut note)?;
+                // ddmin, then simpler crashes and flush cadence (which can pin the failure to a
+                // particular request count), then ddmin again, while something shrinks.
+                let mut tried_cadences = std::collections::BTreeSet::new();
+                loop {
+                    let before = (inline_len(&best.config), best.config.clone());
+                    best = ddmin(best, &mut runs, max_runs, &attempt, &mut note)?;
+                    best = simplify_crashes_and_flushes(
+                        best,
+                        &mut tried_cadences,
+                        &mut runs,
+                        max_runs,
+                        &attempt,
+                        &mut note,
+                    )?;
+                    if runs >= max_runs || (inline_len(&best.config), best.config.clone()) == before {
+                        break;
+                    }
+                }
             }
             None => note("inline: the requests as issued do not reproduce the failure (timing); kept the prefix"),
         }
@@ -191,4 +208,50 @@ fn ddmin(
             n = (n * 2).min(len);
         }
     }
+}
+
+/// Tries the first occurrence of each named crash point, and other guest-flush cadences.
+fn simplify_crashes_and_flushes(
+    mut best: RunOutcome,
+    tried_cadences: &mut std::collections::BTreeSet<u64>,
+    runs: &mut u32,
+    max_runs: u32,
+    attempt: &Attempt,
+    note: &mut dyn FnMut(&str),
+) -> Result<RunOutcome, ConfigError> {
+    let crashes = best.config.crashes.schedule.as_ref().map_or(0, Vec::len);
+    for index in 0..crashes {
+        for occurrence in [1, 2] {
+            if *runs >= max_runs {
+                return Ok(best);
+            }
+            let mut candidate = best.config.clone();
+            let spec = &mut candidate.crashes.schedule.as_mut().expect("a schedule")[index];
+            if spec.occurrence <= occurrence {
+                break;
+            }
+            spec.occurrence = occurrence;
+            if let Some(outcome) = attempt(&candidate, runs)? {
+                note(&format!("crash {}: occurrence {occurrence} still fails", index + 1));
+                best = outcome;
+                break;
+            }
+        }
+    }
+    // Another cadence can free requests that only kept a flush in place; each cadence is tried
+    // once per shrink, so the search cannot oscillate between two.
+    let len = inline_len(&best.config) as u64;
+    for every in [0, 1, 2, 4, 8, 16, len] {
+        if *runs >= max_runs || every == best.config.flush_every_requests || !tried_cadences.insert(every) {
+            continue;
+        }
+        let mut candidate = best.config.clone();
+        candidate.flush_every_requests = every;
+        if let Some(outcome) = attempt(&candidate, runs)? {
+            note(&format!("a guest flush every {every} requests still fails"));
+            best = outcome;
+            break;
+        }
+    }
+    Ok(best)
 }
