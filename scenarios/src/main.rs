@@ -276,7 +276,7 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
         .ok_or_else(|| format!("unknown scenario {:?}; `fvdsim scenarios` lists them", args.scenario))?;
     let mut config = match args.swarm_seed {
         Some(seed) => {
-            fvd_scenarios::campaign::swarm::swarm_config(seed, fvd_scenarios::campaign::swarm::SwarmProfiles::WithV1)
+            fvd_scenarios::campaign::swarm::swarm_config(seed, fvd_scenarios::campaign::swarm::SwarmProfiles::Hardened)
         }
         None => (scenario.build)(args.seed),
     };
@@ -710,11 +710,16 @@ fn swarm(args: &SwarmArgs) -> ExitCode {
             let command = repro_command(&path);
             db.record(&outcome, &command);
             let line = format!(
-                "FAILURE seed {} ({}): {}\n  replay: {command}   or: fvdsim run --swarm-seed {}",
+                "FAILURE seed {} ({}): {}\n  replay: {command}   or: fvdsim run --swarm-seed {}{}",
                 outcome.config.seed,
                 fvd_scenarios::campaign::swarm::signature(&outcome).unwrap_or_default(),
                 outcome.failure.as_ref().map_or("", |f| f.message.as_str()),
-                outcome.config.seed
+                outcome.config.seed,
+                if outcome.config.profile == fvd_scenarios::campaign::config::ProfileName::V1 {
+                    " --profile v1"
+                } else {
+                    ""
+                }
             );
             match &bar {
                 Some(bar) => bar.println(line),

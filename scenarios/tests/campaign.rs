@@ -208,13 +208,17 @@ fn v1_prefetch_stalls_as_a_liveness_failure() {
     // fvd-v1.md §4.4, flaw 1: every filled slot discarded while a pause was requested; v1 neither
     // pauses nor reads again and prefetch never finishes.
     let scenario = SCENARIOS.iter().find(|s| s.name == "prefetch-stall").unwrap();
-    let mut config = (scenario.build)(Seed(1));
-    config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
-    let failure = run(&config).unwrap().failure.expect("v1 stalls on seed 1");
+    let (seed, failure) = (1..=10)
+        .find_map(|seed| {
+            let mut config = (scenario.build)(Seed(seed));
+            config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+            run(&config).unwrap().failure.map(|f| (seed, f))
+        })
+        .expect("v1 stalls on one of seeds 1-10 (3, 6 and 10 today)");
     assert_eq!(failure.class, FailureClass::Liveness, "{failure:?}");
     assert!(failure.message.contains("prefetch never finished"), "{}", failure.message);
     assert!(failure.message.contains("waits on engine: prefetch to finish"), "{}", failure.message);
-    assert!(run(&(scenario.build)(Seed(1))).unwrap().failure.is_none(), "hardened pauses and finishes");
+    assert!(run(&(scenario.build)(Seed(seed))).unwrap().failure.is_none(), "hardened pauses and finishes");
 }
 
 #[test]

@@ -128,3 +128,15 @@ fn a_configuration_that_would_size_an_allocation_by_an_absurd_number_is_refused(
     let error = run(&config).unwrap_err().to_string();
     assert!(error.contains("needs at least one point and one atomic unit"), "{error}");
 }
+
+#[test]
+fn a_prefetch_read_completing_after_stop_wakes_close() {
+    // Found by a 10-minute `fvdsim swarm`: close waited forever for prefetch I/O to drain, because
+    // the read completion that cleared `read_active` woke nobody. The failure file replays it.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/swarm-close-waits-for-prefetch-read.json");
+    let file = fvd_scenarios::campaign::output::read_failure_file(&path).unwrap();
+    assert_eq!(file.failure.class, fvd_scenarios::campaign::FailureClass::Liveness);
+    let outcome = run(&file.config).unwrap();
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+}

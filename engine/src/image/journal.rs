@@ -138,29 +138,7 @@ impl FvdImage {
         }
         let total = layout.journal_sectors();
         for piece in sectors.chunks(BATCH_PIECE_SECTORS.min(total) as usize) {
-            let count = piece.len() as u64;
-            let first = self.allocate_journal_sectors(count).await?;
-            let (epoch, sequence) = {
-                let mut state = inner.state.borrow_mut();
-                let sequence = state.journal.sequence;
-                state.journal.sequence += count;
-                (state.extension.map_or(0, |e| e.journal_epoch), sequence)
-            };
-            let mut bytes = Vec::with_capacity((count * SECTOR) as usize);
-            for (i, records) in piece.iter().enumerate() {
-                bytes.extend_from_slice(&encode_sector(SectorFormat::Hardened { epoch }, sequence + i as u64, records));
-            }
-            let write = inner.devices.image.write_at(layout.journal_offset + first * SECTOR, &bytes, WriteFlags::FUA);
-            inner.progress(ProgressPoint::JournalWriteSubmitted, first);
-            let result = write.await;
-            inner.progress(ProgressPoint::JournalWriteCompleted, first);
-            let mut state = inner.state.borrow_mut();
-            state.journal.ongoing -= 1;
-            state.stats.journal_writes += 1;
-            state.stats.journal_sectors += count;
-            state.wake_all();
-            drop(state);
-            result.map_err(FvdError::io("group commit: journal write"))?;
+            self.append_sectors(piece, "group commit: journal write").await?;
         }
         let mut state = inner.state.borrow_mut();
         for change in changes {
@@ -203,7 +181,26 @@ impl FvdImage {
             entries.as_ref().map(|(f, e)| (*f, e.as_slice())),
             sectors_per_chunk,
         )?;
-        let count = packed.len() as u64;
+        let result = self.append_sectors(&packed, "journal write").await;
+        if result.is_ok() {
+            let mut state = inner.state.borrow_mut();
+            apply_committed(&mut state, &layout, &change);
+            debug_assert!(state.stale.is_subset_of(&state.fresh), "stale ⊆ fresh");
+        }
+        result
+    }
+
+    /// Appends `sectors` (the records of each sector) to the journal in one write: allocates them
+    /// (recycling a full journal), stamps the epoch and sequence, writes them (hardened: FUA, so
+    /// they are durable when the write completes), counts them. `context` names a failure.
+    async fn append_sectors(
+        &self,
+        sectors: &[Vec<crate::format::journal::JournalRecord>],
+        context: &'static str,
+    ) -> Result<(), FvdError> {
+        let inner = &self.inner;
+        let count = sectors.len() as u64;
+        assert!(count > 0, "a journal write holds at least one sector");
         let first = self.allocate_journal_sectors(count).await?;
         let (epoch, sequence) = {
             let mut state = inner.state.borrow_mut();
@@ -213,26 +210,22 @@ impl FvdImage {
         };
         let format = if inner.hardened() { SectorFormat::Hardened { epoch } } else { SectorFormat::V1 };
         let mut bytes = Vec::with_capacity((count * SECTOR) as usize);
-        for (i, records) in packed.iter().enumerate() {
+        for (i, records) in sectors.iter().enumerate() {
             bytes.extend_from_slice(&encode_sector(format, sequence + i as u64, records));
         }
         let flags = if inner.hardened() { WriteFlags::FUA } else { WriteFlags::NONE };
-        let offset = layout.journal_offset + first * SECTOR;
-        let write = inner.devices.image.write_at(offset, &bytes, flags);
+        let write = inner.devices.image.write_at(inner.layout.journal_offset + first * SECTOR, &bytes, flags);
         inner.progress(ProgressPoint::JournalWriteSubmitted, first);
         let result = write.await;
         inner.progress(ProgressPoint::JournalWriteCompleted, first);
         let mut state = inner.state.borrow_mut();
+        assert!(state.journal.ongoing > 0, "a journal write was allocated");
         state.journal.ongoing -= 1;
         state.stats.journal_writes += 1;
         state.stats.journal_sectors += count;
-        if result.is_ok() {
-            apply_committed(&mut state, &layout, &change);
-            debug_assert!(state.stale.is_subset_of(&state.fresh), "stale ⊆ fresh");
-        }
         state.wake_all();
         drop(state);
-        result.map_err(FvdError::io("journal write"))
+        result.map_err(FvdError::io(context))
     }
 
     /// Reserves `count` consecutive journal sectors, recycling the journal when it is full and

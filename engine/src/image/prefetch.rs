@@ -495,6 +495,10 @@ impl FvdImage {
                     }
                 }
             }
+            // `read_active` changed: a close waiting for prefetch I/O to drain re-checks (without
+            // this, a read completing after the stop left close waiting forever; found by
+            // `fvdsim swarm`).
+            state.wake_all();
         }
         if let Some(phase) = terminate {
             self.terminate(phase);

@@ -167,6 +167,19 @@ pub enum CrashPoint {
 }
 
 impl CrashPoint {
+    /// Every crash point, in declaration order.
+    pub const ALL: [CrashPoint; 9] = [
+        CrashPoint::RandomEvent,
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::JournalWriteLanded,
+        CrashPoint::MidRecycle,
+        CrashPoint::MetadataWrittenHome,
+        CrashPoint::CopyStore,
+        CrashPoint::RecordQueued,
+        CrashPoint::CommitDataFlush,
+        CrashPoint::CommitLanded,
+    ];
+
     /// The kebab-case name used in reports.
     pub fn name(self) -> &'static str {
         match self {

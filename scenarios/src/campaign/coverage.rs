@@ -124,17 +124,7 @@ mod tests {
 
     #[test]
     fn every_crash_point_has_a_path_and_missing_lists_the_rest() {
-        for point in [
-            CrashPoint::RandomEvent,
-            CrashPoint::JournalWriteInFlight,
-            CrashPoint::JournalWriteLanded,
-            CrashPoint::MidRecycle,
-            CrashPoint::MetadataWrittenHome,
-            CrashPoint::CopyStore,
-            CrashPoint::RecordQueued,
-            CrashPoint::CommitDataFlush,
-            CrashPoint::CommitLanded,
-        ] {
+        for point in CrashPoint::ALL {
             assert!(PATHS.contains(&crash_key(point, false).as_str()), "{point:?}");
         }
         let mut coverage = Coverage::new();

@@ -85,13 +85,7 @@ pub fn validate(config: &RunConfig) -> Result<(), ConfigError> {
 fn build_rig(config: &RunConfig, log_tail: usize) -> Result<Rig, ConfigError> {
     validate(config)?;
     let image = &config.image;
-    let mut create = CreateOptions::new(image.size_bytes);
-    create.compact = image.compact;
-    create.block_size = Some(image.block_bytes);
-    create.chunk_size = Some(image.chunk_bytes);
-    create.storage_grow_unit = Some(image.grow_unit_bytes);
-    create.journal = JournalSize::Bytes(image.journal_bytes);
-    create.profile = config.profile.into();
+    let create = create_options(config);
     let rig = Rig::new(
         config.seed,
         RigConfig {

@@ -115,21 +115,12 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
         wait_for_finish: rng.ratio(1, 2),
         ..PrefetchSpec::v1_defaults()
     });
-    let profile =
-        if profiles == SwarmProfiles::WithV1 && rng.ratio(1, 8) { ProfileName::V1 } else { ProfileName::Hardened };
+    // Drawn whatever `profiles` says, so the rest of the configuration is the same for a seed in
+    // every swarm (`fvdsim run --swarm-seed S --profile v1` replays a v1 draw).
+    let v1 = rng.ratio(1, 8);
+    let profile = if profiles == SwarmProfiles::WithV1 && v1 { ProfileName::V1 } else { ProfileName::Hardened };
     let commit = if rng.ratio(1, 3) { CommitName::Sync } else { CommitName::Group };
-    let all_points = [
-        CrashPoint::RandomEvent,
-        CrashPoint::JournalWriteInFlight,
-        CrashPoint::JournalWriteLanded,
-        CrashPoint::MidRecycle,
-        CrashPoint::MetadataWrittenHome,
-        CrashPoint::CopyStore,
-        CrashPoint::RecordQueued,
-        CrashPoint::CommitDataFlush,
-        CrashPoint::CommitLanded,
-    ];
-    let points: Vec<CrashPoint> = (0..rng.range_inclusive(1, 5)).map(|_| pick(rng, &all_points)).collect();
+    let points: Vec<CrashPoint> = (0..rng.range_inclusive(1, 5)).map(|_| pick(rng, &CrashPoint::ALL)).collect();
     let units = [AtomicUnit::Sector, AtomicUnit::Page, AtomicUnit::None];
     let atomic_units: Vec<AtomicUnit> = (0..rng.range_inclusive(1, 2)).map(|_| pick(rng, &units)).collect();
     let faults = match rng.below(5) {
