@@ -537,38 +537,67 @@ fn exit_code(outcome: &RunOutcome) -> ExitCode {
     }
 }
 
-/// Crashes a short run at every one of its events; reports the first failure like a run.
+/// Crash-state enumeration over a short run (see `campaign::enumerate`); reports the first
+/// failure like a run, through its replay by the ordinary runner.
 fn exhaustive(config: &RunConfig, out: &Path) -> ExitCode {
     let started = Instant::now();
-    let outcome = match fvd_scenarios::campaign::run::run_exhaustive(config, |_, _| {}) {
+    let outcome = match fvd_scenarios::campaign::enumerate::run_enumerated(config, |_, _| {}) {
         Ok(outcome) => outcome,
         Err(error) => return usage(error),
     };
-    match outcome.failure {
-        None => {
-            say!(
-                "fvdsim exhaustive seed {}: crashed at every one of {} events, each recovered and verified ({} runs, {:.1} s)",
-                config.seed,
-                outcome.events,
-                outcome.runs,
-                started.elapsed().as_secs_f64()
-            );
-            ExitCode::SUCCESS
-        }
-        Some((event, failing)) => {
-            say!("fvdsim exhaustive seed {}: the crash at event {event} of {} failed", config.seed, outcome.events);
-            let wall = started.elapsed().as_secs_f64();
-            match write_run_directory(&failing, out, wall) {
-                Ok(Some(path)) => {
-                    let failure = failing.failure.as_ref().expect("a failing outcome");
-                    eprintln!("FAILURE: {}", failure.message);
-                    eprintln!("reproduce with: {}", repro_command(&path));
-                    ExitCode::from(failure.class.exit_code())
-                }
-                Ok(None) => ExitCode::from(1),
-                Err(error) => usage(format!("writing {}: {error:#}", out.display())),
+    let wall = started.elapsed().as_secs_f64();
+    if let Some(failure) = &outcome.clean.failure {
+        say!("fvdsim {} seed {}: the run without crashes failed", config.scenario, config.seed);
+        return match write_run_directory(&outcome.clean, out, wall) {
+            Ok(Some(path)) => {
+                eprintln!("FAILURE: {}", failure.message);
+                eprintln!("reproduce with: {}", repro_command(&path));
+                ExitCode::from(failure.class.exit_code())
             }
+            Ok(None) => ExitCode::from(1),
+            Err(error) => usage(format!("writing {}: {error:#}", out.display())),
+        };
+    }
+    let figures = format!(
+        "{} events, {} distinct moments, {} crash states recovered and verified ({} duplicates skipped, {} sectors judged), {:.1} s, {:.0} states/s",
+        outcome.events,
+        outcome.moments,
+        outcome.crash_states,
+        outcome.duplicate_states,
+        outcome.sectors_verified,
+        wall,
+        outcome.crash_states as f64 / wall.max(1e-9)
+    );
+    let Some(found) = outcome.failure else {
+        say!("fvdsim {} seed {}: every crash state recovered and verified: {figures}", config.scenario, config.seed);
+        return ExitCode::SUCCESS;
+    };
+    say!(
+        "fvdsim {} seed {}: a crash state at event {} failed: {}",
+        config.scenario,
+        config.seed,
+        found.spec.occurrence,
+        found.message
+    );
+    say!("  ({figures})");
+    match write_run_directory(&found.replay, out, wall) {
+        Ok(Some(path)) => {
+            let failure = found.replay.failure.as_ref().expect("a failing outcome");
+            eprintln!("FAILURE: {}", failure.message);
+            eprintln!("reproduce with: {}", repro_command(&path));
+            ExitCode::from(failure.class.exit_code())
         }
+        Ok(None) => {
+            eprintln!(
+                "FAILURE: {} (the ordinary runner, crashing at event {} with strategy {}, did not reproduce it: \
+                 its recovery world differs; the crash state is named above)",
+                found.message,
+                found.spec.occurrence,
+                serde_json::to_string(&found.spec.strategy).unwrap_or_default()
+            );
+            ExitCode::from(1)
+        }
+        Err(error) => usage(format!("writing {}: {error:#}", out.display())),
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Oracle {
     dirty: Vec<u64>,
     flush_epoch: u32,
     touched_sectors: u64,
+    /// See [`Oracle::crash_generation`].
+    crash_generation: u64,
 }
 
 impl std::fmt::Debug for Oracle {
@@ -175,6 +177,7 @@ impl Oracle {
     /// A write of `count` sectors at `first` was submitted; returns its id (stamp it into the data).
     pub fn write_submitted(&mut self, first: u64, count: u64) -> u32 {
         self.seq += 1;
+        self.crash_generation += 1;
         self.writes.push(WriteInfo { first, count, submit_seq: self.seq, complete_seq: u64::MAX });
         let id = u32::try_from(self.writes.len()).expect("fewer than 2^32 writes per run");
         for sector in first..first + count {
@@ -192,6 +195,9 @@ impl Oracle {
     /// Write `id` completed; `ok` false for an I/O error (the write becomes indeterminate).
     pub fn write_completed(&mut self, id: u32, ok: bool) {
         self.seq += 1;
+        if !ok {
+            self.crash_generation += 1;
+        }
         let seq = self.seq;
         let info = {
             let info = &mut self.writes[id as usize - 1];
@@ -267,6 +273,7 @@ impl Oracle {
     /// A guest flush completed; a failed flush promises nothing (a later one covers its writes).
     pub fn flush_completed(&mut self, ticket: FlushTicket, ok: bool) {
         self.seq += 1;
+        self.crash_generation += 1;
         if !ok {
             return;
         }
@@ -288,6 +295,7 @@ impl Oracle {
     /// flushes in flight promise nothing.
     pub fn crashed(&mut self) {
         self.seq += 1;
+        self.crash_generation += 1;
         self.reads.clear();
         self.flushes.clear();
         let seq = self.seq;
@@ -314,8 +322,16 @@ impl Oracle {
         }
     }
 
+    /// A number that changes whenever [`Oracle::allowed_after_crash`] may answer differently (a
+    /// write submitted, a flush completed, a crash, a sector settled). Write completions and
+    /// reads leave it alone: an acknowledged write that no flush covers may still be lost.
+    pub fn crash_generation(&self) -> u64 {
+        self.crash_generation
+    }
+
     /// After a crash was verified: the sector now holds exactly `value`, durably.
     pub fn settle(&mut self, sector: u64, value: u32) {
+        self.crash_generation += 1;
         if value == ORIGINAL && self.state(sector).is_none() {
             return;
         }

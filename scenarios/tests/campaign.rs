@@ -145,21 +145,61 @@ fn sweep() {
 }
 
 #[test]
-fn a_short_run_survives_a_crash_at_every_event() {
+fn a_short_run_survives_every_enumerated_crash_state() {
     // Seeds 1 and 3 found a recycle that wrote the bitmap home before the table: a crash between
     // the two left a block mapped to an unmapped chunk (zeros where the base image has data).
-    let scenario = SCENARIOS.iter().find(|s| s.name == "exhaustive").unwrap();
-    for seed in [1u64, 3] {
-        let config = (scenario.build)(Seed(seed));
-        let outcome = fvd_scenarios::campaign::run::run_exhaustive(&config, |_, _| {}).unwrap();
-        assert!(
-            outcome.failure.is_none(),
-            "seed {seed}: crash at event {:?} failed",
-            outcome.failure.as_ref().map(|f| (f.0, &f.1.failure))
-        );
-        assert!(outcome.events > 400, "a run of 48 requests logs hundreds of events, got {}", outcome.events);
-        assert_eq!(outcome.runs, outcome.events + 1);
+    use fvd_scenarios::campaign::enumerate::run_enumerated;
+    for name in ["exhaustive", "exhaustive-torn"] {
+        let scenario = SCENARIOS.iter().find(|s| s.name == name).unwrap();
+        for seed in [1u64, 3] {
+            let config = (scenario.build)(Seed(seed));
+            let outcome = run_enumerated(&config, |_, _| {}).unwrap();
+            assert!(
+                outcome.failure.is_none(),
+                "{name} seed {seed}: {:?}",
+                outcome.failure.as_ref().map(|f| (&f.spec, &f.message))
+            );
+            assert!(outcome.clean.failure.is_none());
+            assert!(outcome.events > 400, "a run of 48 requests logs hundreds of events, got {}", outcome.events);
+            assert!(outcome.moments > 50, "{name} seed {seed}: only {} moments", outcome.moments);
+            // Many distinct crash states per moment, not one per event.
+            assert!(
+                outcome.crash_states > 2 * outcome.events,
+                "{name} seed {seed}: {} crash states for {} events",
+                outcome.crash_states,
+                outcome.events
+            );
+        }
     }
+}
+
+#[test]
+fn enumeration_catches_v1_and_its_crash_state_replays_through_the_runner() {
+    // v1 writes journal records without flushing the data and metadata they describe
+    // (fvd-v1.md §3): some crash state of a short run must show it, and the ordinary runner,
+    // given the enumerated crash as its schedule, must fail the same way.
+    use fvd_scenarios::campaign::enumerate::run_enumerated;
+    let scenario = SCENARIOS.iter().find(|s| s.name == "exhaustive").unwrap();
+    let mut config = (scenario.build)(Seed(1));
+    config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+    let outcome = run_enumerated(&config, |_, _| {}).unwrap();
+    let found = outcome.failure.expect("v1 fails some crash state");
+    assert!(
+        matches!(
+            found.spec.strategy,
+            fvd_sim::CrashStrategy::Subset { .. }
+                | fvd_sim::CrashStrategy::PrefixAt { .. }
+                | fvd_sim::CrashStrategy::Sampled { .. }
+        ),
+        "{:?}",
+        found.spec
+    );
+    let replayed = found.replay.failure.expect("the runner reproduces the enumerated crash state");
+    assert_eq!(replayed.after_crashes, 1, "it failed after its one crash: {replayed:?}");
+    assert!(!replayed.message.is_empty());
+    // The failure file names the enumerated crash, so `fvdsim repro` replays it exactly.
+    let schedule = found.replay.config.crashes.schedule.as_ref().unwrap();
+    assert_eq!(schedule[0], found.spec);
 }
 
 #[test]

@@ -229,6 +229,7 @@ impl Wake for TaskWaker {
     }
 }
 
+type StepHook = Box<dyn FnMut(u64)>;
 type ProgressHook = Box<dyn FnMut(Progress, u64) -> bool>;
 
 struct World {
@@ -249,6 +250,8 @@ struct World {
     time_limit_ns: Cell<Option<u64>>,
     sinks: RefCell<Vec<Weak<dyn EventSink>>>,
     progress_hook: RefCell<Option<ProgressHook>>,
+    step_hook: RefCell<Option<StepHook>>,
+    step_hook_seen: Cell<u64>,
     engine_source: Source,
     wake_scratch: RefCell<Vec<TaskId>>,
 }
@@ -319,6 +322,8 @@ impl Sim {
             time_limit_ns: Cell::new(None),
             sinks: RefCell::new(Vec::new()),
             progress_hook: RefCell::new(None),
+            step_hook: RefCell::new(None),
+            step_hook_seen: Cell::new(0),
             engine_source: Source::new("engine"),
             wake_scratch: RefCell::new(Vec::new()),
         });
@@ -341,6 +346,7 @@ impl Sim {
         *self.world.halt.borrow_mut() = None;
         let main = self.handle.spawn("main", future);
         loop {
+            self.call_step_hook();
             if let Some(value) = main.try_take() {
                 return Ok(value);
             }
@@ -380,6 +386,26 @@ impl Sim {
                         sink.on_timed(token);
                     }
                 }
+            }
+        }
+    }
+
+    /// Calls the step hook if the last step logged events (nothing of the world is borrowed).
+    fn call_step_hook(&self) {
+        if self.world.step_hook.borrow().is_none() {
+            return;
+        }
+        let count = self.world.log.borrow().count();
+        if count == self.world.step_hook_seen.get() {
+            return;
+        }
+        self.world.step_hook_seen.set(count);
+        let hook = self.world.step_hook.borrow_mut().take();
+        if let Some(mut hook) = hook {
+            hook(count);
+            let mut slot = self.world.step_hook.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(hook);
             }
         }
     }
@@ -526,6 +552,21 @@ impl SimHandle {
     /// returning `true` halts the world there (a crash at a named point).
     pub fn set_progress_hook(&self, hook: impl FnMut(Progress, u64) -> bool + 'static) {
         *self.world().progress_hook.borrow_mut() = Some(Box::new(hook));
+    }
+
+    /// Sets the hook called between steps of [`Sim::run`] whenever the last step logged events,
+    /// with the event count: the world as a halt at that count would leave it (a task's poll or
+    /// a device's timed event has finished; nothing is borrowed). Crash-state enumeration
+    /// observes every moment of a run through it. The hook must not change the world.
+    pub fn set_step_hook(&self, hook: impl FnMut(u64) + 'static) {
+        let world = self.world();
+        world.step_hook_seen.set(world.log.borrow().count());
+        *world.step_hook.borrow_mut() = Some(Box::new(hook));
+    }
+
+    /// Removes the step hook.
+    pub fn clear_step_hook(&self) {
+        *self.world().step_hook.borrow_mut() = None;
     }
 
     /// Removes the progress hook.

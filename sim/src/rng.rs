@@ -79,6 +79,8 @@ pub mod streams {
     pub const CRASH_PLAN: &str = "crash-plan";
     /// The configuration a swarm seed draws.
     pub const SWARM: &str = "swarm";
+    /// Crash-state enumeration: torn-byte counts and sampled sectors of each derived state.
+    pub const CRASH_STATES: &str = "crash-states";
     /// Crash points chosen by the simulator benchmark.
     pub const BENCH_CRASH_POINTS: &str = "crash-points";
 
@@ -122,6 +124,15 @@ impl SimRng {
     pub fn stream(seed: Seed, name: &str) -> SimRng {
         let mut inner = ChaCha8Rng::seed_from_u64(seed.0);
         inner.set_stream(stream_number(name));
+        SimRng { inner, draws: 0 }
+    }
+
+    /// An independent stream derived from this one's current state and `variant`, without
+    /// advancing this one: the same state and variant always give the same fork.
+    pub fn fork(&self, variant: u64) -> SimRng {
+        let mut inner = self.inner.clone();
+        let stream = inner.get_stream();
+        inner.set_stream(stream ^ variant.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         SimRng { inner, draws: 0 }
     }
 

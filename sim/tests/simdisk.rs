@@ -205,6 +205,15 @@ fn crash_plan() -> impl Strategy<Value = CrashPlan> {
         }),
         Just(CrashStrategy::Prefix),
         Just(CrashStrategy::Clean),
+        any::<u64>().prop_map(|keep_mask| CrashStrategy::Subset { keep_mask }),
+        (0u32..40, 0u32..10, 0u32..600).prop_map(|(writes, units, torn_bytes)| CrashStrategy::PrefixAt {
+            writes,
+            units,
+            torn_bytes
+        }),
+        (any::<u32>(), 0u32..=1000, 0u32..=500).prop_map(|(variant, keep_per_mille, tear_per_mille)| {
+            CrashStrategy::Sampled { variant, keep_per_mille, tear_per_mille }
+        }),
     ];
     let unit = prop_oneof![Just(AtomicUnit::Sector), Just(AtomicUnit::Page), Just(AtomicUnit::None)];
     (strategy, unit).prop_map(|(strategy, atomic_unit)| CrashPlan { strategy, atomic_unit })
@@ -295,9 +304,17 @@ proptest! {
             Ok(()) | Err(RunError::Halted(_)) => {}
             Err(other) => prop_assert!(false, "unexpected run error {other}"),
         }
+        // The crash state derived on a copy (crash-state enumeration) is the one the crash
+        // itself leaves, and deriving it leaves the device untouched.
+        let elsewhere = Sim::new(Seed(seed ^ 1));
+        let visible_before = device.image_hash();
+        let (derived, derived_record) = device.crash_state(&elsewhere.handle(), plan);
+        prop_assert_eq!(device.image_hash(), visible_before);
         sim.abort_all_tasks();
         sim.halt_after_events(None);
         let record = device.crash(plan);
+        prop_assert_eq!(derived.image_hash(), device.image_hash(), "crash_state and crash differ ({:?})", plan);
+        prop_assert_eq!(&derived_record.writes, &record.writes);
         let model = model.borrow();
         for sector in 0..SECTORS {
             let mut actual = vec![0u8; SECTOR as usize];

@@ -83,11 +83,15 @@ fn campaigns() -> Result<()> {
             }
         }
     }
-    for (scenario, seed) in [("exhaustive", "1"), ("exhaustive", "2"), ("exhaustive-torn", "1")] {
-        run(
-            &format!("campaign {scenario} seed {seed}"),
-            &mut fvdsim(&["--scenario", scenario, "--seed", seed, "--out", "target/ci-campaigns/exhaustive"]),
-        )?;
+    // Crash-state enumeration: every moment of a short run, many crash states each (~0.3 s a seed).
+    for scenario in ["exhaustive", "exhaustive-torn"] {
+        for seed in 1..=10 {
+            let seed = seed.to_string();
+            run(
+                &format!("campaign {scenario} seed {seed}"),
+                &mut fvdsim(&["--scenario", scenario, "--seed", &seed, "--out", "target/ci-campaigns/exhaustive"]),
+            )?;
+        }
     }
     run(
         "campaign: the main job at its recorded timing",

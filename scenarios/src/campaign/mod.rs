@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod coverage;
+pub mod enumerate;
 pub mod outcome;
 pub mod output;
 pub mod run;

@@ -172,6 +172,20 @@ pub fn run_with(config: &RunConfig, log_tail: usize) -> Result<RunOutcome, Confi
 
 /// [`run_with`], telling `watcher` of progress (which may stop the run: Ctrl-C).
 pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>) -> Result<RunOutcome, ConfigError> {
+    run_observed(config, log_tail, watcher, None)
+}
+
+/// Installs an observer of the workload (a step hook on the world) once the image is open; the
+/// runner removes the hook when the workload ends.
+pub(super) type Observer = Box<dyn FnOnce(&Rig, &Shared)>;
+
+/// [`run_watched`] with an observer of the workload (crash-state enumeration).
+pub(super) fn run_observed(
+    config: &RunConfig,
+    log_tail: usize,
+    watcher: Option<Watcher>,
+    observer: Option<Observer>,
+) -> Result<RunOutcome, ConfigError> {
     let requests = load_requests(config)?;
     let rig = build_rig(config, log_tail)?;
     let total = config.max_requests.map_or(requests.total(), |m| m.min(requests.total()));
@@ -219,7 +233,7 @@ pub fn run_watched(config: &RunConfig, log_tail: usize, watcher: Option<Watcher>
     }));
     let mut crashes = Vec::new();
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        campaign(&config, &rig, &requests, &schedule, &driver, &mut crashes)
+        campaign(&config, &rig, &requests, &schedule, &driver, &mut crashes, observer)
     }));
     if let Err(panic) = body {
         let message = panic
@@ -306,6 +320,7 @@ fn campaign(
     schedule: &[CrashSpec],
     driver: &Shared,
     crashes: &mut Vec<CrashSummary>,
+    observer: Option<Observer>,
 ) {
     let profile = config.profile.into();
     let handle = rig.sim.handle();
@@ -327,6 +342,9 @@ fn campaign(
         }
     };
     rig.image.set_faults(config.faults.clone());
+    if let Some(install) = observer {
+        install(rig, driver);
+    }
     let mut pending: std::collections::VecDeque<CrashSpec> = schedule.iter().copied().collect();
     loop {
         {
@@ -453,6 +471,7 @@ fn campaign(
         d.workload_events = rig.sim.event_count().saturating_sub(d.first_event);
     }
     // The workload finished: disarm any crash that did not fire, flush, close cleanly, check.
+    rig.sim.clear_step_hook();
     rig.sim.clear_progress_hook();
     rig.sim.halt_after_events(None);
     if config.prefetch.is_some_and(|p| p.wait_for_finish) {
@@ -524,51 +543,4 @@ fn campaign(
 /// one segment of the plan.
 fn fallback_window(total: u64, crashes: usize) -> u64 {
     (total / (crashes as u64 + 1)).max(50)
-}
-
-/// The result of crashing a short run at every one of its events.
-#[derive(Debug)]
-pub struct ExhaustiveOutcome {
-    /// Events of the run without a crash (the crash points tried).
-    pub events: u64,
-    /// Crash points tried.
-    pub runs: u64,
-    /// The first failure and the event it crashed at, if any.
-    pub failure: Option<(u64, RunOutcome)>,
-}
-
-/// Runs `config` once without crashes to count its workload events, then once per event `k`
-/// with the world crashed at event `k` (clean, prefix and random strategies in turn), each
-/// recovered and verified. Stops at the first failure.
-pub fn run_exhaustive(
-    config: &RunConfig,
-    mut progress: impl FnMut(u64, u64),
-) -> Result<ExhaustiveOutcome, ConfigError> {
-    let mut probe = config.clone();
-    probe.crashes.count = 0;
-    probe.crashes.schedule = Some(Vec::new());
-    let clean = run(&probe)?;
-    if clean.failure.is_some() {
-        return Ok(ExhaustiveOutcome { events: 0, runs: 1, failure: Some((0, clean)) });
-    }
-    // Events from the first request to the end of the workload (create and open come before).
-    let events = clean.summary_events;
-    let strategies = [fvd_sim::CrashStrategy::RANDOM, fvd_sim::CrashStrategy::Prefix, fvd_sim::CrashStrategy::Clean];
-    for k in 1..=events {
-        progress(k, events);
-        let mut at = config.clone();
-        let spec = CrashSpec {
-            after_request: 0,
-            point: CrashPoint::RandomEvent,
-            occurrence: k,
-            strategy: strategies[(k % 3) as usize],
-            atomic_unit: *config.crashes.atomic_units.first().unwrap_or(&fvd_sim::AtomicUnit::Sector),
-        };
-        at.crashes.schedule = Some(vec![spec]);
-        let outcome = run(&at)?;
-        if outcome.failure.is_some() {
-            return Ok(ExhaustiveOutcome { events, runs: k + 1, failure: Some((k, outcome)) });
-        }
-    }
-    Ok(ExhaustiveOutcome { events, runs: events + 1, failure: None })
 }

@@ -28,6 +28,11 @@ pub(super) fn verify_after_crash(
                 let pick = touched[d.rng.below(touched.len() as u64) as usize];
                 chosen.insert(pick);
             }
+            // A sample as large as the written set reads all of it (the draws above stay, so
+            // the workload stream is the same either way).
+            if sample >= touched.len() as u64 {
+                chosen.extend(touched.iter().copied());
+            }
         }
         for _ in 0..256 {
             let sectors = d.disk_sectors;

@@ -81,6 +81,14 @@ impl WriteData {
         }
     }
 
+    /// A copy (pages copied into `pool`'s buffers).
+    pub(crate) fn clone_in(&self, pool: &mut PagePool) -> WriteData {
+        match self {
+            WriteData::Bytes(bytes) => WriteData::Bytes(bytes.clone()),
+            WriteData::Pages(pages) => WriteData::Pages(pages.iter().map(|p| p.clone_in(pool)).collect()),
+        }
+    }
+
     /// Converts to plain bytes (for a write that must land elsewhere than planned).
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         match self {
@@ -149,6 +157,32 @@ pub(crate) struct VolatileCache {
 }
 
 impl VolatileCache {
+    /// A copy of the bookkeeping (versions copied into `pool`'s buffers), for a crash state
+    /// resolved on a copy of the store.
+    pub(crate) fn deep_clone(&self, pool: &mut PagePool) -> VolatileCache {
+        let shadow = self
+            .shadow
+            .iter()
+            .map(|(&page, entry)| {
+                let durable = entry.durable.as_ref().map(|d| d.clone_in(pool));
+                let versions =
+                    entry.versions.iter().map(|(seq, v)| (*seq, v.as_ref().map(|v| v.clone_in(pool)))).collect();
+                (page, ShadowPage { durable, versions })
+            })
+            .collect();
+        VolatileCache {
+            pending: self.pending.clone(),
+            pending_bytes: self.pending_bytes,
+            shadow,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Unflushed executed writes.
+    pub(crate) fn pending_writes(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Bytes of unflushed writes.
     pub(crate) fn pending_bytes(&self) -> u64 {
         self.pending_bytes

@@ -51,6 +51,36 @@ pub enum CrashStrategy {
     Prefix,
     /// Everything lands (a clean power-off after the cache drained).
     Clean,
+    /// One enumerated crash state: unflushed write `i` (resolution order; see
+    /// [`CrashPlan::for_next_device`] for worlds of several devices) lands whole if bit `i` of
+    /// `keep_mask` is set and not at all otherwise; writes from the 64th on are dropped. FUA
+    /// writes always land. Used by crash-state enumeration (every subset of a few writes).
+    Subset {
+        /// Bit `i` set: write `i` lands.
+        keep_mask: u64,
+    },
+    /// One enumerated prefix: writes before `writes` land whole; write `writes` lands its first
+    /// `units` atomic units and, with no atomic unit, the first `torn_bytes` bytes of the unit
+    /// after them (dm-log-writes prefix replay with the cut torn); later writes are dropped.
+    PrefixAt {
+        /// Writes that land whole.
+        writes: u32,
+        /// Units of the cut write that land.
+        units: u32,
+        /// Bytes of the next unit that land (only with no atomic unit).
+        torn_bytes: u32,
+    },
+    /// A random subset like [`CrashStrategy::RandomSubset`], drawn from variant `variant` of the
+    /// crash stream: the stream's state forked, not advanced, so the states sampled at one crash
+    /// point are independent and each replays alone.
+    Sampled {
+        /// Which fork of the crash stream.
+        variant: u32,
+        /// Chance per mille a unit is kept.
+        keep_per_mille: u32,
+        /// Chance per mille a unit is torn (no atomic unit only).
+        tear_per_mille: u32,
+    },
 }
 
 impl CrashStrategy {
@@ -65,6 +95,28 @@ pub struct CrashPlan {
     pub strategy: CrashStrategy,
     /// What is atomic.
     pub atomic_unit: AtomicUnit,
+}
+
+impl CrashPlan {
+    /// The plan for the next device of a world after one whose crash resolved `writes` writes:
+    /// enumerated strategies count writes over the devices in turn (the image's first, then the
+    /// data file's), so one [`CrashStrategy::Subset`] or [`CrashStrategy::PrefixAt`] names a
+    /// crash state of the whole world. Other strategies apply to each device alike.
+    pub fn for_next_device(self, writes: usize) -> CrashPlan {
+        let writes = u32::try_from(writes).unwrap_or(u32::MAX);
+        let strategy = match self.strategy {
+            CrashStrategy::Subset { keep_mask } => {
+                CrashStrategy::Subset { keep_mask: keep_mask.checked_shr(writes).unwrap_or(0) }
+            }
+            CrashStrategy::PrefixAt { writes: cut, units, torn_bytes } if cut >= writes => {
+                CrashStrategy::PrefixAt { writes: cut - writes, units, torn_bytes }
+            }
+            // The cut fell in an earlier device: nothing of this one lands.
+            CrashStrategy::PrefixAt { .. } => CrashStrategy::PrefixAt { writes: 0, units: 0, torn_bytes: 0 },
+            other => other,
+        };
+        CrashPlan { strategy, atomic_unit: self.atomic_unit }
+    }
 }
 
 /// The fate of one unit.
@@ -156,8 +208,43 @@ pub(crate) fn choose_fates(
     piece_lens: &dyn Fn(usize, usize) -> u64,
 ) -> Vec<Vec<UnitFate>> {
     let tearable = plan.atomic_unit == AtomicUnit::None;
+    let kept_if = |write: usize, keep: bool| if forced[write] || keep { UnitFate::Kept } else { UnitFate::Dropped };
     match plan.strategy {
         CrashStrategy::Clean => unit_counts.iter().map(|&n| vec![UnitFate::Kept; n]).collect(),
+        CrashStrategy::Subset { keep_mask } => unit_counts
+            .iter()
+            .enumerate()
+            .map(|(write, &n)| vec![kept_if(write, write < 64 && keep_mask >> write & 1 == 1); n])
+            .collect(),
+        CrashStrategy::PrefixAt { writes, units, torn_bytes } => {
+            let (cut, cut_units) = (writes as usize, units as usize);
+            unit_counts
+                .iter()
+                .enumerate()
+                .map(|(write, &n)| {
+                    (0..n)
+                        .map(|unit| {
+                            let landed = write < cut || (write == cut && unit < cut_units);
+                            let torn = write == cut && unit == cut_units && tearable && torn_bytes > 0;
+                            let len = piece_lens(write, unit);
+                            if torn && !forced[write] && u64::from(torn_bytes) < len {
+                                UnitFate::TornPrefix { new_prefix_bytes: torn_bytes }
+                            } else {
+                                kept_if(write, landed || (torn && u64::from(torn_bytes) >= len))
+                            }
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+        CrashStrategy::Sampled { variant, keep_per_mille, tear_per_mille } => {
+            let mut forked = rng.fork(u64::from(variant));
+            let plan = CrashPlan {
+                strategy: CrashStrategy::RandomSubset { keep_per_mille, tear_per_mille },
+                atomic_unit: plan.atomic_unit,
+            };
+            choose_fates(plan, &mut forked, unit_counts, forced, piece_lens)
+        }
         CrashStrategy::RandomSubset { keep_per_mille, tear_per_mille } => unit_counts
             .iter()
             .enumerate()

@@ -134,6 +134,8 @@ struct DiskInner {
     config: RefCell<DiskConfig>,
     content: Option<Rc<dyn ContentSource>>,
     state: RefCell<DiskState>,
+    /// See [`SimDisk::crash_generation`].
+    crash_generation: Cell<u64>,
 }
 
 /// A simulated disk. Cloning gives another handle on the same disk.
@@ -217,6 +219,7 @@ impl SimDisk {
             config: RefCell::new(config),
             content,
             state: RefCell::new(state),
+            crash_generation: Cell::new(0),
         });
         let weak: std::rc::Weak<dyn EventSink> = Rc::downgrade(&inner) as std::rc::Weak<dyn EventSink>;
         inner.sink.set(sim.register_sink(weak));
@@ -292,22 +295,14 @@ impl SimDisk {
         let in_flight: Vec<(u64, u64, WriteData)> = state
             .requests
             .drain()
-            .filter(|(_, r)| {
-                r.kind == IoKind::Write && matches!(r.phase, Phase::Queued | Phase::InService) && r.fault.is_none()
-            })
+            .filter(|(_, r)| may_land(r))
             .filter_map(|(number, r)| r.write.map(|data| (number, r.offset_bytes, data)))
             .collect();
         let outcome = state.cache.crash(&mut state.store, content, plan, &mut state.crash_rng, in_flight);
-        let record_writes = outcome.fates;
         let len_bytes_before = state.len_bytes;
-        let keep_length = match plan.strategy {
-            crash::CrashStrategy::Clean => true,
-            crash::CrashStrategy::Prefix => outcome.all_kept,
-            crash::CrashStrategy::RandomSubset { .. } => {
-                state.durable_len_bytes == state.len_bytes || state.crash_rng.ratio(1, 2)
-            }
-        };
-        if !keep_length {
+        let keep =
+            keep_length(plan, outcome.all_kept, state.durable_len_bytes == state.len_bytes, &mut state.crash_rng);
+        if !keep {
             if state.durable_len_bytes < state.len_bytes {
                 state.store.discard_from(state.durable_len_bytes);
             }
@@ -324,11 +319,89 @@ impl SimDisk {
             plan,
             len_bytes_before,
             len_bytes_after: state.len_bytes,
-            writes: record_writes,
+            writes: outcome.fates,
         };
         drop(guard);
         inner.log(EventKind::Crash, 0, 0, record.writes.len() as u64);
         record
+    }
+
+    /// The crash state `plan` would leave, as a new disk in the world of `world`, leaving this
+    /// disk untouched: what [`SimDisk::crash`] would make of it now, resolved on a copy (the
+    /// same unit fates for the same crash-stream state). Crash-state enumeration derives many
+    /// states from one moment of a run this way instead of re-running the run for each.
+    ///
+    /// The copy costs a few bytes per symbolic page and 4 KiB per byte page.
+    pub fn crash_state(&self, world: &SimHandle, plan: CrashPlan) -> (SimDisk, CrashRecord) {
+        let inner = &self.inner;
+        let state = inner.state.borrow();
+        let content = inner.content.as_deref();
+        let mut store = state.store.deep_clone();
+        let mut cache = state.cache.deep_clone(&mut store.pool);
+        let in_flight: Vec<(u64, u64, WriteData)> = state
+            .requests
+            .iter()
+            .filter(|(_, r)| may_land(r))
+            .filter_map(|(number, r)| {
+                r.write.as_ref().map(|data| (number, r.offset_bytes, data.clone_in(&mut store.pool)))
+            })
+            .collect();
+        let mut rng = state.crash_rng.clone();
+        let outcome = cache.crash(&mut store, content, plan, &mut rng, in_flight);
+        let mut len_bytes = state.len_bytes;
+        if !keep_length(plan, outcome.all_kept, state.durable_len_bytes == state.len_bytes, &mut rng) {
+            if state.durable_len_bytes < state.len_bytes {
+                store.discard_from(state.durable_len_bytes);
+            }
+            len_bytes = state.durable_len_bytes;
+        }
+        let record = CrashRecord {
+            device: inner.name.to_string(),
+            at_ns: inner.sim.now_ns(),
+            plan,
+            len_bytes_before: state.len_bytes,
+            len_bytes_after: len_bytes,
+            writes: outcome.fates,
+        };
+        let disk = SimDisk::build(world, &inner.name, len_bytes, inner.config.borrow().clone(), inner.content.clone());
+        {
+            let mut copy = disk.inner.state.borrow_mut();
+            copy.store = store;
+            copy.latent = state.latent.clone();
+        }
+        disk.inner.log(EventKind::Crash, 0, 0, record.writes.len() as u64);
+        (disk, record)
+    }
+
+    /// Writes a crash now would resolve: unflushed executed writes plus writes in flight.
+    pub fn unflushed_writes(&self) -> usize {
+        let state = self.inner.state.borrow();
+        state.cache.pending_writes() + state.requests.values().filter(|r| may_land(r) && r.write.is_some()).count()
+    }
+
+    /// A number that changes whenever what a crash could leave changes (a write submitted,
+    /// executed or destaged, a flush, a length change, a crash). Equal numbers at two moments
+    /// of one run mean the same crash states.
+    pub fn crash_generation(&self) -> u64 {
+        self.inner.crash_generation.get()
+    }
+}
+
+/// True for a request whose write may still land at a crash: submitted, not executed, not
+/// failed by an injected fault.
+fn may_land(r: &Request) -> bool {
+    r.kind == IoKind::Write && matches!(r.phase, Phase::Queued | Phase::InService) && r.fault.is_none()
+}
+
+/// Whether a crash keeps the length the device had (a grow not yet flushed may be lost).
+fn keep_length(plan: CrashPlan, all_kept: bool, length_durable: bool, rng: &mut SimRng) -> bool {
+    match plan.strategy {
+        crash::CrashStrategy::Clean => true,
+        crash::CrashStrategy::Prefix
+        | crash::CrashStrategy::Subset { .. }
+        | crash::CrashStrategy::PrefixAt { .. }
+        | crash::CrashStrategy::Sampled { .. } => all_kept,
+        crash::CrashStrategy::RandomSubset { .. } => length_durable || rng.ratio(1, 2),
     }
 }
 
@@ -346,6 +419,14 @@ fn sample(rng: &mut SimRng, range: LatencyRange) -> u64 {
 
 impl DiskInner {
     fn log(&self, kind: EventKind, request: u64, offset_bytes: u64, len_bytes: u64) {
+        let changes_crash_state = match kind {
+            EventKind::Submit(kind) | EventKind::Execute(kind) => kind != IoKind::Read,
+            EventKind::Destage | EventKind::Crash | EventKind::Fault(_) => true,
+            _ => false,
+        };
+        if changes_crash_state {
+            self.crash_generation.set(self.crash_generation.get() + 1);
+        }
         self.sim.log(Event {
             at_ns: self.sim.now_ns(),
             source: self.source.clone(),

@@ -49,6 +49,12 @@ impl<R> RequestTable<R> {
         request
     }
 
+    /// Outstanding requests with their numbers, in number order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &R)> {
+        let base = self.base;
+        self.slots.iter().enumerate().filter_map(move |(i, r)| r.as_ref().map(|r| (base + i as u64, r)))
+    }
+
     /// Outstanding requests in number order.
     pub(crate) fn values(&self) -> impl Iterator<Item = &R> {
         self.slots.iter().flatten()

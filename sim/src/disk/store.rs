@@ -181,6 +181,26 @@ impl SparseStore {
         }
     }
 
+    /// A copy of every page (symbolic pages cost a few bytes; byte pages are copied), with an
+    /// empty pool: the starting point of a crash state that leaves this store untouched.
+    pub fn deep_clone(&self) -> SparseStore {
+        let mut pool = PagePool::default();
+        let leaves = self
+            .leaves
+            .iter()
+            .map(|leaf| {
+                leaf.as_ref().map(|leaf| {
+                    let mut copy: Box<Leaf> = Box::new([const { None }; PAGES_PER_LEAF]);
+                    for (to, from) in copy.iter_mut().zip(leaf.iter()) {
+                        *to = from.as_ref().map(|page| page.clone_in(&mut pool));
+                    }
+                    copy
+                })
+            })
+            .collect();
+        SparseStore { leaves, pool }
+    }
+
     /// Indices of written pages, ascending.
     pub fn page_indices(&self) -> impl Iterator<Item = u64> + '_ {
         self.leaves.iter().enumerate().flat_map(|(leaf_index, leaf)| {

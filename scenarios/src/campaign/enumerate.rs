@@ -1,0 +1,378 @@
+//! Crash-state enumeration: run the workload once and, at every moment where what a crash could
+//! leave has changed, derive many crash states from the devices as they stand (copy-on-write
+//! copies, [`fvd_sim::SimDisk::crash_state`]); recover and verify each in a world of its own.
+//!
+//! At a moment with `n` unflushed writes (executed but not durable, or still in flight):
+//! - `n <= SUBSET_LIMIT`: every subset of the writes (CrashMonkey bounds its enumeration the same
+//!   way), as [`CrashStrategy::Subset`];
+//! - otherwise every prefix in execution order ([`CrashStrategy::PrefixAt`], at most
+//!   `MAX_PREFIXES`, evenly spaced) plus `SAMPLES` seeded random subsets
+//!   ([`CrashStrategy::Sampled`]);
+//! - and torn variants of each prefix: the cut write lands its first atomic unit only, or with
+//!   no atomic unit a seeded number of bytes of it.
+//!
+//! States whose devices hold the same bytes as one already verified against the same oracle
+//! state are counted once. Every state is named by a [`CrashSpec`] (a crash at event
+//! `occurrence` of the workload with an enumerated strategy), so a failing one replays through
+//! the ordinary runner: [`run_enumerated`] does that replay itself and returns its outcome, whose
+//! failure file and repro command are the usual ones.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use fvd_engine::{Devices, Env, FvdImage, OpenOptions, check};
+use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DiskConfig, Seed, Sim, SimDisk, SimEnv, SimOptions, SimRng};
+
+use super::config::{CrashPoint, CrashSpec, RunConfig};
+use super::outcome::{ConfigError, RunOutcome};
+use super::run::{DEFAULT_LOG_TAIL, Observer, run, run_observed};
+use super::verify::is_byte_mix;
+use super::workload::Shared;
+use crate::oracle::TORN;
+use crate::rig::Rig;
+use crate::stamp::SECTOR;
+
+/// Every subset is tried up to this many unflushed writes (2^6 = 64 states).
+pub const SUBSET_LIMIT: usize = 6;
+/// Prefixes tried at one moment at most.
+pub const MAX_PREFIXES: usize = 32;
+/// Seeded random subsets per moment beyond the subset limit.
+pub const SAMPLES: u32 = 8;
+/// Settled written sectors read back per crash state (a seeded sample; every unsettled sector,
+/// one an unflushed write may have changed, is read back too).
+pub const SAMPLED_SECTORS: usize = 64;
+
+/// What an enumeration found.
+#[derive(Debug)]
+pub struct EnumerationOutcome {
+    /// Events of the workload (from its first request to its end).
+    pub events: u64,
+    /// Moments observed where the crash states differed from the moment before.
+    pub moments: u64,
+    /// Crash states recovered and verified (distinct: same bytes and oracle state counted once).
+    pub crash_states: u64,
+    /// Crash states derived but identical to one already verified.
+    pub duplicate_states: u64,
+    /// Sectors read back and judged over all crash states.
+    pub sectors_verified: u64,
+    /// The crash-free run (its clean close and check).
+    pub clean: RunOutcome,
+    /// The first failing crash state, if any.
+    pub failure: Option<EnumeratedFailure>,
+}
+
+/// A crash state that failed.
+#[derive(Debug)]
+pub struct EnumeratedFailure {
+    /// The crash that names it: replay with this as the run's only crash.
+    pub spec: CrashSpec,
+    /// What was wrong, as the enumeration saw it.
+    pub message: String,
+    /// The ordinary run with `spec` as its crash: its failure (if it reproduced) carries the
+    /// failure file and repro command.
+    pub replay: RunOutcome,
+}
+
+/// Mutable enumeration state shared with the step hook.
+struct State {
+    seen_moments: BTreeSet<(u64, u64, u64)>,
+    seen_states: BTreeSet<(u64, u64, u64)>,
+    moments: u64,
+    crash_states: u64,
+    duplicate_states: u64,
+    sectors_verified: u64,
+    failure: Option<(CrashSpec, String)>,
+}
+
+/// What the step hook needs besides the driver.
+struct Context {
+    seed: Seed,
+    image: SimDisk,
+    data: Option<SimDisk>,
+    base: Option<(fvd_sim::ProceduralContent, u64, DiskConfig)>,
+    open: OpenOptions,
+    profile: fvd_engine::Profile,
+    atomic_unit: AtomicUnit,
+    disk_sectors: u64,
+}
+
+/// The strategies tried at a moment with `writes` unflushed writes.
+fn strategies(writes: usize, atomic_unit: AtomicUnit, rng: &mut SimRng) -> Vec<CrashStrategy> {
+    let mut out = Vec::new();
+    if writes <= SUBSET_LIMIT {
+        out.extend((0..1u64 << writes).map(|keep_mask| CrashStrategy::Subset { keep_mask }));
+    } else {
+        let step = writes.div_ceil(MAX_PREFIXES).max(1);
+        let cuts: Vec<usize> = (0..=writes).step_by(step).chain(std::iter::once(writes)).collect();
+        for &cut in &cuts {
+            out.push(CrashStrategy::PrefixAt { writes: cut as u32, units: 0, torn_bytes: 0 });
+        }
+    }
+    if writes == 0 {
+        return out;
+    }
+    // Unit-level random subsets: writes landing in part, in any order.
+    // The variant is drawn, so moments with the same unflushed writes sample different subsets.
+    out.extend((0..SAMPLES).map(|_| CrashStrategy::Sampled {
+        variant: rng.next_u64() as u32,
+        keep_per_mille: 500,
+        tear_per_mille: 200,
+    }));
+    // Torn cuts: after a prefix, the next write lands in part (some units; with no atomic unit,
+    // some bytes of a unit).
+    let step = writes.div_ceil(MAX_PREFIXES).max(1);
+    for cut in (0..writes).step_by(step) {
+        let units = rng.range_inclusive(0, 7) as u32;
+        let torn_bytes = match atomic_unit {
+            AtomicUnit::None => rng.range_inclusive(1, 511) as u32,
+            AtomicUnit::Sector | AtomicUnit::Page => 0,
+        };
+        out.push(CrashStrategy::PrefixAt {
+            writes: cut as u32,
+            units: units.max(u32::from(torn_bytes == 0)),
+            torn_bytes,
+        });
+    }
+    out
+}
+
+/// Crashes at every moment of `config`'s workload, many crash states per moment (see the module
+/// documentation); stops deriving states at the first failure and replays it through the
+/// ordinary runner. `progress(moments, crash_states)` is told as the run goes.
+///
+/// Errors: [`ConfigError`] for a configuration the runner refuses.
+pub fn run_enumerated(
+    config: &RunConfig,
+    progress: impl FnMut(u64, u64) + 'static,
+) -> Result<EnumerationOutcome, ConfigError> {
+    let mut clean_config = config.clone();
+    clean_config.crashes.count = 0;
+    clean_config.crashes.schedule = Some(Vec::new());
+    let state = Rc::new(RefCell::new(State {
+        seen_moments: BTreeSet::new(),
+        seen_states: BTreeSet::new(),
+        moments: 0,
+        crash_states: 0,
+        duplicate_states: 0,
+        sectors_verified: 0,
+        failure: None,
+    }));
+    let open = OpenOptions {
+        read_only: false,
+        profile: config.profile.into(),
+        commit: config.commit.into(),
+        copy_on_read: Some(config.copy_on_read),
+        prefetch: config.prefetch.map(|p| p.engine_config()),
+    };
+    let atomic_unit = *config.crashes.atomic_units.first().unwrap_or(&AtomicUnit::Sector);
+    let base_profile = fvd_sim::DeviceProfile::named(&config.image.base_device)
+        .ok_or_else(|| ConfigError(format!("unknown device profile {:?}", config.image.base_device)))?;
+    let observer: Observer = {
+        let state = Rc::clone(&state);
+        let seed = config.seed;
+        let profile = config.profile.into();
+        let disk_sectors = config.image.size_bytes / SECTOR;
+        let base_bytes = config.image.base_bytes;
+        Box::new(move |rig: &Rig, driver: &Shared| {
+            let context = Rc::new(Context {
+                seed,
+                image: rig.image.clone(),
+                data: rig.data.clone(),
+                base: rig.base_content.map(|c| (c, base_bytes, DiskConfig::new(base_profile))),
+                open,
+                profile,
+                atomic_unit,
+                disk_sectors,
+            });
+            let driver = Rc::clone(driver);
+            let mut progress = progress;
+            let mut rng = SimRng::stream(seed, fvd_sim::streams::CRASH_STATES);
+            rig.sim.set_step_hook(move |count| {
+                let first_event = {
+                    let d = driver.borrow();
+                    if d.next_request == 0 || d.failure.is_some() {
+                        return;
+                    }
+                    d.first_event
+                };
+                if count <= first_event || state.borrow().failure.is_some() {
+                    return;
+                }
+                observe(&context, &driver, &state, &mut rng, count - first_event);
+                let s = state.borrow();
+                progress(s.moments, s.crash_states);
+            });
+        })
+    };
+    let clean = run_observed(&clean_config, DEFAULT_LOG_TAIL, None, Some(observer))?;
+    let s = std::mem::replace(
+        &mut *state.borrow_mut(),
+        State {
+            seen_moments: BTreeSet::new(),
+            seen_states: BTreeSet::new(),
+            moments: 0,
+            crash_states: 0,
+            duplicate_states: 0,
+            sectors_verified: 0,
+            failure: None,
+        },
+    );
+    let failure = match s.failure {
+        None => None,
+        Some((spec, message)) => {
+            let mut replay_config = config.clone();
+            replay_config.crashes.count = 1;
+            replay_config.crashes.schedule = Some(vec![spec]);
+            replay_config.verify_sample_sectors = replay_config.verify_sample_sectors.max(1 << 20);
+            let replay = run(&replay_config)?;
+            Some(EnumeratedFailure { spec, message, replay })
+        }
+    };
+    Ok(EnumerationOutcome {
+        events: clean.summary_events,
+        moments: s.moments,
+        crash_states: s.crash_states,
+        duplicate_states: s.duplicate_states,
+        sectors_verified: s.sectors_verified,
+        clean,
+        failure,
+    })
+}
+
+/// One moment: derives its crash states and verifies the new ones.
+fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: &mut SimRng, occurrence: u64) {
+    let oracle_generation = driver.borrow().oracle.crash_generation();
+    let moment = (
+        context.image.crash_generation(),
+        context.data.as_ref().map_or(0, SimDisk::crash_generation),
+        oracle_generation,
+    );
+    if !state.borrow_mut().seen_moments.insert(moment) {
+        return;
+    }
+    state.borrow_mut().moments += 1;
+    let writes = context.image.unflushed_writes() + context.data.as_ref().map_or(0, SimDisk::unflushed_writes);
+    for strategy in strategies(writes, context.atomic_unit, rng) {
+        let plan = CrashPlan { strategy, atomic_unit: context.atomic_unit };
+        let world = Sim::with_options(
+            Seed(context.seed.0 ^ occurrence.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            SimOptions { log_tail_capacity: 16, record_all_events: false },
+        );
+        let handle = world.handle();
+        let (image, record) = context.image.crash_state(&handle, plan);
+        let data = context.data.as_ref().map(|d| d.crash_state(&handle, plan.for_next_device(record.writes.len())).0);
+        let key = (image.image_hash(), data.as_ref().map_or(0, SimDisk::image_hash), oracle_generation);
+        if !state.borrow_mut().seen_states.insert(key) {
+            state.borrow_mut().duplicate_states += 1;
+            continue;
+        }
+        let spec = CrashSpec {
+            after_request: 0,
+            point: CrashPoint::RandomEvent,
+            occurrence,
+            strategy,
+            atomic_unit: context.atomic_unit,
+        };
+        let verdict = recover_and_verify(context, driver, &world, image, data, rng);
+        let mut s = state.borrow_mut();
+        s.crash_states += 1;
+        match verdict {
+            Ok(sectors) => s.sectors_verified += sectors,
+            Err(message) => {
+                s.failure = Some((spec, message));
+                return;
+            }
+        }
+    }
+}
+
+/// Opens the crash state (recovery), reads back every unsettled sector, a sample of the other
+/// written sectors and a few unwritten ones, and runs `check`.
+fn recover_and_verify(
+    context: &Context,
+    driver: &Shared,
+    world: &Sim,
+    image: SimDisk,
+    data: Option<SimDisk>,
+    rng: &mut SimRng,
+) -> Result<u64, String> {
+    let handle = world.handle();
+    let base = context
+        .base
+        .as_ref()
+        .map(|(content, len, config)| SimDisk::with_content(&handle, "base", *len, config.clone(), Rc::new(*content)));
+    let devices = Devices {
+        image: Rc::new(image),
+        data: data.map(|d| Rc::new(d) as Rc<dyn fvd_engine::BlockDevice>),
+        base: base.map(|d| Rc::new(d) as Rc<dyn fvd_engine::BlockDevice>),
+    };
+    let env: Rc<dyn Env> = Rc::new(SimEnv::new(&handle));
+    let opened = {
+        let (devices, options) = (devices.clone(), context.open);
+        world.run(async move { FvdImage::open(devices, env, options).await })
+    };
+    let image = match opened {
+        Ok(Ok(image)) => image,
+        Ok(Err(error)) => return Err(format!("recovery failed: {error}")),
+        Err(error) => return Err(format!("liveness in recovery: {error}")),
+    };
+    let sectors: Vec<u64> = {
+        let d = driver.borrow();
+        let mut chosen: BTreeSet<u64> = d.oracle.unsettled_sectors().into_iter().collect();
+        let touched: Vec<u64> = d.oracle.touched_sectors().collect();
+        if !touched.is_empty() {
+            chosen.extend((0..SAMPLED_SECTORS).map(|_| touched[rng.below(touched.len() as u64) as usize]));
+        }
+        chosen.extend((0..16).map(|_| rng.below(context.disk_sectors)));
+        chosen.into_iter().collect()
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &sector in &sectors {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == sector && *count < 256 => *count += 1,
+            _ => runs.push((sector, 1)),
+        }
+    }
+    let reader = image.clone();
+    let read = world.run(async move {
+        let mut out = Vec::with_capacity(runs.len());
+        for (first, count) in runs {
+            let mut buf = vec![0u8; (count * SECTOR) as usize];
+            let result = reader.read(first * SECTOR, &mut buf).await;
+            out.push((first, count, buf, result));
+        }
+        out
+    });
+    let results = read.map_err(|error| format!("liveness while verifying: {error}"))?;
+    let d = driver.borrow();
+    let torn_allowed = context.atomic_unit == AtomicUnit::None;
+    let mut verified = 0;
+    for (first, count, buf, result) in results {
+        result.map_err(|error| format!("verification read failed: {error}"))?;
+        for i in 0..count {
+            let sector = first + i;
+            let bytes = &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize];
+            let allowed = d.oracle.allowed_after_crash(sector);
+            if let Err(failure) = d.judge(sector, bytes, &allowed)
+                && !(torn_allowed && is_byte_mix(&d, sector, bytes, &allowed))
+                && !allowed.contains(&TORN)
+            {
+                return Err(format!(
+                    "sector {sector} holds {} after recovery; allowed: {}",
+                    failure.actual,
+                    failure.allowed.join(" or ")
+                ));
+            }
+            verified += 1;
+        }
+    }
+    drop(d);
+    let profile = context.profile;
+    match world.run(async move { check(&devices, profile, false).await }) {
+        Ok(Ok(report)) if report.is_clean() => Ok(verified),
+        Ok(Ok(report)) => Err(format!("check found corruption: {}", report.corruptions.join("; "))),
+        Ok(Err(error)) => Err(format!("check failed: {error}")),
+        Err(error) => Err(format!("liveness in check: {error}")),
+    }
+}
