@@ -66,12 +66,9 @@ pub fn original(sector: u64, base: Option<(&ProceduralContent, u64)>, out: &mut 
 /// Decodes the 512 bytes read from `sector`. `base` is the base image content and its length in
 /// sectors, if any.
 pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralContent, u64)>) -> SectorValue {
-    let mut expected = [0u8; SECTOR as usize];
-    original(sector, base, &mut expected);
-    if bytes == expected {
-        return SectorValue::Original;
-    }
-    if &bytes[16..24] == STAMP_MAGIC {
+    // A stamp first: most sectors judged hold one, and checking it needs no original.
+    let stamped = &bytes[16..24] == STAMP_MAGIC;
+    if stamped {
         let write_id = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
         let meant = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let mut intact = [0u8; SECTOR as usize];
@@ -79,6 +76,13 @@ pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralCon
         if bytes == intact {
             return SectorValue::Stamped { write_id, sector: meant };
         }
+    }
+    let mut expected = [0u8; SECTOR as usize];
+    original(sector, base, &mut expected);
+    if bytes == expected {
+        return SectorValue::Original;
+    }
+    if stamped {
         return SectorValue::Garbage;
     }
     if u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")) == BASE_SECTOR_MAGIC

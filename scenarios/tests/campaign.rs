@@ -153,7 +153,7 @@ fn a_short_run_survives_every_enumerated_crash_state() {
         let scenario = SCENARIOS.iter().find(|s| s.name == name).unwrap();
         for seed in [1u64, 3] {
             let config = (scenario.build)(Seed(seed));
-            let outcome = run_enumerated(&config, |_, _| {}).unwrap();
+            let outcome = run_enumerated(&config, 1, |_, _| {}).unwrap();
             assert!(
                 outcome.failure.is_none(),
                 "{name} seed {seed}: {:?}",
@@ -182,7 +182,7 @@ fn enumeration_catches_v1_and_its_crash_state_replays_through_the_runner() {
     let scenario = SCENARIOS.iter().find(|s| s.name == "exhaustive").unwrap();
     let mut config = (scenario.build)(Seed(1));
     config.profile = fvd_scenarios::campaign::config::ProfileName::V1;
-    let outcome = run_enumerated(&config, |_, _| {}).unwrap();
+    let outcome = run_enumerated(&config, 1, |_, _| {}).unwrap();
     let found = outcome.failure.expect("v1 fails some crash state");
     assert!(
         matches!(

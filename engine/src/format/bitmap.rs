@@ -40,6 +40,41 @@ impl Bitmap {
         Ok(bitmap)
     }
 
+    /// The bits of the first `blocks` blocks of `on_disk` (bits beyond are ignored; see
+    /// [`Bitmap::stray_bits`] to count them). Panics if `on_disk` holds fewer than `blocks` bits
+    /// (callers size it from the layout).
+    pub fn from_bits(on_disk: &[u8], blocks: u64) -> Bitmap {
+        let needed = blocks.div_ceil(8) as usize;
+        assert!(on_disk.len() >= needed, "the bitmap region holds every block's bit");
+        let mut bytes = on_disk[..needed].to_vec();
+        if !blocks.is_multiple_of(8)
+            && let Some(last) = bytes.last_mut()
+        {
+            *last &= (1u8 << (blocks % 8)) - 1;
+        }
+        Bitmap { bytes, blocks }
+    }
+
+    /// Bits set in `on_disk` at or beyond bit `blocks`.
+    pub fn stray_bits(on_disk: &[u8], blocks: u64) -> u64 {
+        let needed = blocks.div_ceil(8) as usize;
+        let partial = if blocks.is_multiple_of(8) || needed == 0 || on_disk.len() < needed {
+            0
+        } else {
+            u64::from((on_disk[needed - 1] & !((1u8 << (blocks % 8)) - 1)).count_ones())
+        };
+        partial + on_disk.get(needed..).unwrap_or(&[]).iter().map(|b| u64::from(b.count_ones())).sum::<u64>()
+    }
+
+    /// The set blocks, ascending (skipping zero bytes: cheap on a sparse bitmap).
+    pub fn set_blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b != 0)
+            .flat_map(|(i, &b)| (0..8u64).filter(move |bit| b & (1 << bit) != 0).map(move |bit| i as u64 * 8 + bit))
+    }
+
     /// Encodes into `size_bytes` bytes (the padded on-disk size).
     pub fn encode(&self, size_bytes: u64) -> Vec<u8> {
         let mut out = self.bytes.clone();
@@ -103,6 +138,20 @@ impl Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bits_read_from_disk_agree_bit_by_bit_and_strays_are_counted() {
+        // 13 blocks in 3 bytes: bits 13..24 are strays.
+        let on_disk = [0b1000_0101u8, 0b1110_0000, 0b0000_0011];
+        let bitmap = Bitmap::from_bits(&on_disk, 13);
+        for block in 0..13 {
+            assert_eq!(bitmap.get(block), on_disk[(block / 8) as usize] & (1 << (block % 8)) != 0, "block {block}");
+        }
+        assert_eq!(bitmap.set_blocks().collect::<Vec<_>>(), vec![0, 2, 7]);
+        assert_eq!(Bitmap::stray_bits(&on_disk, 13), 5);
+        assert_eq!(Bitmap::stray_bits(&on_disk, 24), 0);
+        assert_eq!(Bitmap::stray_bits(&on_disk, 16), 2);
+    }
 
     #[test]
     fn bits_are_lsb_first_and_round_trip() {

@@ -80,14 +80,8 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
     if layout.has_base() {
         let mut bytes = vec![0u8; layout.bitmap_size as usize];
         image.read_at(layout.bitmap_offset, &mut bytes).await.map_err(FvdError::io("check: read bitmap"))?;
-        for block in 0..layout.bitmap_blocks {
-            if bytes[(block / 8) as usize] & (1 << (block % 8)) != 0 {
-                bitmap.set_range(block, block + 1);
-            }
-        }
-        let stray = (layout.bitmap_blocks..layout.bitmap_size * 8)
-            .filter(|&b| bytes[(b / 8) as usize] & (1 << (b % 8)) != 0)
-            .count();
+        bitmap = Bitmap::from_bits(&bytes, layout.bitmap_blocks);
+        let stray = Bitmap::stray_bits(&bytes, layout.bitmap_blocks);
         if stray > 0 {
             report
                 .corruptions
@@ -271,8 +265,9 @@ fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, w
 /// Blocks whose bit is set in `bitmap` while a chunk they overlap is unmapped in `table`, each with
 /// the first such chunk.
 fn blocks_in_unmapped_chunks(bitmap: &Bitmap, table: &[u32], layout: &Layout) -> Vec<(u64, u64)> {
-    (0..layout.bitmap_blocks)
-        .filter(|&block| bitmap.get(block))
+    debug_assert_eq!(bitmap.blocks(), layout.bitmap_blocks);
+    bitmap
+        .set_blocks()
         .filter_map(|block| {
             let start = block * layout.block_size;
             let end = ((block + 1) * layout.block_size).min(layout.base_size);

@@ -38,7 +38,7 @@ pub const SUBSET_LIMIT: usize = 6;
 /// Prefixes tried at one moment at most.
 pub const MAX_PREFIXES: usize = 32;
 /// Seeded random subsets per moment beyond the subset limit.
-pub const SAMPLES: u32 = 8;
+pub const SAMPLES: u32 = 64;
 /// Settled written sectors read back per crash state (a seeded sample; every unsettled sector,
 /// one an unflushed write may have changed, is read back too).
 pub const SAMPLED_SECTORS: usize = 64;
@@ -82,7 +82,22 @@ struct State {
     crash_states: u64,
     duplicate_states: u64,
     sectors_verified: u64,
-    failure: Option<(CrashSpec, String)>,
+    /// The first failing state: its place in the enumeration order, its crash, the message.
+    failure: Option<((u64, usize), CrashSpec, String)>,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            seen_moments: BTreeSet::new(),
+            seen_states: BTreeSet::new(),
+            moments: 0,
+            crash_states: 0,
+            duplicate_states: 0,
+            sectors_verified: 0,
+            failure: None,
+        }
+    }
 }
 
 /// What the step hook needs besides the driver.
@@ -95,6 +110,8 @@ struct Context {
     profile: fvd_engine::Profile,
     atomic_unit: AtomicUnit,
     disk_sectors: u64,
+    /// `(index, count)`: this worker verifies the states whose key falls in its share.
+    shard: (u64, u64),
 }
 
 /// The strategies tried at a moment with `writes` unflushed writes.
@@ -138,26 +155,86 @@ fn strategies(writes: usize, atomic_unit: AtomicUnit, rng: &mut SimRng) -> Vec<C
 }
 
 /// Crashes at every moment of `config`'s workload, many crash states per moment (see the module
-/// documentation); stops deriving states at the first failure and replays it through the
-/// ordinary runner. `progress(moments, crash_states)` is told as the run goes.
+/// documentation); stops at the first failure and replays it through the ordinary runner.
+///
+/// `jobs` workers (OS threads) each run the workload (a small part of the cost) and verify the
+/// crash states whose content falls in their share, so the states verified, the duplicates
+/// skipped and the first failure (in enumeration order) are the same for any `jobs`.
+/// `progress(moments, crash_states)` is told by the first worker as it goes.
 ///
 /// Errors: [`ConfigError`] for a configuration the runner refuses.
 pub fn run_enumerated(
     config: &RunConfig,
-    progress: impl FnMut(u64, u64) + 'static,
+    jobs: usize,
+    progress: impl FnMut(u64, u64) + Send + 'static,
 ) -> Result<EnumerationOutcome, ConfigError> {
+    let jobs = jobs.max(1) as u64;
+    let mut progress = Some(progress);
+    let shards: Vec<Result<(RunOutcome, State), ConfigError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|index| {
+                let tell = progress.take();
+                scope.spawn(move || {
+                    let tell: Box<dyn FnMut(u64, u64)> = match tell {
+                        Some(tell) => Box::new(tell),
+                        None => Box::new(|_, _| {}),
+                    };
+                    enumerate_shard(config, (index, jobs), tell)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut clean = None;
+    let mut merged = State::new();
+    for shard in shards {
+        let (outcome, state) = shard?;
+        if clean.is_none() {
+            merged.moments = state.moments;
+            merged.duplicate_states = state.duplicate_states;
+            clean = Some(outcome);
+        }
+        merged.crash_states += state.crash_states;
+        merged.sectors_verified += state.sectors_verified;
+        if let Some(found) = state.failure
+            && merged.failure.as_ref().is_none_or(|first| found.0 < first.0)
+        {
+            merged.failure = Some(found);
+        }
+    }
+    let clean = clean.expect("at least one worker");
+    let failure = match merged.failure {
+        None => None,
+        Some((_, spec, message)) => {
+            let mut replay_config = config.clone();
+            replay_config.crashes.count = 1;
+            replay_config.crashes.schedule = Some(vec![spec]);
+            replay_config.verify_sample_sectors = replay_config.verify_sample_sectors.max(1 << 20);
+            let replay = run(&replay_config)?;
+            Some(EnumeratedFailure { spec, message, replay })
+        }
+    };
+    Ok(EnumerationOutcome {
+        events: clean.summary_events,
+        moments: merged.moments,
+        crash_states: merged.crash_states,
+        duplicate_states: merged.duplicate_states,
+        sectors_verified: merged.sectors_verified,
+        clean,
+        failure,
+    })
+}
+
+/// One worker: the crash-free run with the step hook deriving every state and verifying its share.
+fn enumerate_shard(
+    config: &RunConfig,
+    shard: (u64, u64),
+    progress: Box<dyn FnMut(u64, u64)>,
+) -> Result<(RunOutcome, State), ConfigError> {
     let mut clean_config = config.clone();
     clean_config.crashes.count = 0;
     clean_config.crashes.schedule = Some(Vec::new());
-    let state = Rc::new(RefCell::new(State {
-        seen_moments: BTreeSet::new(),
-        seen_states: BTreeSet::new(),
-        moments: 0,
-        crash_states: 0,
-        duplicate_states: 0,
-        sectors_verified: 0,
-        failure: None,
-    }));
+    let state = Rc::new(RefCell::new(State::new()));
     let open = OpenOptions {
         read_only: false,
         profile: config.profile.into(),
@@ -184,6 +261,7 @@ pub fn run_enumerated(
                 profile,
                 atomic_unit,
                 disk_sectors,
+                shard,
             });
             let driver = Rc::clone(driver);
             let mut progress = progress;
@@ -206,38 +284,8 @@ pub fn run_enumerated(
         })
     };
     let clean = run_observed(&clean_config, DEFAULT_LOG_TAIL, None, Some(observer))?;
-    let s = std::mem::replace(
-        &mut *state.borrow_mut(),
-        State {
-            seen_moments: BTreeSet::new(),
-            seen_states: BTreeSet::new(),
-            moments: 0,
-            crash_states: 0,
-            duplicate_states: 0,
-            sectors_verified: 0,
-            failure: None,
-        },
-    );
-    let failure = match s.failure {
-        None => None,
-        Some((spec, message)) => {
-            let mut replay_config = config.clone();
-            replay_config.crashes.count = 1;
-            replay_config.crashes.schedule = Some(vec![spec]);
-            replay_config.verify_sample_sectors = replay_config.verify_sample_sectors.max(1 << 20);
-            let replay = run(&replay_config)?;
-            Some(EnumeratedFailure { spec, message, replay })
-        }
-    };
-    Ok(EnumerationOutcome {
-        events: clean.summary_events,
-        moments: s.moments,
-        crash_states: s.crash_states,
-        duplicate_states: s.duplicate_states,
-        sectors_verified: s.sectors_verified,
-        clean,
-        failure,
-    })
+    let state = std::mem::replace(&mut *state.borrow_mut(), State::new());
+    Ok((clean, state))
 }
 
 /// One moment: derives its crash states and verifies the new ones.
@@ -253,7 +301,7 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
     }
     state.borrow_mut().moments += 1;
     let writes = context.image.unflushed_writes() + context.data.as_ref().map_or(0, SimDisk::unflushed_writes);
-    for strategy in strategies(writes, context.atomic_unit, rng) {
+    for (order, strategy) in strategies(writes, context.atomic_unit, rng).into_iter().enumerate() {
         let plan = CrashPlan { strategy, atomic_unit: context.atomic_unit };
         let world = Sim::with_options(
             Seed(context.seed.0 ^ occurrence.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -267,6 +315,11 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
             state.borrow_mut().duplicate_states += 1;
             continue;
         }
+        let (index, count) = context.shard;
+        let key_hash = (key.0 ^ key.1.rotate_left(17) ^ key.2).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        if count > 1 && (key_hash >> 32) % count != index {
+            continue;
+        }
         let spec = CrashSpec {
             after_request: 0,
             point: CrashPoint::RandomEvent,
@@ -274,13 +327,14 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
             strategy,
             atomic_unit: context.atomic_unit,
         };
-        let verdict = recover_and_verify(context, driver, &world, image, data, rng);
+        // Sampling draws from a fork, so every worker's enumeration stream stays in step.
+        let verdict = recover_and_verify(context, driver, &world, image, data, &mut rng.fork(key_hash));
         let mut s = state.borrow_mut();
         s.crash_states += 1;
         match verdict {
             Ok(sectors) => s.sectors_verified += sectors,
             Err(message) => {
-                s.failure = Some((spec, message));
+                s.failure = Some(((occurrence, order), spec, message));
                 return;
             }
         }
