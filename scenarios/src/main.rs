@@ -738,7 +738,7 @@ fn swarm(args: &SwarmArgs) -> ExitCode {
                 return;
             }
         };
-        summary.add(&outcome);
+        summary.add(&outcome, result.crash_states);
         if outcome.failure.is_some() {
             let path = out.join(format!("failure-swarm-{}.json", outcome.config.seed));
             let file = fvd_scenarios::campaign::output::failure_file(&outcome, &path);

@@ -89,7 +89,16 @@ fn campaigns() -> Result<()> {
             let seed = seed.to_string();
             run(
                 &format!("campaign {scenario} seed {seed}"),
-                &mut fvdsim(&["--scenario", scenario, "--seed", &seed, "--out", "target/ci-campaigns/exhaustive"]),
+                &mut fvdsim(&[
+                    "--scenario",
+                    scenario,
+                    "--seed",
+                    &seed,
+                    "--jobs",
+                    "2",
+                    "--out",
+                    "target/ci-campaigns/exhaustive",
+                ]),
             )?;
         }
     }

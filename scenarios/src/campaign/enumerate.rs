@@ -225,6 +225,32 @@ pub fn run_enumerated(
     })
 }
 
+/// [`run_enumerated`] on one worker, as one run's outcome (for campaigns that handle runs): the
+/// replay's outcome when a crash state failed (with the enumeration's finding put in its place
+/// when the ordinary runner did not reproduce it), the crash-free run's otherwise; and the crash
+/// states verified.
+///
+/// Errors: [`ConfigError`] for a configuration the runner refuses.
+pub fn run_enumerated_as_run(config: &RunConfig) -> Result<(RunOutcome, u64), ConfigError> {
+    let outcome = run_enumerated(config, 1, |_, _| {})?;
+    let states = outcome.crash_states;
+    let Some(found) = outcome.failure else { return Ok((outcome.clean, states)) };
+    let mut replay = found.replay;
+    if replay.failure.is_none() {
+        replay.failure = Some(super::outcome::Failure {
+            class: super::outcome::FailureClass::Check,
+            message: format!(
+                "enumerated crash state at event {} ({:?}) failed: {} (the ordinary runner did not reproduce it)",
+                found.spec.occurrence, found.spec.strategy, found.message
+            ),
+            sectors: Vec::new(),
+            at_request: 0,
+            after_crashes: 1,
+        });
+    }
+    Ok((replay, states))
+}
+
 /// One worker: the crash-free run with the step hook deriving every state and verifying its share.
 fn enumerate_shard(
     config: &RunConfig,
@@ -310,6 +336,12 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
         let handle = world.handle();
         let (image, record) = context.image.crash_state(&handle, plan);
         let data = context.data.as_ref().map(|d| d.crash_state(&handle, plan.for_next_device(record.writes.len())).0);
+        // Recovery runs without injected faults, as in the ordinary runner: the fault plan is
+        // about the workload's requests.
+        image.set_faults(fvd_sim::FaultPlan::default());
+        if let Some(data) = &data {
+            data.set_faults(fvd_sim::FaultPlan::default());
+        }
         let key = (image.image_hash(), data.as_ref().map_or(0, SimDisk::image_hash), oracle_generation);
         if !state.borrow_mut().seen_states.insert(key) {
             state.borrow_mut().duplicate_states += 1;

@@ -41,6 +41,10 @@ pub enum SwarmProfiles {
     WithV1,
 }
 
+/// The scenario name of swarm configurations whose crash states are enumerated
+/// ([`super::enumerate`]); `fvdsim run` enumerates every scenario named `exhaustive*`.
+pub const ENUMERATED_SCENARIO: &str = "exhaustive-swarm";
+
 /// The configuration seed `seed` draws (stream `swarm`): workload, queue depth, flush frequency,
 /// image geometry and options, profile and commit mode, devices, atomic units, faults, crashes.
 /// Always a configuration the engine accepts (checked by [`super::run::validate`]; a draw that is
@@ -136,8 +140,25 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
     // that v1's rule refuses to open (`DirtyWithoutJournal`): no crashes then.
     let crash_count = pick(rng, &[0, 1, 4, 12, 30]);
     let count = if image.journal_bytes == 0 && (image.compact || image.base_bytes > 0) { 0 } else { crash_count };
+    // One short random workload in six enumerates its crash states (every moment, many states
+    // each) instead of crashing at a few points; drawn last, so the rest of a seed's draw stays.
+    // Each state copies the devices' written pages: small images keep that cheap.
+    let enumerate = rng.ratio(1, 6)
+        && count > 0
+        && matches!(workload, WorkloadConfig::Random { .. })
+        && image.size_bytes <= 64 * MIB
+        && prefetch.is_none();
+    let workload = match workload {
+        WorkloadConfig::Random { max_sectors, read_per_mille, .. } if enumerate => WorkloadConfig::Random {
+            testers: pick(rng, &[1, 2, 4]),
+            requests: pick(rng, &[16, 32, 48]),
+            max_sectors: max_sectors.min(64),
+            read_per_mille,
+        },
+        other => other,
+    };
     RunConfig {
-        scenario: "swarm".into(),
+        scenario: if enumerate { ENUMERATED_SCENARIO.into() } else { "swarm".into() },
         seed,
         profile,
         commit,
@@ -287,6 +308,8 @@ pub struct SeedResult {
     pub index: u64,
     /// The run (or the configuration error: a bug in the swarm's drawing).
     pub outcome: std::result::Result<RunOutcome, ConfigError>,
+    /// Crash states the run verified (enumerated ones included).
+    pub crash_states: u64,
 }
 
 /// A campaign's totals.
@@ -311,11 +334,11 @@ pub struct SwarmSummary {
 }
 
 impl SwarmSummary {
-    /// Adds one run.
-    pub fn add(&mut self, outcome: &RunOutcome) {
+    /// Adds one run that verified `crash_states` crash states.
+    pub fn add(&mut self, outcome: &RunOutcome, crash_states: u64) {
         self.seeds += 1;
         self.failing_seeds += u64::from(outcome.failure.is_some());
-        self.crashes_verified += outcome.crashes.len() as u64;
+        self.crashes_verified += crash_states;
         self.sectors_verified += outcome.summary.sectors_verified;
         for (path, count) in &outcome.summary.coverage {
             *self.coverage.entry(path.clone()).or_default() += count;
@@ -348,8 +371,17 @@ pub fn run_seeds(
                     }
                     let Some(index) = indices.lock().unwrap_or_else(|p| p.into_inner()).next() else { return };
                     let config = swarm_config(swarm_seed(base, index), profiles);
-                    let outcome = super::run::run(&config);
-                    if sender.send(SeedResult { index, outcome }).is_err() {
+                    let (outcome, crash_states) = if config.scenario == ENUMERATED_SCENARIO {
+                        match super::enumerate::run_enumerated_as_run(&config) {
+                            Ok((outcome, states)) => (Ok(outcome), states),
+                            Err(error) => (Err(error), 0),
+                        }
+                    } else {
+                        let outcome = super::run::run(&config);
+                        let states = outcome.as_ref().map_or(0, |o| o.crashes.len() as u64);
+                        (outcome, states)
+                    };
+                    if sender.send(SeedResult { index, outcome, crash_states }).is_err() {
                         return;
                     }
                 }
@@ -383,6 +415,26 @@ mod tests {
         assert!(configs.iter().all(|c| super::super::run::validate(c).is_ok()));
         let seeds: std::collections::BTreeSet<u64> = (0..1000).map(|i| swarm_seed(Seed(1), i).0).collect();
         assert_eq!(seeds.len(), 1000);
+        // Some seeds enumerate crash states, always on a short random workload with crashes.
+        let enumerated: Vec<&RunConfig> = configs.iter().filter(|c| c.scenario == ENUMERATED_SCENARIO).collect();
+        assert!(!enumerated.is_empty() && enumerated.len() < configs.len() / 2, "{}", enumerated.len());
+        for config in enumerated {
+            assert!(matches!(config.workload, WorkloadConfig::Random { requests, .. } if requests <= 48));
+            assert!(config.crashes.count > 0 && config.prefetch.is_none());
+        }
+    }
+
+    #[test]
+    fn an_enumerated_seed_verifies_many_crash_states_and_passes() {
+        let mut config = (0..64)
+            .map(|i| swarm_config(swarm_seed(Seed(1), i), SwarmProfiles::Hardened))
+            .find(|c| c.scenario == ENUMERATED_SCENARIO)
+            .expect("an enumerated seed among 64");
+        // The first requests are enough here (and keep a debug-build test quick).
+        config.max_requests = Some(6);
+        let (outcome, states) = super::super::enumerate::run_enumerated_as_run(&config).unwrap();
+        assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+        assert!(states > 10, "{states} crash states");
     }
 
     #[test]
