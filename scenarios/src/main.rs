@@ -685,6 +685,26 @@ fn swarm(args: &SwarmArgs) -> ExitCode {
         if let Err(error) = db.write(&target) {
             return usage(format!("{error:#}"));
         }
+        // The shards' totals (swarm.json beside each database), for the merged page.
+        let mut merged = SwarmSummary::default();
+        for path in &args.merge {
+            let totals = path.with_file_name("swarm.json");
+            if let Ok(text) = std::fs::read_to_string(&totals) {
+                match serde_json::from_str::<SwarmSummary>(&text) {
+                    Ok(summary) => merged.merge(&summary),
+                    Err(error) => eprintln!("fvdsim swarm: {} is not a swarm summary: {error}", totals.display()),
+                }
+            }
+        }
+        let page = merged.page(&format!("fvdsim swarm: {} campaigns merged", args.merge.len()), &db);
+        let written =
+            std::fs::write(args.out.join("swarm.json"), serde_json::to_string_pretty(&merged).unwrap_or_default())
+                .and_then(|()| {
+                    std::fs::write(args.out.join("index.html"), fvd_reports::campaign::render_campaign_page(&page))
+                });
+        if let Err(error) = written {
+            return usage(format!("writing {}: {error}", args.out.display()));
+        }
         say!(
             "merged {} database(s) into {}: {} distinct failure(s)",
             args.merge.len(),
@@ -698,6 +718,8 @@ fn swarm(args: &SwarmArgs) -> ExitCode {
     }
     let mut summary = SwarmSummary::default();
     let started = Instant::now();
+    // The campaign's label in the database (first and last seen): when it started, UTC.
+    let label = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut regressions = 0u64;
     if let Some(path) = &args.replay_db {
         let known = match FailureDb::read(path) {
@@ -744,7 +766,7 @@ fn swarm(args: &SwarmArgs) -> ExitCode {
             let file = fvd_scenarios::campaign::output::failure_file(&outcome, &path);
             let _ = std::fs::write(&path, serde_json::to_string_pretty(&file).expect("failure files serialise"));
             let command = repro_command(&path);
-            db.record(&outcome, &command);
+            db.record(&outcome, &command, &label);
             let line = format!(
                 "FAILURE seed {} ({}): {}\n  replay: {command}   or: fvdsim run --swarm-seed {}{}",
                 outcome.config.seed,
@@ -787,7 +809,12 @@ fn swarm(args: &SwarmArgs) -> ExitCode {
     summary.distinct_failures = db.failures.len();
     let written = db
         .write(&args.out.join("failures.json"))
-        .and_then(|()| Ok(std::fs::write(args.out.join("swarm.json"), serde_json::to_string_pretty(&summary)?)?));
+        .and_then(|()| Ok(std::fs::write(args.out.join("swarm.json"), serde_json::to_string_pretty(&summary)?)?))
+        .and_then(|()| {
+            let title = format!("fvdsim swarm: seed {}, started {label}", args.seed);
+            let page = summary.page(&title, &db);
+            Ok(std::fs::write(args.out.join("index.html"), fvd_reports::campaign::render_campaign_page(&page))?)
+        });
     if let Err(error) = written {
         eprintln!("fvdsim swarm: writing {}: {error:#}", args.out.display());
     }

@@ -167,7 +167,9 @@ fn nightly(seed: Option<String>, time: &str, shard: Option<&str>) -> Result<()> 
     if known.exists() {
         command.arg("--replay-db").arg(&known);
     }
-    run("swarm", &mut command)?;
+    let swarm = run("swarm", &mut command);
+    eprintln!("xtask: the campaign's page: {}", project_root().join(&out).join("index.html").display());
+    swarm?;
     eprintln!("xtask: nightly passed");
     Ok(())
 }

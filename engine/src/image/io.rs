@@ -211,6 +211,12 @@ impl FvdImage {
         // base data this write copies does not land over an in-flight guest write (a write that
         // covers a whole block takes no copy lock, so it is found through the write locks).
         // Checks and lock-taking happen in one step with no await between: no hold-and-wait.
+        {
+            let mut state = inner.state.borrow_mut();
+            if state.copy_locks.overlaps(start, end) {
+                state.stats.dependent_writes += 1;
+            }
+        }
         let (merged_start, merged_end, copy_lock, write_lock) = loop {
             inner
                 .until("engine: a copy overlapping this write (dependent write)", |s| {
@@ -442,7 +448,10 @@ impl FvdImage {
                         state.growing = false;
                         state.wake_all();
                         match grown {
-                            Ok(()) => state.storage_chunks = target_chunks,
+                            Ok(()) => {
+                                state.storage_chunks = target_chunks;
+                                state.stats.storage_grows += 1;
+                            }
                             Err(_) => {
                                 return Err(FvdError::NoSpace {
                                     chunk,

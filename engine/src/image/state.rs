@@ -95,6 +95,11 @@ pub struct EngineStats {
     pub group_committed_changes: u64,
     /// Chunks allocated (compact).
     pub chunks_allocated: u64,
+    /// Data storage grows (compact images grow their data file by `storage_grow_unit`).
+    pub storage_grows: u64,
+    /// Writes that found a copy-on-write overlapping them in flight and waited for it
+    /// (dependent writes, `fvd-v1.md` §2.3).
+    pub dependent_writes: u64,
     /// Guest flushes.
     pub flushes: u64,
     /// Copy-on-read stores completed, and their bytes.

@@ -18,6 +18,8 @@ pub const PATHS: &[&str] = &[
     "engine: slow-path write",
     "engine: partial-block copy-on-write",
     "engine: chunk allocation",
+    "engine: storage growth",
+    "engine: dependent write (waited for a copy-on-write)",
     "engine: journal write",
     "engine: journal recycle",
     "engine: group commit",
@@ -25,9 +27,13 @@ pub const PATHS: &[&str] = &[
     "engine: copy-on-read store",
     "engine: copy-on-read skipped (cap)",
     "engine: prefetch store",
+    "engine: prefetch paused",
     "recovery: nothing to replay",
     "recovery: journal replayed",
     "guest: request failed (injected I/O error)",
+    "guest: read failed",
+    "guest: write failed",
+    "guest: flush failed",
     // Crash points (where each applied crash fired).
     "crash: random-event",
     "crash: journal-write-in-flight",
@@ -39,6 +45,7 @@ pub const PATHS: &[&str] = &[
     "crash: commit-data-flush",
     "crash: commit-landed",
     "crash: at the end of the workload",
+    "crash: enumerated crash state",
     // Configuration dimensions.
     "config: profile hardened",
     "config: profile v1",
@@ -74,6 +81,8 @@ pub fn add_engine(coverage: &mut Coverage, stats: &fvd_engine::EngineStats) {
     add(coverage, "engine: slow-path write", stats.writes.saturating_sub(stats.fast_path_writes));
     add(coverage, "engine: partial-block copy-on-write", stats.copy_on_write_writes);
     add(coverage, "engine: chunk allocation", stats.chunks_allocated);
+    add(coverage, "engine: storage growth", stats.storage_grows);
+    add(coverage, "engine: dependent write (waited for a copy-on-write)", stats.dependent_writes);
     add(coverage, "engine: journal write", stats.journal_writes);
     add(coverage, "engine: journal recycle", stats.recycles);
     add(coverage, "engine: group commit", stats.group_commits);

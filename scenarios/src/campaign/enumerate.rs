@@ -202,7 +202,8 @@ pub fn run_enumerated(
             merged.failure = Some(found);
         }
     }
-    let clean = clean.expect("at least one worker");
+    let mut clean = clean.expect("at least one worker");
+    super::coverage::add(&mut clean.summary.coverage, "crash: enumerated crash state", merged.crash_states);
     let failure = match merged.failure {
         None => None,
         Some((_, spec, message)) => {

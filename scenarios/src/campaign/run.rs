@@ -289,6 +289,9 @@ fn add_stats(driver: &Shared, image: &FvdImage) {
     let stats = image.stats();
     let telemetry = image.prefetch_telemetry();
     let mut d = driver.borrow_mut();
+    if let Some(t) = &telemetry {
+        super::coverage::add(&mut d.summary.coverage, "engine: prefetch paused", t.pauses.len() as u64);
+    }
     if let Some(t) = telemetry {
         // Prefetch restarts after every recovery: keep every open's activity.
         d.prefetch = Some(match d.prefetch.take() {

@@ -181,7 +181,15 @@ pub fn signature(outcome: &RunOutcome) -> Option<String> {
     let failure = outcome.failure.as_ref()?;
     let class =
         serde_json::to_value(failure.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    let last_crash = outcome.crashes.last().map_or("no crash".to_string(), |c| c.fired_at.name().to_string());
+    // A failure in a recovery comes before its crash is summarised: name the crash it recovered
+    // from (as planned: where it fired is in the failure's message).
+    let recovering = (failure.after_crashes > outcome.crashes.len())
+        .then(|| outcome.config.crashes.schedule.as_ref()?.get(failure.after_crashes.checked_sub(1)?).copied())
+        .flatten();
+    let last_crash = match recovering {
+        Some(spec) => format!("a crash at {}", spec.point.name()),
+        None => outcome.crashes.last().map_or("no crash".to_string(), |c| c.fired_at.name().to_string()),
+    };
     let first_line = failure.message.lines().next().unwrap_or_default();
     let shape: String = first_line
         .chars()
@@ -216,6 +224,12 @@ pub struct KnownFailure {
     pub repro_command: String,
     /// The failure message of the smallest failing run.
     pub message: String,
+    /// The campaign that first showed it (its start, RFC 3339 UTC).
+    #[serde(default)]
+    pub first_seen: String,
+    /// The latest campaign that showed it.
+    #[serde(default)]
+    pub last_seen: String,
 }
 
 /// The failing-seed database: one JSON file per campaign directory (`failures.json`), mergeable
@@ -243,8 +257,8 @@ impl FailureDb {
         Ok(db)
     }
 
-    /// Records a failing run.
-    pub fn record(&mut self, outcome: &RunOutcome, repro_command: &str) {
+    /// Records a failing run of the campaign labelled `seen` (its start, RFC 3339 UTC).
+    pub fn record(&mut self, outcome: &RunOutcome, repro_command: &str, seen: &str) {
         let Some(signature) = signature(outcome) else { return };
         let failure = outcome.failure.as_ref().expect("a signature means a failure");
         let seed = outcome.config.seed.to_string();
@@ -258,8 +272,11 @@ impl FailureDb {
             smallest_requests: u64::MAX,
             repro_command: String::new(),
             message: String::new(),
+            first_seen: seen.to_string(),
+            last_seen: String::new(),
         });
         entry.count += 1;
+        entry.last_seen = entry.last_seen.clone().max(seen.to_string());
         if entry.seeds.len() < 16 && !entry.seeds.contains(&seed) {
             entry.seeds.push(seed);
         }
@@ -279,6 +296,12 @@ impl FailureDb {
                 }
                 Some(ours) => {
                     ours.count += theirs.count;
+                    if ours.first_seen.is_empty()
+                        || (!theirs.first_seen.is_empty() && theirs.first_seen < ours.first_seen)
+                    {
+                        ours.first_seen = theirs.first_seen.clone();
+                    }
+                    ours.last_seen = ours.last_seen.clone().max(theirs.last_seen.clone());
                     for seed in theirs.seeds {
                         if ours.seeds.len() < 16 && !ours.seeds.contains(&seed) {
                             ours.seeds.push(seed);
@@ -312,8 +335,8 @@ pub struct SeedResult {
     pub crash_states: u64,
 }
 
-/// A campaign's totals.
-#[derive(Debug, Clone, Default, Serialize)]
+/// A campaign's totals (`swarm.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SwarmSummary {
     /// Seeds run.
     pub seeds: u64,
@@ -334,6 +357,64 @@ pub struct SwarmSummary {
 }
 
 impl SwarmSummary {
+    /// Adds another campaign's totals (shards of one night, for `--merge`).
+    pub fn merge(&mut self, other: &SwarmSummary) {
+        self.seeds += other.seeds;
+        self.failing_seeds += other.failing_seeds;
+        self.crashes_verified += other.crashes_verified;
+        self.sectors_verified += other.sectors_verified;
+        self.wall_seconds = self.wall_seconds.max(other.wall_seconds);
+        for (path, count) in &other.coverage {
+            *self.coverage.entry(path.clone()).or_default() += count;
+        }
+        self.never_reached = super::coverage::missing(&self.coverage).into_iter().map(str::to_owned).collect();
+    }
+
+    /// The campaign's page: figures, coverage bars for every path, failures.
+    pub fn page(&self, title: &str, db: &FailureDb) -> fvd_reports::campaign::CampaignPage {
+        use fvd_reports::campaign::{CampaignPage, CoverageRow, FailureRow};
+        let per_second = |n: u64| n as f64 / self.wall_seconds.max(1e-9);
+        CampaignPage {
+            title: title.to_string(),
+            summary: vec![
+                ("seeds".into(), format!("{} ({:.0} per minute)", self.seeds, per_second(self.seeds) * 60.0)),
+                ("failing seeds".into(), format!("{} ({} distinct failures)", self.failing_seeds, db.failures.len())),
+                (
+                    "crash states verified".into(),
+                    format!("{} ({:.0} per second)", self.crashes_verified, per_second(self.crashes_verified)),
+                ),
+                ("sectors verified".into(), self.sectors_verified.to_string()),
+                ("wall time".into(), format!("{:.1} s", self.wall_seconds)),
+            ],
+            coverage: super::coverage::PATHS
+                .iter()
+                .map(|path| CoverageRow {
+                    path: (*path).to_string(),
+                    count: self.coverage.get(*path).copied().unwrap_or(0),
+                })
+                .collect(),
+            failures: db
+                .failures
+                .values()
+                .map(|f| FailureRow {
+                    signature: f.signature.clone(),
+                    count: f.count,
+                    first_seed: f.first_seed.clone(),
+                    seen: if f.first_seen == f.last_seen {
+                        f.first_seen.clone()
+                    } else {
+                        format!("{} to {}", f.first_seen, f.last_seen)
+                    },
+                    message: f.message.clone(),
+                    repro_command: f.repro_command.clone(),
+                })
+                .collect(),
+            files: vec![
+                ("the campaign's totals and coverage".into(), "swarm.json".into()),
+                ("the failing-seed database".into(), "failures.json".into()),
+            ],
+        }
+    }
     /// Adds one run that verified `crash_states` crash states.
     pub fn add(&mut self, outcome: &RunOutcome, crash_states: u64) {
         self.seeds += 1;
@@ -455,11 +536,11 @@ mod tests {
             .collect::<Vec<_>>();
         assert!(!failing.is_empty(), "v1 fails somewhere in sixteen seeds");
         let mut one = FailureDb::default();
-        one.record(&failing[0], "fvdsim repro a.json");
+        one.record(&failing[0], "fvdsim repro a.json", "2026-12-01T00:00:00Z");
         let signature = signature(&failing[0]).unwrap();
         assert!(!signature.chars().any(|c| c.is_ascii_digit()), "{signature}");
         let mut other = FailureDb::default();
-        other.record(&failing[0], "fvdsim repro b.json");
+        other.record(&failing[0], "fvdsim repro b.json", "2026-12-02T00:00:00Z");
         one.merge(other);
         assert_eq!(one.failures[&signature].count, 2);
         assert_eq!(one.failures.len(), 1);

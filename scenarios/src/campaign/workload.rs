@@ -375,6 +375,12 @@ pub(super) async fn perform(
 pub(super) fn unexpected(d: &mut Driver, handle: &SimHandle, error: &fvd_engine::FvdError, what: &str) {
     if d.faults_on {
         d.summary.io_errors += 1;
+        let path = match what {
+            "read" => "guest: read failed",
+            "write" => "guest: write failed",
+            _ => "guest: flush failed",
+        };
+        super::coverage::add(&mut d.summary.coverage, path, 1);
     } else {
         d.fail(
             handle,
