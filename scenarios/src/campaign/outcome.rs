@@ -217,3 +217,27 @@ impl std::fmt::Debug for RunOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+/// Why a phase of a run stopped it: the step value every phase of the run loop returns instead
+/// of recording a failure and returning (`run.rs` records it in one place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// A finding: recorded as the run's failure.
+    Fail {
+        /// Its class.
+        class: FailureClass,
+        /// What happened.
+        message: String,
+        /// The sectors that hold data no rule allows (wrong-data findings).
+        sectors: Vec<SectorFailure>,
+    },
+    /// The workload already recorded its failure, or the watcher stopped the run.
+    Recorded,
+}
+
+impl Stop {
+    /// A finding without sectors.
+    pub(super) fn fail(class: FailureClass, message: impl Into<String>) -> Stop {
+        Stop::Fail { class, message: message.into(), sectors: Vec::new() }
+    }
+}

@@ -16,6 +16,7 @@ use crate::rig::{Rig, RigConfig};
 use crate::stamp::SECTOR;
 use crate::trace::TraceRequest;
 
+use super::outcome::Stop;
 pub use super::outcome::{
     ConfigError, CrashSummary, Failure, FailureClass, PROGRESS_EVERY_REQUESTS, Progress, RunOutcome, RunSummary,
     SectorFailure, Watcher,
@@ -315,7 +316,7 @@ fn add_stats(driver: &Shared, image: &FvdImage) {
     super::coverage::add_engine(&mut d.summary.coverage, &stats);
 }
 
-/// The whole run; returns early (with the failure recorded in the driver) on the first finding.
+/// The whole run: records the first finding (the [`Stop`] a phase returned) in the driver.
 fn campaign(
     config: &RunConfig,
     rig: &Rig,
@@ -325,192 +326,200 @@ fn campaign(
     crashes: &mut Vec<CrashSummary>,
     observer: Option<Observer>,
 ) {
-    let profile = config.profile.into();
-    let handle = rig.sim.handle();
-    if let Err(error) = rig.create_image() {
-        driver.borrow_mut().fail(&handle, FailureClass::Check, format!("create failed: {error}"), Vec::new());
-        return;
+    if let Err(Stop::Fail { class, message, sectors }) =
+        campaign_steps(config, rig, requests, schedule, driver, crashes, observer)
+    {
+        driver.borrow_mut().fail(&rig.sim.handle(), class, message, sectors);
     }
-    let open_options = fvd_engine::OpenOptions {
-        read_only: false,
-        profile,
-        commit: config.commit.into(),
-        copy_on_read: Some(config.copy_on_read),
-        prefetch: config.prefetch.map(|p| p.engine_config()),
-    };
-    let mut image = match rig.open_with(open_options) {
-        Ok(image) => image,
-        Err(error) => {
-            return driver.borrow_mut().fail(&handle, FailureClass::Check, format!("open failed: {error}"), Vec::new());
-        }
-    };
+}
+
+/// The run's phases in order: create and open, the workload in segments with a crash and
+/// recovery after each, then the finish. Each phase returns a step value; the first [`Stop`] ends
+/// the run.
+fn campaign_steps(
+    config: &RunConfig,
+    rig: &Rig,
+    requests: &Requests,
+    schedule: &[CrashSpec],
+    driver: &Shared,
+    crashes: &mut Vec<CrashSummary>,
+    observer: Option<Observer>,
+) -> Result<(), Stop> {
+    let open_options = open_options(config);
+    rig.create_image().map_err(|error| Stop::fail(FailureClass::Check, format!("create failed: {error}")))?;
+    let mut image = rig
+        .open_with(open_options)
+        .map_err(|error| Stop::fail(FailureClass::Check, format!("open failed: {error}")))?;
     rig.image.set_faults(config.faults.clone());
     if let Some(install) = observer {
         install(rig, driver);
     }
     let mut pending: std::collections::VecDeque<CrashSpec> = schedule.iter().copied().collect();
-    loop {
-        {
-            let mut d = driver.borrow_mut();
-            d.arm = pending.front().map(|spec| {
-                // Recycles are rare where rewrites take the fast path: give them two segments.
-                let rare = matches!(
-                    spec.point,
-                    CrashPoint::MidRecycle
-                        | CrashPoint::MetadataWrittenHome
-                        | CrashPoint::CopyStore
-                        | CrashPoint::CommitDataFlush
-                        | CrashPoint::CommitLanded
-                );
-                let window = fallback_window(d.total, schedule.len()) * if rare { 2 } else { 1 };
-                Arming { spec: *spec, armed: false, fallback_at_request: spec.after_request + window }
-            });
-            d.fired = None;
-        }
-        let outcome = run_segment(rig, requests, driver, &image);
-        if driver.borrow().failure.is_some() || driver.borrow().summary.interrupted {
-            return;
-        }
-        let mut at_workload_end = false;
-        match outcome {
-            Ok(()) if pending.is_empty() => break,
-            Ok(()) => {
-                // The workload ended before this crash fired (its point never came, or the plan
-                // put it in the last requests): crash the world as it stands, so every planned
-                // crash is applied.
-                let mut d = driver.borrow_mut();
-                d.arm = None;
-                d.fired = Some(CrashPoint::RandomEvent);
-                at_workload_end = true;
-            }
-            Err(RunError::Halted(_)) => {}
-            Err(error @ (RunError::Stall(_) | RunError::TimeLimit(_))) => {
-                return driver.borrow_mut().fail(
-                    &handle,
-                    FailureClass::Liveness,
-                    format!("liveness: {error}"),
-                    Vec::new(),
-                );
-            }
-        }
-        // A crash fired.
+    while let Some(fired) = run_until_crash(rig, requests, driver, &image, pending.front().copied(), schedule.len())? {
         let spec = pending.pop_front().expect("a crash fired only when one was pending");
-        let fired_at = driver.borrow().fired.unwrap_or(CrashPoint::RandomEvent);
         add_stats(driver, &image);
-        let record = rig.crash(CrashPlan { strategy: spec.strategy, atomic_unit: spec.atomic_unit });
-        let (kept, dropped, torn) = record.unit_counts();
-        let at_request = {
-            let mut d = driver.borrow_mut();
-            d.oracle.crashed();
-            d.in_flight.clear();
-            d.drop_outstanding();
-            d.crashes_applied += 1;
-            let key = if at_workload_end {
-                format!("at the end of the workload (no {} came)", spec.point.name())
-            } else if fired_at == spec.point {
-                fired_at.name().to_string()
-            } else {
-                format!("{} (no {} came)", fired_at.name(), spec.point.name())
-            };
-            *d.summary.crashes_by_point.entry(key).or_default() += 1;
-            d.summary.issued
-        };
-        if !driver.borrow_mut().report_progress(&handle) {
-            driver.borrow_mut().summary.interrupted = true;
-            return;
-        }
-        // Recovery runs without injected faults: the plan is about the workload's requests.
-        rig.image.set_faults(FaultPlan::default());
-        image = match rig.open_with(open_options) {
-            Ok(image) => image,
-            Err(error) => {
-                let message = format!(
-                    "recovery after crash {} ({} at request {at_request}) failed: {error}",
-                    crashes.len() + 1,
-                    fired_at.name()
-                );
-                return driver.borrow_mut().fail(&handle, FailureClass::Check, message, Vec::new());
-            }
-        };
-        let replayed = image.stats().recovered_sectors;
-        {
-            let mut d = driver.borrow_mut();
-            let path = if replayed > 0 { "recovery: journal replayed" } else { "recovery: nothing to replay" };
-            super::coverage::add(&mut d.summary.coverage, path, 1);
-            let key = super::coverage::crash_key(fired_at, at_workload_end);
-            *d.summary.coverage.entry(key).or_default() += 1;
-        }
-        let verified = match verify_after_crash(
-            rig,
-            &image,
-            driver,
-            config.verify_sample_sectors,
-            spec.atomic_unit == fvd_sim::AtomicUnit::None,
-        ) {
-            Ok(verified) => verified,
-            Err(()) => return,
-        };
-        if !check_image(rig, driver, profile, &format!("after crash {}", crashes.len() + 1)) {
-            return;
-        }
-        image.assert_invariants();
-        crashes.push(CrashSummary {
-            spec,
-            fired_at,
-            fallback: fired_at != spec.point,
-            at_ns: record.at_ns,
-            at_request,
-            units_kept: kept,
-            units_dropped: dropped,
-            units_torn: torn,
-            sectors_verified: verified,
-            journal_sectors_replayed: replayed,
-            writes: record.writes,
-        });
+        image = crash_and_recover(config, rig, driver, crashes, spec, fired)?;
         rig.image.set_faults(config.faults.clone());
     }
+    finish(config, rig, driver, image)
+}
+
+/// The engine options every open of the run uses.
+fn open_options(config: &RunConfig) -> fvd_engine::OpenOptions {
+    fvd_engine::OpenOptions {
+        read_only: false,
+        profile: config.profile.into(),
+        commit: config.commit.into(),
+        copy_on_read: Some(config.copy_on_read),
+        prefetch: config.prefetch.map(|p| p.engine_config()),
+    }
+}
+
+/// Where a crash fired.
+#[derive(Debug, Clone, Copy)]
+struct Fired {
+    /// The point it fired at (the planned one, or `random-event` when it fell back).
+    point: CrashPoint,
+    /// The workload ended before it fired, so it was applied then.
+    at_workload_end: bool,
+}
+
+/// Runs the workload with `next` armed; `Some` when a crash is due (it fired, or the workload
+/// ended with it pending), `None` when the workload ended with nothing pending.
+fn run_until_crash(
+    rig: &Rig,
+    requests: &Requests,
+    driver: &Shared,
+    image: &FvdImage,
+    next: Option<CrashSpec>,
+    planned: usize,
+) -> Result<Option<Fired>, Stop> {
+    {
+        let mut d = driver.borrow_mut();
+        d.arm = next.map(|spec| {
+            // Recycles are rare where rewrites take the fast path: give them two segments.
+            let rare = matches!(
+                spec.point,
+                CrashPoint::MidRecycle
+                    | CrashPoint::MetadataWrittenHome
+                    | CrashPoint::CopyStore
+                    | CrashPoint::CommitDataFlush
+                    | CrashPoint::CommitLanded
+            );
+            let window = fallback_window(d.total, planned) * if rare { 2 } else { 1 };
+            Arming { spec, armed: false, fallback_at_request: spec.after_request + window }
+        });
+        d.fired = None;
+    }
+    let outcome = run_segment(rig, requests, driver, image);
+    if driver.borrow().failure.is_some() || driver.borrow().summary.interrupted {
+        return Err(Stop::Recorded);
+    }
+    match outcome {
+        Ok(()) if next.is_none() => Ok(None),
+        Ok(()) => {
+            // The workload ended before this crash fired (its point never came, or the plan put
+            // it in the last requests): crash the world as it stands, so every planned crash is
+            // applied.
+            let mut d = driver.borrow_mut();
+            d.arm = None;
+            d.fired = Some(CrashPoint::RandomEvent);
+            Ok(Some(Fired { point: CrashPoint::RandomEvent, at_workload_end: true }))
+        }
+        Err(RunError::Halted(_)) => {
+            let point = driver.borrow().fired.unwrap_or(CrashPoint::RandomEvent);
+            Ok(Some(Fired { point, at_workload_end: false }))
+        }
+        Err(error @ (RunError::Stall(_) | RunError::TimeLimit(_))) => {
+            Err(Stop::fail(FailureClass::Liveness, format!("liveness: {error}")))
+        }
+    }
+}
+
+/// Crashes the world per `spec`, reopens (recovery), verifies and checks; returns the reopened
+/// image.
+fn crash_and_recover(
+    config: &RunConfig,
+    rig: &Rig,
+    driver: &Shared,
+    crashes: &mut Vec<CrashSummary>,
+    spec: CrashSpec,
+    fired: Fired,
+) -> Result<FvdImage, Stop> {
+    let record = rig.crash(CrashPlan { strategy: spec.strategy, atomic_unit: spec.atomic_unit });
+    let (kept, dropped, torn) = record.unit_counts();
+    let at_request = {
+        let mut d = driver.borrow_mut();
+        d.oracle.crashed();
+        d.in_flight.clear();
+        d.drop_outstanding();
+        d.crashes_applied += 1;
+        let key = if fired.at_workload_end {
+            format!("at the end of the workload (no {} came)", spec.point.name())
+        } else if fired.point == spec.point {
+            fired.point.name().to_string()
+        } else {
+            format!("{} (no {} came)", fired.point.name(), spec.point.name())
+        };
+        *d.summary.crashes_by_point.entry(key).or_default() += 1;
+        d.summary.issued
+    };
+    if !driver.borrow_mut().report_progress(&rig.sim.handle()) {
+        driver.borrow_mut().summary.interrupted = true;
+        return Err(Stop::Recorded);
+    }
+    // Recovery runs without injected faults: the plan is about the workload's requests.
+    rig.image.set_faults(FaultPlan::default());
+    let image = rig.open_with(open_options(config)).map_err(|error| {
+        Stop::fail(
+            FailureClass::Check,
+            format!(
+                "recovery after crash {} ({} at request {at_request}) failed: {error}",
+                crashes.len() + 1,
+                fired.point.name()
+            ),
+        )
+    })?;
+    let replayed = image.stats().recovered_sectors;
+    {
+        let mut d = driver.borrow_mut();
+        let path = if replayed > 0 { "recovery: journal replayed" } else { "recovery: nothing to replay" };
+        super::coverage::add(&mut d.summary.coverage, path, 1);
+        let key = super::coverage::crash_key(fired.point, fired.at_workload_end);
+        *d.summary.coverage.entry(key).or_default() += 1;
+    }
+    let torn_allowed = spec.atomic_unit == fvd_sim::AtomicUnit::None;
+    let verified = verify_after_crash(rig, &image, driver, config.verify_sample_sectors, torn_allowed)?;
+    check_image(rig, config.profile.into(), &format!("after crash {}", crashes.len() + 1))?;
+    image.assert_invariants();
+    crashes.push(CrashSummary {
+        spec,
+        fired_at: fired.point,
+        fallback: fired.point != spec.point,
+        at_ns: record.at_ns,
+        at_request,
+        units_kept: kept,
+        units_dropped: dropped,
+        units_torn: torn,
+        sectors_verified: verified,
+        journal_sectors_replayed: replayed,
+        writes: record.writes,
+    });
+    Ok(image)
+}
+
+/// The workload finished: disarms any crash that did not fire, waits for prefetch where the
+/// configuration asks, flushes, closes cleanly and checks.
+fn finish(config: &RunConfig, rig: &Rig, driver: &Shared, image: FvdImage) -> Result<(), Stop> {
     {
         let mut d = driver.borrow_mut();
         d.workload_events = rig.sim.event_count().saturating_sub(d.first_event);
     }
-    // The workload finished: disarm any crash that did not fire, flush, close cleanly, check.
     rig.sim.clear_step_hook();
     rig.sim.clear_progress_hook();
     rig.sim.halt_after_events(None);
     if config.prefetch.is_some_and(|p| p.wait_for_finish) {
-        // Prefetch must finish: a stall (nothing left to wake anyone) is a liveness failure, and
-        // so is ten minutes of virtual time without a byte copied (a livelock). A slow prefetch
-        // that keeps copying (a large base on a slow disk with small slots) may take hours.
-        const WINDOW_NS: u64 = 600_000_000_000;
-        const MAX_WINDOWS: u32 = 200;
-        let mut copied = image.stats().prefetch_bytes;
-        let mut waited = Ok(());
-        for _ in 0..MAX_WINDOWS {
-            rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + WINDOW_NS));
-            let waiting = image.clone();
-            waited = rig.sim.run(async move { waiting.wait_prefetch().await });
-            rig.sim.set_time_limit_ns(None);
-            let now_copied = image.stats().prefetch_bytes;
-            match &waited {
-                Err(RunError::TimeLimit(_)) if now_copied > copied => copied = now_copied,
-                _ => break,
-            }
-        }
-        if let Err(error) = waited {
-            add_stats(driver, &image);
-            return driver.borrow_mut().fail(
-                &handle,
-                FailureClass::Liveness,
-                format!("prefetch never finished: {error}"),
-                Vec::new(),
-            );
-        }
-        // With every block in the image, the whole base range must still read its base data
-        // (verified without injected faults, as after a recovery: the plan is about the workload).
-        rig.image.set_faults(FaultPlan::default());
-        if let Err(()) = verify_after_crash(rig, &image, driver, config.verify_sample_sectors, false) {
-            return;
-        }
+        wait_for_prefetch(config, rig, driver, &image)?;
     }
     rig.image.set_faults(FaultPlan::default());
     let closing = image.clone();
@@ -523,23 +532,41 @@ fn campaign(
     match closed {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            return driver.borrow_mut().fail(
-                &handle,
-                FailureClass::UnexpectedError,
-                format!("final flush and close failed: {error}"),
-                Vec::new(),
-            );
+            return Err(Stop::fail(FailureClass::UnexpectedError, format!("final flush and close failed: {error}")));
         }
-        Err(error) => {
-            return driver.borrow_mut().fail(
-                &handle,
-                FailureClass::Liveness,
-                format!("liveness at close: {error}"),
-                Vec::new(),
-            );
+        Err(error) => return Err(Stop::fail(FailureClass::Liveness, format!("liveness at close: {error}"))),
+    }
+    check_image(rig, config.profile.into(), "after the clean close")
+}
+
+/// Waits for prefetch to finish: a stall (nothing left to wake anyone) is a liveness failure, and
+/// so is ten minutes of virtual time without a byte copied (a livelock). A slow prefetch that
+/// keeps copying (a large base on a slow disk with small slots) may take hours. Then the whole
+/// base range must still read its base data (verified without injected faults, as after a
+/// recovery: the plan is about the workload).
+fn wait_for_prefetch(config: &RunConfig, rig: &Rig, driver: &Shared, image: &FvdImage) -> Result<(), Stop> {
+    const WINDOW_NS: u64 = 600_000_000_000;
+    const MAX_WINDOWS: u32 = 200;
+    let mut copied = image.stats().prefetch_bytes;
+    let mut waited = Ok(());
+    for _ in 0..MAX_WINDOWS {
+        rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + WINDOW_NS));
+        let waiting = image.clone();
+        waited = rig.sim.run(async move { waiting.wait_prefetch().await });
+        rig.sim.set_time_limit_ns(None);
+        let now_copied = image.stats().prefetch_bytes;
+        match &waited {
+            Err(RunError::TimeLimit(_)) if now_copied > copied => copied = now_copied,
+            _ => break,
         }
     }
-    check_image(rig, driver, profile, "after the clean close");
+    if let Err(error) = waited {
+        add_stats(driver, image);
+        return Err(Stop::fail(FailureClass::Liveness, format!("prefetch never finished: {error}")));
+    }
+    rig.image.set_faults(FaultPlan::default());
+    verify_after_crash(rig, image, driver, config.verify_sample_sectors, false)?;
+    Ok(())
 }
 
 /// How long an armed named point may take to come before the crash falls back to a random event:

@@ -3,7 +3,7 @@
 
 use fvd_engine::{FvdImage, check};
 
-use super::outcome::FailureClass;
+use super::outcome::{FailureClass, Stop};
 use super::workload::{Driver, Shared};
 use crate::oracle::{ORIGINAL, TORN};
 use crate::rig::Rig;
@@ -11,14 +11,15 @@ use crate::stamp::{SECTOR, original, stamp};
 
 /// Reads back every unsettled sector and a sample of the others after a recovery; returns how
 /// many were verified.
+///
+/// Errors: [`Stop::Fail`] for a liveness failure, a failed read or sectors no rule allows.
 pub(super) fn verify_after_crash(
     rig: &Rig,
     image: &FvdImage,
     driver: &Shared,
     sample: u64,
     torn_allowed: bool,
-) -> Result<u64, ()> {
-    let handle = rig.sim.handle();
+) -> Result<u64, Stop> {
     let sectors: Vec<u64> = {
         let mut d = driver.borrow_mut();
         let mut chosen: std::collections::BTreeSet<u64> = d.oracle.unsettled_sectors().into_iter().collect();
@@ -59,30 +60,18 @@ pub(super) fn verify_after_crash(
         }
         out
     });
-    let results = match read {
-        Ok(results) => results,
-        Err(error) => {
-            driver.borrow_mut().fail(
-                &handle,
-                FailureClass::Liveness,
-                format!("liveness while verifying after a crash: {error}"),
-                Vec::new(),
-            );
-            return Err(());
-        }
-    };
+    let results = read.map_err(|error| {
+        Stop::fail(FailureClass::Liveness, format!("liveness while verifying after a crash: {error}"))
+    })?;
     let mut d = driver.borrow_mut();
     let mut bad = Vec::new();
     let mut verified = 0u64;
     for (first, count, buf, result) in results {
         if let Err(error) = result {
-            d.fail(
-                &handle,
+            return Err(Stop::fail(
                 FailureClass::UnexpectedError,
                 format!("verification read after a crash failed: {error}"),
-                Vec::new(),
-            );
-            return Err(());
+            ));
         }
         for i in 0..count {
             let sector = first + i;
@@ -111,8 +100,7 @@ pub(super) fn verify_after_crash(
             bad[0].actual
         );
         bad.truncate(16);
-        d.fail(&handle, FailureClass::WrongData, message, bad);
-        return Err(());
+        return Err(Stop::Fail { class: FailureClass::WrongData, message, sectors: bad });
     }
     Ok(verified)
 }
@@ -137,38 +125,18 @@ pub(super) fn is_byte_mix(d: &Driver, sector: u64, bytes: &[u8], allowed: &[u32]
     bytes.iter().enumerate().all(|(i, b)| contents.iter().any(|c| c[i] == *b))
 }
 
-/// Runs the engine's check; records a failure and returns false if it finds corruption.
-pub(super) fn check_image(rig: &Rig, driver: &Shared, profile: fvd_engine::Profile, when: &str) -> bool {
+/// Runs the engine's check.
+///
+/// Errors: [`Stop::Fail`] if it finds corruption, fails, or does not finish.
+pub(super) fn check_image(rig: &Rig, profile: fvd_engine::Profile, when: &str) -> Result<(), Stop> {
     let devices = rig.devices();
-    let handle = rig.sim.handle();
     match rig.sim.run(async move { check(&devices, profile, false).await }) {
-        Ok(Ok(report)) if report.is_clean() => true,
-        Ok(Ok(report)) => {
-            driver.borrow_mut().fail(
-                &handle,
-                FailureClass::Check,
-                format!("check {when} found corruption: {}", report.corruptions.join("; ")),
-                Vec::new(),
-            );
-            false
-        }
-        Ok(Err(error)) => {
-            driver.borrow_mut().fail(
-                &handle,
-                FailureClass::UnexpectedError,
-                format!("check {when} failed: {error}"),
-                Vec::new(),
-            );
-            false
-        }
-        Err(error) => {
-            driver.borrow_mut().fail(
-                &handle,
-                FailureClass::Liveness,
-                format!("liveness in check {when}: {error}"),
-                Vec::new(),
-            );
-            false
-        }
+        Ok(Ok(report)) if report.is_clean() => Ok(()),
+        Ok(Ok(report)) => Err(Stop::fail(
+            FailureClass::Check,
+            format!("check {when} found corruption: {}", report.corruptions.join("; ")),
+        )),
+        Ok(Err(error)) => Err(Stop::fail(FailureClass::UnexpectedError, format!("check {when} failed: {error}"))),
+        Err(error) => Err(Stop::fail(FailureClass::Liveness, format!("liveness in check {when}: {error}"))),
     }
 }
