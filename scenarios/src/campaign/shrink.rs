@@ -2,8 +2,10 @@
 //! workload requests (binary search on the prefix), fewer crashes (greedy removal), then the
 //! requests as issued written inline and cut by delta debugging (Zeller's ddmin over the request
 //! list, crash arming positions remapped), then fewer testers and shorter requests (random
-//! workloads that did not reproduce inline). The result stands alone: an inline workload carries
-//! its requests, not a pointer to the trace.
+//! workloads that did not reproduce inline), then a simpler world (no faults, crashes that drop
+//! every unflushed write or keep a prefix, sector atomicity, nvme devices, no prefetch or
+//! copy-on-read, a smaller disk). The result stands alone: an inline workload carries its
+//! requests, not a pointer to the trace.
 
 use super::config::{InlineRequest, ReplayMode, RunConfig, WorkloadConfig};
 use super::run::{ConfigError, FailureClass, RunOutcome, run};
@@ -140,7 +142,94 @@ pub fn shrink(
             None => break,
         }
     }
+    // 5. A simpler world: no faults, plain crash strategies, sector atomicity, fast devices, no
+    // copy-on-read or prefetch, a smaller disk, while any of these still fails.
+    loop {
+        let mut changed = false;
+        for (what, simplify) in SIMPLIFICATIONS {
+            if runs >= max_runs {
+                break;
+            }
+            let Some(candidate) = simplify(&best.config) else { continue };
+            // A simplification the runner refuses (a disk too small for the requests) is no step.
+            if let Ok(Some(outcome)) = attempt(&candidate, &mut runs) {
+                note(&format!("{what}: still fails"));
+                best = outcome;
+                changed = true;
+            }
+        }
+        if !changed || runs >= max_runs {
+            break;
+        }
+    }
     Ok(Shrunk { outcome: best, runs })
+}
+
+/// A configuration simplification: the simpler configuration, or `None` when it is already so.
+type Simplification = fn(&RunConfig) -> Option<RunConfig>;
+
+/// Tried in order, repeatedly, by step 5 of [`shrink`].
+const SIMPLIFICATIONS: &[(&str, Simplification)] = &[
+    ("no injected faults", |c| {
+        (!c.faults.is_empty()).then(|| RunConfig { faults: fvd_sim::FaultPlan::default(), ..c.clone() })
+    }),
+    ("crashes drop every unflushed write", |c| {
+        with_crashes(c, |spec| {
+            let drop_all = fvd_sim::CrashStrategy::Subset { keep_mask: 0 };
+            (spec.strategy != drop_all).then_some(drop_all)
+        })
+    }),
+    ("crashes keep a prefix", |c| {
+        with_crashes(c, |spec| {
+            (spec.strategy != fvd_sim::CrashStrategy::Prefix).then_some(fvd_sim::CrashStrategy::Prefix)
+        })
+    }),
+    ("sector-atomic crashes", |c| {
+        let mut candidate = c.clone();
+        let schedule = candidate.crashes.schedule.as_mut()?;
+        let mut changed = false;
+        for spec in schedule.iter_mut().filter(|s| s.atomic_unit != fvd_sim::AtomicUnit::Sector) {
+            spec.atomic_unit = fvd_sim::AtomicUnit::Sector;
+            changed = true;
+        }
+        changed.then_some(candidate)
+    }),
+    ("nvme devices", |c| {
+        let mut candidate = c.clone();
+        candidate.image.image_device = "nvme".into();
+        candidate.image.base_device = "nvme".into();
+        (candidate != *c).then_some(candidate)
+    }),
+    ("no prefetch", |c| c.prefetch.is_some().then(|| RunConfig { prefetch: None, ..c.clone() })),
+    ("no copy-on-read", |c| c.copy_on_read.then(|| RunConfig { copy_on_read: false, ..c.clone() })),
+    ("half the disk", |c| {
+        let mut candidate = c.clone();
+        let image = &mut candidate.image;
+        let half = (image.size_bytes / 2) / image.block_bytes.max(1) * image.block_bytes.max(1);
+        if half == 0 || half < image.chunk_bytes {
+            return None;
+        }
+        image.size_bytes = half;
+        image.base_bytes = image.base_bytes.min(half);
+        Some(candidate)
+    }),
+];
+
+/// `config` with each scheduled crash's strategy replaced where `replace` says; `None` if none
+/// changes.
+fn with_crashes(
+    config: &RunConfig,
+    replace: impl Fn(&super::config::CrashSpec) -> Option<fvd_sim::CrashStrategy>,
+) -> Option<RunConfig> {
+    let mut candidate = config.clone();
+    let mut changed = false;
+    for spec in candidate.crashes.schedule.as_mut()?.iter_mut() {
+        if let Some(strategy) = replace(spec) {
+            spec.strategy = strategy;
+            changed = true;
+        }
+    }
+    changed.then_some(candidate)
 }
 
 fn inline_len(config: &RunConfig) -> usize {
@@ -254,4 +343,25 @@ fn simplify_crashes_and_flushes(
         }
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_simplification_changes_something_and_then_has_nothing_left_to_do() {
+        let mut config = (super::super::scenario("prefetch-faults").expect("scenario").build)(fvd_sim::Seed(1));
+        config.crashes.count = 3;
+        config.copy_on_read = true;
+        config.image.image_device = "hdd".into();
+        config.crashes.schedule = Some(super::super::config::draw_schedule(&config, 1_000));
+        config.crashes.schedule.as_mut().unwrap()[0].atomic_unit = fvd_sim::AtomicUnit::None;
+        for (what, simplify) in SIMPLIFICATIONS {
+            let simpler = simplify(&config).unwrap_or_else(|| panic!("{what}: nothing to simplify in {config:?}"));
+            assert_ne!(simpler, config, "{what}");
+            assert!(super::super::run::validate(&simpler).is_ok(), "{what}");
+            assert!(simplify(&simpler).is_none() || *what == "half the disk", "{what} is not idempotent");
+        }
+    }
 }
