@@ -11,7 +11,7 @@ use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, R
 use serde::Serialize;
 
 /// Version of the JSON printed by `fvdsim bench --json`.
-pub const BENCH_SCHEMA_VERSION: u32 = 1;
+pub const BENCH_SCHEMA_VERSION: u32 = 2;
 
 /// Options of the sim benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +37,8 @@ impl Default for SimBenchOptions {
 /// The random-write figure.
 #[derive(Debug, Clone, Serialize)]
 pub struct RandomWriteFigures {
+    /// What was written.
+    pub data: WriteData,
     /// Device size, bytes.
     pub device_bytes: u64,
     /// 4 KiB writes completed.
@@ -80,8 +82,9 @@ pub struct SimBenchReport {
     pub seed: String,
     /// Random 4 KiB writes with the crash model on, 64 MiB device (the headline figure).
     pub random_write: RandomWriteFigures,
-    /// The same workload on other device sizes: the rate falls as the store outgrows the CPU
-    /// caches (each write brings 4 KiB of new data into the store).
+    /// The same workload on other device sizes and with foreign data: with foreign bytes the
+    /// rate falls as the store outgrows the CPU caches (each write brings 4 KiB of new data into
+    /// the store); stamped sectors are held as symbols.
     pub random_write_by_device_size: Vec<RandomWriteFigures>,
     /// Crash-plus-reopen cycles on a 64 MiB device.
     pub crash_cycles: CrashCycleFigures,
@@ -92,11 +95,17 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
     SimBenchReport {
         schema_version: BENCH_SCHEMA_VERSION,
         seed: options.seed.to_string(),
-        random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes),
-        random_write_by_device_size: [4 << 20, 1 << 30]
-            .into_iter()
-            .map(|size| random_writes(options, size, options.writes / 2))
-            .collect(),
+        random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes, WriteData::Foreign),
+        random_write_by_device_size: [
+            (4 << 20, WriteData::Foreign),
+            (1 << 30, WriteData::Foreign),
+            (4 << 20, WriteData::Stamped),
+            (HEADLINE_DEVICE_BYTES, WriteData::Stamped),
+            (1 << 30, WriteData::Stamped),
+        ]
+        .into_iter()
+        .map(|(size, data)| random_writes(options, size, options.writes / 2, data))
+        .collect(),
         crash_cycles: crash_cycles(options),
     }
 }
@@ -104,7 +113,23 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
 /// Device size of the headline figures.
 const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
 
-fn random_writes(options: SimBenchOptions, device_bytes: u64, total_writes: u64) -> RandomWriteFigures {
+/// What the random-write figure writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteData {
+    /// Stamped sectors, as every fvdsim workload writes (held as symbols by the disk).
+    Stamped,
+    /// A constant byte per writer, held as bytes (foreign data: the memory-bound case).
+    Foreign,
+}
+
+fn random_writes(
+    options: SimBenchOptions,
+    device_bytes: u64,
+    total_writes: u64,
+    data: WriteData,
+) -> RandomWriteFigures {
+    let seed = options.seed;
     let sim = Sim::new(options.seed);
     let disk = SimDisk::new(&sim.handle(), "image", device_bytes, DiskConfig::new(DeviceProfile::nvme()));
     let rng = Rc::new(RefCell::new(sim.stream(fvd_sim::streams::WORKLOAD)));
@@ -121,9 +146,14 @@ fn random_writes(options: SimBenchOptions, device_bytes: u64, total_writes: u64)
                 let rng = Rc::clone(&rng);
                 let flushes = Rc::clone(&tasks_flushes);
                 handle.spawn("writer", async move {
-                    let buffer = [writer as u8; 4096];
+                    let mut buffer = [writer as u8; 4096];
                     for i in 0..per_writer {
                         let page = rng.borrow_mut().below(device_bytes / 4096);
+                        if data == WriteData::Stamped {
+                            // What every fvdsim workload writes: a stamp naming the write and sector.
+                            let write_id = writer * per_writer + i + 1;
+                            fvd_sim::disk::content::fill_stamp(seed.0, write_id, page * 8, &mut buffer);
+                        }
                         disk.write_at(page * 4096, &buffer, WriteFlags::NONE)
                             .await
                             .expect("no faults in the benchmark");
@@ -143,6 +173,7 @@ fn random_writes(options: SimBenchOptions, device_bytes: u64, total_writes: u64)
     let wall_seconds = started.elapsed().as_secs_f64();
     let writes = per_writer * options.writers;
     RandomWriteFigures {
+        data,
         device_bytes,
         writes,
         flushes: *flushes.borrow(),
@@ -220,7 +251,7 @@ impl std::fmt::Display for SimBenchReport {
         writeln!(f, "sim benchmark (seed {})", self.seed)?;
         writeln!(
             f,
-            "  random 4 KiB writes, crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer",
+            "  random 4 KiB writes (a constant byte per writer: foreign data), crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer",
             w.device_bytes >> 20,
             SimBenchOptions::default().writers,
             SimBenchOptions::default().writes_per_flush
@@ -235,9 +266,13 @@ impl std::fmt::Display for SimBenchReport {
         for other in &self.random_write_by_device_size {
             writeln!(
                 f,
-                "    same on {:>5} MiB device {:>12.0} writes per wall second",
+                "    same on {:>5} MiB device {:>12.0} writes per wall second ({})",
                 other.device_bytes >> 20,
-                other.writes_per_wall_second
+                other.writes_per_wall_second,
+                match other.data {
+                    WriteData::Stamped => "stamped sectors, as workloads write: generated and recognised",
+                    WriteData::Foreign => "foreign bytes",
+                }
             )?;
         }
         writeln!(f, "  crash + reopen cycles, ssd profile, {} MiB device", c.device_bytes >> 20)?;
