@@ -5,8 +5,7 @@
 //! same code runs on the deterministic simulator (`fvd-sim`) and on real files (`fvd-scenarios`'
 //! host module). See `ARCHITECTURE.md` for the map and `docs/format.md` for the byte layout.
 
-pub mod device;
-pub mod env;
+pub use fvd_contract::{device, env};
 
 pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
 pub use env::{Env, Join, LocalFuture, Progress, ProgressPoint, ready};

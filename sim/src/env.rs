@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use fvd_engine::{Env, Join, LocalFuture, Progress};
+use fvd_contract::{Env, Join, LocalFuture, Progress};
 
 use crate::executor::SimHandle;
 use crate::rng::SimRng;

@@ -18,7 +18,7 @@ use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-use fvd_engine::{IoKind, Progress};
+use fvd_contract::{IoKind, Progress};
 
 use crate::log::{Event, EventKind, EventLog, Source};
 use crate::rng::{Seed, SimRng};
@@ -893,7 +893,7 @@ mod tests {
         let error = sim
             .run(async move {
                 for detail in 0..5 {
-                    handle.report_progress(Progress { point: fvd_engine::ProgressPoint::GuestAck, detail });
+                    handle.report_progress(Progress { point: fvd_contract::ProgressPoint::GuestAck, detail });
                     handle.sleep_ns(10).await;
                 }
             })

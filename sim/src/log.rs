@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use fvd_engine::{IoKind, ProgressPoint};
+use fvd_contract::{IoKind, ProgressPoint};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use fvd_engine::{BlockDevice, DeviceError, WriteFlags};
+use fvd_contract::{BlockDevice, DeviceError, WriteFlags};
 use fvd_sim::{
     AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, FaultEffect, FaultOp, FaultPlan, FaultRule,
     ProceduralContent, RunError, Seed, Sim, SimDisk,
