@@ -1,0 +1,183 @@
+//! An open QED image: reads through the L1 and L2 tables, zero clusters and the backing file
+//! (`docs/qed.md` §1.2).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use fvd_contract::BlockDevice;
+
+use crate::format::{QedError, QedHeader, ZERO_CLUSTER, corrupt, table_entries};
+
+/// L2 tables kept in memory at most (QEMU keeps 50: `MAX_L2_CACHE_SIZE`).
+const L2_CACHE_TABLES: usize = 50;
+
+/// Where one guest cluster's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Not in the image: the backing file's data, or zeros without one.
+    Unallocated,
+    /// A zero cluster (L2 entry 1): zeros, whatever the backing file holds.
+    Zero,
+    /// In the image at this byte offset.
+    Data(u64),
+}
+
+/// An open QED image (read-only in this slice).
+pub struct QedImage {
+    image: Rc<dyn BlockDevice>,
+    backing: Option<Rc<dyn BlockDevice>>,
+    header: QedHeader,
+    file_bytes: u64,
+    l1: Vec<u64>,
+    l2_cache: RefCell<BTreeMap<u64, Rc<Vec<u64>>>>,
+}
+
+impl std::fmt::Debug for QedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QedImage").field("header", &self.header).finish_non_exhaustive()
+    }
+}
+
+fn io(what: &'static str) -> impl Fn(fvd_contract::DeviceError) -> QedError {
+    move |source| QedError::Io { what, source }
+}
+
+impl QedImage {
+    /// Opens `image` for reading, with `backing` as its backing file when the header names one.
+    ///
+    /// Errors: [`QedError::Corrupt`] for a header or L1 table that breaks a rule (named), a
+    /// missing backing file, or [`QedError::Io`].
+    pub async fn open(image: Rc<dyn BlockDevice>, backing: Option<Rc<dyn BlockDevice>>) -> Result<QedImage, QedError> {
+        let file_bytes = image.len_bytes();
+        let mut bytes = vec![0u8; crate::format::HEADER_BYTES.min(file_bytes as usize)];
+        image.read_at(0, &mut bytes).await.map_err(io("read header"))?;
+        let header = QedHeader::decode(&bytes, file_bytes)?;
+        if header.has_backing_file() && backing.is_none() {
+            return Err(corrupt("features", format!("{:#x}", header.features), "names a backing file; none was given"));
+        }
+        // Bounded by the file's length (checked in decode).
+        let mut l1_bytes = vec![0u8; header.table_bytes() as usize];
+        image.read_at(header.l1_offset, &mut l1_bytes).await.map_err(io("read L1 table"))?;
+        let l1 = table_entries(&l1_bytes);
+        assert_eq!(l1.len() as u64, header.table_entries(), "an L1 table holds table_entries entries");
+        Ok(QedImage { image, backing, header, file_bytes, l1, l2_cache: RefCell::new(BTreeMap::new()) })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &QedHeader {
+        &self.header
+    }
+
+    /// The backing file's name as the header records it (bytes, not NUL-terminated).
+    ///
+    /// Errors: [`QedError::Io`].
+    pub async fn backing_name(&self) -> Result<Option<Vec<u8>>, QedError> {
+        if !self.header.has_backing_file() {
+            return Ok(None);
+        }
+        let mut name = vec![0u8; self.header.backing_name_bytes as usize];
+        self.image
+            .read_at(u64::from(self.header.backing_name_offset), &mut name)
+            .await
+            .map_err(io("read backing file name"))?;
+        Ok(Some(name))
+    }
+
+    /// Checks a table or cluster offset found in a table: aligned, after the header, and the
+    /// `len` bytes there inside the file.
+    fn check_offset(&self, what: &str, offset: u64, len: u64) -> Result<(), QedError> {
+        let header_end = self.header.header_clusters * self.header.cluster_bytes;
+        if !offset.is_multiple_of(self.header.cluster_bytes)
+            || offset < header_end
+            || offset.saturating_add(len) > self.file_bytes
+        {
+            return Err(corrupt(
+                what,
+                format!("{offset:#x}"),
+                format!("must be cluster-aligned, after the header and within the {}-byte file", self.file_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn l2_table(&self, l1_index: u64) -> Result<Option<Rc<Vec<u64>>>, QedError> {
+        let offset = self.l1[l1_index as usize];
+        if offset == 0 {
+            return Ok(None);
+        }
+        if let Some(table) = self.l2_cache.borrow().get(&offset) {
+            return Ok(Some(Rc::clone(table)));
+        }
+        self.check_offset(&format!("L1[{l1_index}]"), offset, self.header.table_bytes())?;
+        let mut bytes = vec![0u8; self.header.table_bytes() as usize];
+        self.image.read_at(offset, &mut bytes).await.map_err(io("read L2 table"))?;
+        let table = Rc::new(table_entries(&bytes));
+        let mut cache = self.l2_cache.borrow_mut();
+        if cache.len() >= L2_CACHE_TABLES {
+            let first = *cache.keys().next().expect("a full cache has a table");
+            cache.remove(&first);
+        }
+        cache.insert(offset, Rc::clone(&table));
+        Ok(Some(table))
+    }
+
+    /// Where the guest cluster holding byte `offset` is.
+    ///
+    /// Errors: [`QedError::Corrupt`] for a table entry that breaks a rule (named), or
+    /// [`QedError::Io`].
+    pub async fn cluster_state(&self, offset: u64) -> Result<ClusterState, QedError> {
+        let (l1_index, l2_index, _) = self.header.split(offset);
+        let Some(l2) = self.l2_table(l1_index).await? else { return Ok(ClusterState::Unallocated) };
+        match l2[l2_index as usize] {
+            0 => Ok(ClusterState::Unallocated),
+            ZERO_CLUSTER => Ok(ClusterState::Zero),
+            data => {
+                self.check_offset(&format!("L2[{l1_index}][{l2_index}]"), data, self.header.cluster_bytes)?;
+                Ok(ClusterState::Data(data))
+            }
+        }
+    }
+
+    /// Reads guest bytes at `offset` into `buf`.
+    ///
+    /// Errors: [`QedError::OutOfRange`], [`QedError::Corrupt`] for a table entry that breaks a
+    /// rule, [`QedError::Io`].
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), QedError> {
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > self.header.image_bytes) {
+            return Err(QedError::OutOfRange {
+                offset_bytes: offset,
+                len_bytes: len,
+                image_bytes: self.header.image_bytes,
+            });
+        }
+        let mut done = 0u64;
+        while done < len {
+            let at = offset + done;
+            let in_cluster = at % self.header.cluster_bytes;
+            let n = (self.header.cluster_bytes - in_cluster).min(len - done);
+            let piece = &mut buf[done as usize..(done + n) as usize];
+            match self.cluster_state(at).await? {
+                ClusterState::Data(cluster) => {
+                    self.image.read_at(cluster + in_cluster, piece).await.map_err(io("read data"))?
+                }
+                ClusterState::Zero => piece.fill(0),
+                ClusterState::Unallocated => self.read_backing(at, piece).await?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The backing file's bytes at `offset` (zeros beyond its end, or without one).
+    async fn read_backing(&self, offset: u64, piece: &mut [u8]) -> Result<(), QedError> {
+        piece.fill(0);
+        let Some(backing) = &self.backing else { return Ok(()) };
+        let available = backing.len_bytes().saturating_sub(offset).min(piece.len() as u64) as usize;
+        if available > 0 {
+            backing.read_at(offset, &mut piece[..available]).await.map_err(io("read backing file"))?;
+        }
+        Ok(())
+    }
+}
