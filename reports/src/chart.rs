@@ -1,6 +1,10 @@
 //! SVG charts drawn with plotters' SVG backend (no system font libraries: text is emitted as
 //! `<text font-family="sans-serif">` and the viewer draws it). Charts render from saved report
 //! data, so redrawing needs no rerun.
+//!
+//! A line chart is 1,000 px wide, the width `index.html` shows it at, with 14 px tick labels so
+//! it reads at normal zoom. Its legend sits below the plot area, never on the data; notes
+//! (what a floor or a gap means) go under the legend.
 
 use std::path::Path;
 
@@ -8,15 +12,40 @@ use anyhow::{Context, Result};
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
+/// Width of a line chart, px (the content width of `index.html`).
+pub const CHART_WIDTH: u32 = 1000;
+/// Height of a line chart's plot area with its title and axes, px; legend and notes add rows.
+const PLOT_HEIGHT: u32 = 480;
+/// Text sizes in px as the SVG shows them (see [`font`]).
+const TICK_FONT: u32 = 14;
+const AXIS_FONT: u32 = 15;
+const LEGEND_FONT: u32 = 14;
+const NOTE_FONT: u32 = 13;
+const TITLE_FONT: u32 = 20;
+const LEGEND_ROW: u32 = 24;
+const NOTE_ROW: u32 = 20;
+/// Legend's first row below the plot area (clear of the x axis label), px.
+const LEGEND_TOP: i32 = 20;
+
 /// One line of a line chart.
-#[derive(Debug, Clone)]
+///
+/// A point whose x or y is not finite (`f64::NAN`) breaks the line: the points before and after
+/// it are drawn as separate pieces, so a gap in the data is never bridged. A piece of a single
+/// point is drawn as a dot.
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     /// Legend label.
     pub label: String,
-    /// `(x, y)` points, x ascending.
+    /// `(x, y)` points, x ascending; a non-finite point breaks the line.
     pub points: Vec<(f64, f64)>,
     /// Dashed (for thresholds and reference lines).
     pub dashed: bool,
+    /// Dots only, no line (for values that are not a continuous measure).
+    pub points_only: bool,
+    /// Colour (RGB); `None`: the palette colour of the series' position.
+    pub rgb: Option<(u8, u8, u8)>,
+    /// Line width, px; 0: 2 px.
+    pub width: u32,
 }
 
 /// A shaded x interval (pauses, crashes).
@@ -28,8 +57,34 @@ pub struct Band {
     pub to: f64,
 }
 
-/// A line chart: title, axis labels with units, legend, optional shaded bands.
-#[derive(Debug, Clone)]
+/// A vertical line at one x (an event: prefetch finished, a crash). Markers with the same label
+/// share one legend entry.
+#[derive(Debug, Clone, Default)]
+pub struct Marker {
+    /// Where.
+    pub x: f64,
+    /// Legend label.
+    pub label: String,
+    /// Text written beside the line at the top of the plot, if any.
+    pub text: Option<String>,
+    /// Colour (RGB).
+    pub rgb: (u8, u8, u8),
+    /// Dashed line.
+    pub dashed: bool,
+}
+
+/// How y tick labels are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TickFormat {
+    /// Plain numbers without needless decimals (`2.5`, `100`); the axis label names the unit.
+    #[default]
+    Plain,
+    /// Values are microseconds, written in human units: `500 ns`, `20 µs`, `1.5 ms`, `2 s`.
+    LatencyUs,
+}
+
+/// A line chart: title, axis labels with units, legend, optional shaded bands and markers.
+#[derive(Debug, Clone, Default)]
 pub struct LineChart {
     /// Chart title.
     pub title: String,
@@ -49,6 +104,14 @@ pub struct LineChart {
     pub log_y: bool,
     /// Lowest y shown (values below are drawn at it); `None`: from the data.
     pub y_floor: Option<f64>,
+    /// Highest y shown (values above are drawn at it: say so in a note); `None`: from the data.
+    pub y_max: Option<f64>,
+    /// How y tick labels are written.
+    pub y_ticks: TickFormat,
+    /// Vertical event lines.
+    pub markers: Vec<Marker>,
+    /// Lines of text under the legend: what a floor, a gap or a unit means.
+    pub notes: Vec<String>,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -62,8 +125,19 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+fn series_color(chart: &LineChart, i: usize) -> RGBColor {
+    match chart.series[i].rgb {
+        Some((r, g, b)) => RGBColor(r, g, b),
+        None => COLORS[i % COLORS.len()],
+    }
+}
+
+fn finite(p: &(f64, f64)) -> bool {
+    p.0.is_finite() && p.1.is_finite()
+}
+
 fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
-    let points = chart.series.iter().flat_map(|s| s.points.iter());
+    let points = chart.series.iter().flat_map(|s| s.points.iter()).filter(|p| finite(p));
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
         x0 = x0.min(x);
@@ -72,7 +146,14 @@ fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
         y1 = y1.max(y);
     }
     if x0 > x1 {
-        return (0.0, 1.0, 0.0, 1.0);
+        return (0.0, 1.0, chart.y_floor.unwrap_or(0.0), chart.y_floor.map_or(1.0, |f| f * 10.0));
+    }
+    // Events and shaded intervals are part of the picture: the x axis covers them too.
+    for x in chart.markers.iter().map(|m| m.x).chain(chart.bands.iter().flat_map(|b| [b.from, b.to])) {
+        if x.is_finite() {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+        }
     }
     if chart.log_y {
         y0 = y0.max(1e-3);
@@ -80,8 +161,13 @@ fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
         y0 = y0.min(0.0);
     }
     if let Some(floor) = chart.y_floor {
-        y0 = floor;
-        y1 = y1.max(floor * 10.0);
+        // On a log axis, from the decade under the lowest value (not a line on the axis; no empty
+        // decades), never under the floor.
+        y0 = if chart.log_y && y0 > floor { 10f64.powf((y0 / 1.5).log10().floor()).max(floor) } else { floor };
+        y1 = y1.max(y0 * 10.0);
+    }
+    if let Some(ceiling) = chart.y_max {
+        y1 = y1.min(ceiling);
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
@@ -89,17 +175,118 @@ fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
     if y1 <= y0 {
         y1 = y0 + 1.0;
     }
-    (x0, x1, y0, y1 * 1.1)
+    (x0, x1, y0, if chart.log_y { y1 * 1.5 } else { y1 * 1.08 })
 }
 
-/// Renders `chart` to an SVG file at `path` (960×540).
+/// What one legend entry shows beside its label.
+#[derive(Debug, Clone, Copy)]
+enum Swatch {
+    Line { color: RGBColor, dashed: bool, width: u32 },
+    Dot(RGBColor),
+    Band(RGBColor),
+    Marker { color: RGBColor, dashed: bool, light: bool },
+}
+
+fn legend_entries(chart: &LineChart) -> Vec<(String, Swatch)> {
+    let mut entries = Vec::new();
+    for (i, series) in chart.series.iter().enumerate() {
+        if series.label.is_empty() || !series.points.iter().any(finite) {
+            continue;
+        }
+        let color = series_color(chart, i);
+        let swatch = if series.points_only {
+            Swatch::Dot(color)
+        } else {
+            Swatch::Line { color, dashed: series.dashed, width: series.width.max(2) + 1 }
+        };
+        entries.push((series.label.clone(), swatch));
+    }
+    if !chart.bands.is_empty() && !chart.band_label.is_empty() {
+        let (r, g, b) = chart.band_rgb;
+        entries.push((chart.band_label.clone(), Swatch::Band(RGBColor(r, g, b))));
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for marker in &chart.markers {
+        if marker.label.is_empty() || seen.contains(&marker.label.as_str()) {
+            continue;
+        }
+        seen.push(&marker.label);
+        let (r, g, b) = marker.rgb;
+        entries.push((
+            marker.label.clone(),
+            Swatch::Marker { color: RGBColor(r, g, b), dashed: marker.dashed, light: marker.text.is_none() },
+        ));
+    }
+    entries
+}
+
+/// Width of `text` at `size` px in a sans-serif font, estimated (no font library here).
+fn text_width(text: &str, size: u32) -> i32 {
+    (text.chars().count() as f64 * f64::from(size) * 0.5).ceil() as i32
+}
+
+/// Flow layout of the legend: `(row, x)` of each entry within `width` px.
+fn legend_layout(entries: &[(String, Swatch)], width: i32) -> Vec<(i32, i32)> {
+    let (mut row, mut x) = (0, 0);
+    let mut at = Vec::new();
+    for (label, _) in entries {
+        let w = 34 + text_width(label, LEGEND_FONT) + 26;
+        if x > 0 && x + w > width {
+            row += 1;
+            x = 0;
+        }
+        at.push((row, x));
+        x += w;
+    }
+    at
+}
+
+/// A sans-serif font of `px` pixels in the SVG: plotters' SVG backend writes `font-size` as the
+/// requested size divided by 1.24, so the request is scaled up by as much.
+fn font(px: u32) -> FontDesc<'static> {
+    ("sans-serif", f64::from(px) * 1.24).into_font()
+}
+
+/// `text` broken into lines of at most `width` px at `size` px (at spaces).
+fn wrap(text: &str, size: u32, width: i32) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        let candidate = if line.is_empty() { word.to_string() } else { format!("{line} {word}") };
+        if !line.is_empty() && text_width(&candidate, size) > width {
+            lines.push(std::mem::replace(&mut line, word.to_string()));
+        } else {
+            line = candidate;
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Renders `chart` to an SVG file at `path`, [`CHART_WIDTH`] px wide; the height grows with the
+/// legend's rows and the notes.
 pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<()> {
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    const SIDE: i32 = 24;
+    let entries = legend_entries(chart);
+    let layout = legend_layout(&entries, CHART_WIDTH as i32 - 2 * SIDE);
+    let legend_rows = layout.last().map_or(0, |&(row, _)| row as u32 + 1);
+    let notes: Vec<String> =
+        chart.notes.iter().flat_map(|note| wrap(note, NOTE_FONT, CHART_WIDTH as i32 - 2 * SIDE)).collect();
+    let height = PLOT_HEIGHT + LEGEND_TOP as u32 + legend_rows * LEGEND_ROW + notes.len() as u32 * NOTE_ROW + 8;
+    let root = SVGBackend::new(path, (CHART_WIDTH, height)).into_drawing_area();
     root.fill(&WHITE).context("chart background")?;
+    let (plot, below) = root.split_vertically(PLOT_HEIGHT);
     let (x0, x1, y0, y1) = bounds(chart);
-    let caption = (chart.title.as_str(), ("sans-serif", 22));
-    let mut builder = ChartBuilder::on(&root);
-    builder.caption(caption.0, caption.1).margin(16).x_label_area_size(48).y_label_area_size(72);
+    let mut builder = ChartBuilder::on(&plot);
+    builder
+        .caption(chart.title.as_str(), font(TITLE_FONT))
+        .margin_top(12)
+        .margin_left(SIDE as u32 / 2)
+        .margin_right(SIDE as u32)
+        .x_label_area_size(52)
+        .y_label_area_size(if chart.y_ticks == TickFormat::LatencyUs { 92 } else { 78 });
     if chart.log_y {
         let mut ctx = builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).context("chart axes")?;
         draw_all(&mut ctx, chart, y0, y1)?;
@@ -107,12 +294,47 @@ pub fn render_line_chart(chart: &LineChart, path: &Path) -> Result<()> {
         let mut ctx = builder.build_cartesian_2d(x0..x1, y0..y1).context("chart axes")?;
         draw_all(&mut ctx, chart, y0, y1)?;
     }
+    let legend_font = font(LEGEND_FONT);
+    for ((label, swatch), (row, x)) in entries.iter().zip(&layout) {
+        let x = SIDE + x;
+        let y = LEGEND_TOP + row * LEGEND_ROW as i32;
+        let draw = match *swatch {
+            Swatch::Line { color, dashed: false, width } => {
+                below.draw(&PathElement::new(vec![(x, y), (x + 26, y)], color.stroke_width(width)))
+            }
+            Swatch::Line { color, dashed: true, width } => {
+                below.draw(&PathElement::new(vec![(x, y), (x + 10, y)], color.stroke_width(width))).and_then(|()| {
+                    below.draw(&PathElement::new(vec![(x + 16, y), (x + 26, y)], color.stroke_width(width)))
+                })
+            }
+            Swatch::Dot(color) => below.draw(&Circle::new((x + 13, y), 4, color.filled())),
+            Swatch::Band(color) => below.draw(&Rectangle::new([(x, y - 7), (x + 26, y + 7)], color.mix(0.35).filled())),
+            Swatch::Marker { color, dashed, light } => {
+                let style = if light { color.mix(0.6).stroke_width(2) } else { color.stroke_width(2) };
+                let (top_end, bottom_start) = if dashed { (y - 2, y + 2) } else { (y, y) };
+                below
+                    .draw(&PathElement::new(vec![(x + 13, y - 9), (x + 13, top_end)], style))
+                    .and_then(|()| below.draw(&PathElement::new(vec![(x + 13, bottom_start), (x + 13, y + 9)], style)))
+            }
+        };
+        draw.context("legend swatch")?;
+        below
+            .draw(&Text::new(label.as_str(), (x + 34, y - LEGEND_FONT as i32 / 2 - 1), legend_font.clone()))
+            .context("legend label")?;
+    }
+    let note_font = font(NOTE_FONT).color(&RGBColor(80, 80, 80));
+    let notes_top = LEGEND_TOP + legend_rows as i32 * LEGEND_ROW as i32;
+    for (i, note) in notes.iter().enumerate() {
+        below
+            .draw(&Text::new(note.as_str(), (SIDE, notes_top + i as i32 * NOTE_ROW as i32), note_font.clone()))
+            .context("chart note")?;
+    }
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
 /// Tick labels without needless decimals: `100000`, `2.5`, `0.01`.
-fn format_tick(value: f64) -> String {
+pub fn format_tick(value: f64) -> String {
     if value.abs() >= 10.0 || value == value.round() {
         format!("{value:.0}")
     } else if value.abs() >= 1.0 {
@@ -122,8 +344,40 @@ fn format_tick(value: f64) -> String {
     }
 }
 
-/// Draws the mesh (axis labels, ticks), the shaded bands and the series onto `ctx`, whose y axis
-/// is linear or logarithmic.
+/// A latency given in microseconds, in the unit that keeps the number short: `500 ns`,
+/// `20 µs`, `1.5 ms`, `2 s`.
+pub fn format_latency_us(us: f64) -> String {
+    let (value, unit) = if us.abs() >= 1e6 {
+        (us / 1e6, "s")
+    } else if us.abs() >= 1e3 {
+        (us / 1e3, "ms")
+    } else if us.abs() >= 1.0 || us == 0.0 {
+        (us, "µs")
+    } else {
+        (us * 1e3, "ns")
+    };
+    // Trim a float's noise (0.30000000000000004) but keep a real fraction (2.5).
+    let rounded = (value * 100.0).round() / 100.0;
+    let text = if rounded == rounded.round() { format!("{rounded:.0}") } else { format!("{rounded}") };
+    format!("{text} {unit}")
+}
+
+/// Splits `points` into pieces at non-finite points.
+fn pieces(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
+    let mut out: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+    for p in points {
+        if finite(p) {
+            out.last_mut().expect("never empty").push(*p);
+        } else if !out.last().expect("never empty").is_empty() {
+            out.push(Vec::new());
+        }
+    }
+    out.retain(|piece| !piece.is_empty());
+    out
+}
+
+/// Draws the mesh (axis labels, ticks), the shaded bands, the markers and the series onto `ctx`,
+/// whose y axis is linear or logarithmic.
 fn draw_all<'a, X, Y>(
     ctx: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     chart: &LineChart,
@@ -134,51 +388,84 @@ where
     X: Ranged<ValueType = f64> + ValueFormatter<f64>,
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    let y_format = |v: &f64| match chart.y_ticks {
+        TickFormat::Plain => format_tick(*v),
+        TickFormat::LatencyUs => format_latency_us(*v),
+    };
     ctx.configure_mesh()
         .x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
-        .y_label_formatter(&|v| format_tick(*v))
+        .x_label_formatter(&|v| format_tick(*v))
+        .y_label_formatter(&y_format)
+        .label_style(font(TICK_FONT))
+        .axis_desc_style(font(AXIS_FONT))
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(BLACK.mix(0.04))
         .draw()
         .context("chart mesh")?;
     let (r, g, b) = chart.band_rgb;
     let shade = RGBColor(r, g, b).mix(0.35);
+    let (x_min, x_max) = {
+        let (a, b, _, _) = bounds(chart);
+        (a, b)
+    };
     // A band is at least 0.4% of the x range wide, so an instant stays visible.
-    let (x_min, x_max) = chart
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let min_width = ((x_max - x_min) * 0.004).max(0.0);
-    for (i, band) in chart.bands.iter().enumerate() {
-        let to = band.to.max(band.from + min_width);
-        let drawn = ctx
-            .draw_series(std::iter::once(Rectangle::new([(band.from, y0), (to, y1)], shade.filled())))
-            .context("bands")?;
-        if i == 0 && !chart.band_label.is_empty() {
-            drawn
-                .label(chart.band_label.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], shade.filled()));
+    ctx.draw_series(
+        chart
+            .bands
+            .iter()
+            .map(|band| Rectangle::new([(band.from, y0), (band.to.max(band.from + min_width), y1)], shade.filled())),
+    )
+    .context("bands")?;
+    let clamp = |p: &(f64, f64)| (p.0, p.1.clamp(y0, y1));
+    for (i, series) in chart.series.iter().enumerate() {
+        let color = series_color(chart, i);
+        let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: series.width.max(1) };
+        let style = if series.width == 0 { ShapeStyle { stroke_width: 2, ..style } } else { style };
+        if series.points_only {
+            ctx.draw_series(
+                series.points.iter().filter(|p| finite(p)).map(|p| Circle::new(clamp(p), 3, color.filled())),
+            )
+            .context("points")?;
+            continue;
+        }
+        for piece in pieces(&series.points) {
+            let piece: Vec<(f64, f64)> = piece.iter().map(clamp).collect();
+            if piece.len() == 1 {
+                ctx.draw_series(std::iter::once(Circle::new(piece[0], 3, color.filled()))).context("dot")?;
+            } else if series.dashed {
+                ctx.draw_series(DashedLineSeries::new(piece, 6, 4, style)).context("dashed series")?;
+            } else {
+                ctx.draw_series(LineSeries::new(piece, style)).context("series")?;
+            }
         }
     }
-    for (i, series) in chart.series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: 2 };
-        let drawn = if series.dashed {
-            ctx.draw_series(DashedLineSeries::new(series.points.iter().copied(), 6, 4, style))
-                .context("dashed series")?
-        } else {
-            ctx.draw_series(LineSeries::new(series.points.iter().copied(), style)).context("series")?
+    let text_font = font(NOTE_FONT);
+    for marker in &chart.markers {
+        let (r, g, b) = marker.rgb;
+        // An annotated event (start, finish) stands out; repeated ones (crashes) stay light.
+        let style = match marker.text {
+            Some(_) => ShapeStyle { color: RGBColor(r, g, b).to_rgba(), filled: false, stroke_width: 2 },
+            None => ShapeStyle { color: RGBColor(r, g, b).mix(0.45), filled: false, stroke_width: 1 },
         };
-        drawn
-            .label(series.label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        let line = vec![(marker.x, y0), (marker.x, y1)];
+        if marker.dashed {
+            ctx.draw_series(DashedLineSeries::new(line, 5, 4, style)).context("marker")?;
+        } else {
+            ctx.draw_series(LineSeries::new(line, style)).context("marker")?;
+        }
+        if let Some(text) = &marker.text {
+            // Written to the right of the line, or to its left near the right edge.
+            let right = marker.x < x_min + (x_max - x_min) * 0.7;
+            let dx = if right { 6 } else { -6 - text_width(text, NOTE_FONT) };
+            ctx.draw_series(std::iter::once(
+                EmptyElement::at((marker.x, y1))
+                    + Text::new(text.clone(), (dx, 6), text_font.clone().color(&RGBColor(r, g, b))),
+            ))
+            .context("marker text")?;
+        }
     }
-    ctx.configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .context("legend")?;
     Ok(())
 }
 
@@ -204,13 +491,9 @@ pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[Label
         series: vec![Series {
             label: String::new(),
             points: points.iter().map(|p| (p.x, p.y)).collect(),
-            dashed: false,
+            ..Series::default()
         }],
-        bands: Vec::new(),
-        band_label: String::new(),
-        band_rgb: (200, 200, 200),
-        log_y: false,
-        y_floor: None,
+        ..LineChart::default()
     };
     let (x0, x1, y0, y1) = bounds(&chart);
     let pad = (x1 - x0) * 0.08;
@@ -238,31 +521,95 @@ pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[Label
 mod tests {
     use super::*;
 
-    #[test]
-    fn charts_are_svg_with_title_axes_and_legend() {
-        let dir = std::env::temp_dir().join(format!("fvd-chart-test-{}", std::process::id()));
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("fvd-chart-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The `points` attributes of the polylines drawn with `stroke` at `width` px.
+    fn polylines(svg: &str, stroke: &str, width: u32) -> Vec<String> {
+        svg.split("<polyline")
+            .skip(1)
+            .filter(|tag| {
+                let tag = &tag[..tag.find("/>").unwrap()];
+                tag.contains(&format!("stroke=\"{stroke}\"")) && tag.contains(&format!("stroke-width=\"{width}\""))
+            })
+            .map(|tag| tag.split("points=\"").nth(1).unwrap().split('"').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// True if a `<text>` element says exactly `content` (plotters writes it on a line of its own).
+    fn has_text(svg: &str, content: &str) -> bool {
+        svg.contains(&format!(">\n{content}\n</text>"))
+    }
+
+    /// The y coordinate of the `<text>` element whose content is `content`.
+    fn text_y(svg: &str, content: &str) -> f64 {
+        let end = svg.find(&format!(">\n{content}\n</text>")).unwrap_or_else(|| panic!("no text {content:?}"));
+        let tag = &svg[svg[..end].rfind("<text").unwrap()..end];
+        tag.split(" y=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn charts_are_svg_with_title_axes_legend_markers_and_notes() {
+        let dir = temp_dir("basic");
         let path = dir.join("c.svg");
         let chart = LineChart {
             title: "Read latency over time".into(),
             x_label: "simulated time (s)".into(),
-            y_label: "latency (µs)".into(),
+            y_label: "latency (log scale)".into(),
             series: vec![
-                Series { label: "p50".into(), points: vec![(0.0, 10.0), (1.0, 12.0)], dashed: false },
-                Series { label: "threshold".into(), points: vec![(0.0, 20.0), (1.0, 20.0)], dashed: true },
+                Series { label: "p50".into(), points: vec![(0.0, 10.0), (1.0, 12.0)], ..Series::default() },
+                Series {
+                    label: "threshold".into(),
+                    points: vec![(0.0, 20.0), (1.0, 20.0)],
+                    dashed: true,
+                    ..Series::default()
+                },
             ],
             bands: vec![Band { from: 0.2, to: 0.4 }],
             band_label: "paused".into(),
             band_rgb: (200, 200, 200),
             log_y: true,
             y_floor: Some(1.0),
+            y_max: None,
+            y_ticks: TickFormat::LatencyUs,
+            markers: vec![Marker {
+                x: 0.8,
+                label: "finished".into(),
+                text: Some("finished at 0.8 s".into()),
+                rgb: (0, 128, 0),
+                dashed: false,
+            }],
+            notes: vec!["a note under the legend".into()],
         };
         render_line_chart(&chart, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg"));
-        for text in ["Read latency over time", "simulated time (s)", "latency (µs)", "p50", "threshold", "paused"] {
-            assert!(svg.contains(text), "missing {text:?}");
+        assert!(svg.contains(&format!("width=\"{CHART_WIDTH}\"")));
+        for text in [
+            "Read latency over time",
+            "simulated time (s)",
+            "latency (log scale)",
+            "p50",
+            "threshold",
+            "paused",
+            "finished",
+            "finished at 0.8 s",
+            "a note under the legend",
+        ] {
+            assert!(has_text(&svg, text), "missing {text:?}");
         }
+        // The legend and the notes sit below the plot area, not on the data.
+        for text in ["p50", "threshold", "paused", "finished", "a note under the legend"] {
+            assert!(text_y(&svg, text) > f64::from(PLOT_HEIGHT), "{text:?} is inside the plot area");
+        }
+        assert!(text_y(&svg, "a note under the legend") > text_y(&svg, "p50"));
+        // Tick labels in human units, 14 px.
+        assert!(has_text(&svg, "10 µs"), "{svg}");
+        // 14 px tick labels (within rounding).
+        assert!(svg.contains("font-size=\"14\""), "{svg}");
         let scatter = dir.join("s.svg");
         render_scatter(
             "Trade-off",
@@ -273,6 +620,74 @@ mod tests {
         )
         .unwrap();
         assert!(std::fs::read_to_string(&scatter).unwrap().contains("alpha=0.8"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_gap_breaks_the_line_and_a_lone_point_is_a_dot() {
+        let dir = temp_dir("gap");
+        let line = |points: Vec<(f64, f64)>| LineChart {
+            title: "gaps".into(),
+            series: vec![Series { label: "p50".into(), points, rgb: Some((1, 2, 3)), ..Series::default() }],
+            ..LineChart::default()
+        };
+        let path = dir.join("whole.svg");
+        render_line_chart(&line(vec![(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 2.0)]), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(polylines(&svg, "#010203", 2).len(), 1, "no gap: one line");
+
+        let gap = vec![
+            (0.0, 1.0),
+            (1.0, 2.0),
+            (f64::NAN, f64::NAN),
+            (5.0, 3.0),
+            (6.0, 2.0),
+            (f64::NAN, f64::NAN),
+            (9.0, 1.0),
+        ];
+        render_line_chart(&line(gap), &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let pieces = polylines(&svg, "#010203", 2);
+        assert_eq!(pieces.len(), 2, "a line on each side of the gap: {pieces:?}");
+        for piece in &pieces {
+            assert_eq!(piece.split_whitespace().count(), 2, "each piece has its own two points: {piece}");
+        }
+        // The point at x = 9 stands alone: a dot, not a line to x = 6.
+        assert_eq!(svg.matches("<circle").filter(|_| true).count(), 1, "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn latency_ticks_are_in_human_units() {
+        assert_eq!(format_latency_us(1.0), "1 µs");
+        assert_eq!(format_latency_us(0.5), "500 ns");
+        assert_eq!(format_latency_us(250.0), "250 µs");
+        assert_eq!(format_latency_us(1_000.0), "1 ms");
+        assert_eq!(format_latency_us(2_500.0), "2.5 ms");
+        assert_eq!(format_latency_us(100_000.0), "100 ms");
+        assert_eq!(format_latency_us(1_000_000.0), "1 s");
+        assert_eq!(format_latency_us(0.3 * 1e6), "300 ms");
+        let dir = temp_dir("ticks");
+        let path = dir.join("t.svg");
+        let chart = LineChart {
+            series: vec![Series {
+                label: "p99".into(),
+                points: vec![(0.0, 5.0), (1.0, 2_000_000.0)],
+                ..Series::default()
+            }],
+            log_y: true,
+            y_floor: Some(1.0),
+            y_ticks: TickFormat::LatencyUs,
+            ..LineChart::default()
+        };
+        render_line_chart(&chart, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for tick in ["1 µs", "1 ms", "1 s"] {
+            assert!(has_text(&svg, tick), "no tick {tick:?}");
+        }
+        for raw in ["1000", "1000000", "100000"] {
+            assert!(!has_text(&svg, raw), "raw tick {raw}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -75,6 +75,34 @@ fn repro_says_whether_the_failure_reproduced_and_refuses_a_report() {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("failure-cloudphysics-"))
         .expect("a failure file");
+    // The run's page shows the failure itself, not just a link: class, message, the failing
+    // sectors and the command that replays it.
+    let failure: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&failure_file).unwrap()).unwrap();
+    let html = std::fs::read_to_string(dir.path().join("o/index.html")).unwrap();
+    let escape = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let class = failure["failure"]["class"].as_str().unwrap();
+    assert!(html.contains(&format!("<h2>Failure: {class}</h2>")), "{html}");
+    assert!(html.contains(&escape(failure["failure"]["message"].as_str().unwrap())), "{html}");
+    let repro = failure["repro_command"].as_str().unwrap();
+    assert!(repro.starts_with("fvdsim repro ") && repro.ends_with(".json"), "{repro}");
+    assert!(html.contains(&format!("<code>{}</code>", escape(repro))), "{html}");
+    assert!(class != "wrong-data" || failure["failure"]["sectors"].get(0).is_some(), "wrong data names its sectors");
+    if let Some(sector) = failure["failure"]["sectors"].get(0) {
+        assert!(html.contains("<th>sector</th><th>allowed values</th><th>actual</th>"), "{html}");
+        let row = format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            sector["sector"],
+            sector["allowed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| escape(a.as_str().unwrap()))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+            escape(sector["actual"].as_str().unwrap())
+        );
+        assert!(html.contains(&row), "no row {row} in {html}");
+    }
     let replay = fvdsim(dir.path(), &["repro", failure_file.to_str().unwrap(), "--out", "r"]);
     assert_eq!(replay.status.code(), Some(1));
     assert!(text(&replay).contains("reproduced: same failure, same event-log hash 0x"), "{}", text(&replay));

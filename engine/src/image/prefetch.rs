@@ -117,6 +117,8 @@ pub struct PrefetchSample {
     pub threshold: f64,
     /// Bytes stored by prefetch so far.
     pub bytes_copied: u64,
+    /// Bytes read from the base by prefetch so far.
+    pub bytes_read: u64,
 }
 
 /// What a prefetch run did (for studies and reports).
@@ -679,6 +681,7 @@ impl FvdImage {
             moving_average,
             threshold,
             bytes_copied: p.telemetry.bytes_copied,
+            bytes_read: p.telemetry.bytes_read,
         });
         match side {
             Side::Read => {
@@ -709,6 +712,7 @@ impl FvdImage {
                 moving_average: -1.0,
                 threshold: 0.0,
                 bytes_copied: p.telemetry.bytes_copied,
+                bytes_read: p.telemetry.bytes_read,
             });
         }
         let image = self.clone();
@@ -860,6 +864,7 @@ fn adjust_rate(p: &mut Prefetcher, now: u64) {
         moving_average: mean_us,
         threshold: target_guest_latency_us as f64,
         bytes_copied: p.telemetry.bytes_copied,
+        bytes_read: p.telemetry.bytes_read,
     });
     p.guest_latency_sum_ns = 0;
     p.guest_requests = 0;

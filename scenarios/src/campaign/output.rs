@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use fvd_reports::chart::{Band, LineChart, Series, render_line_chart};
-use fvd_reports::html::{Index, render_index};
+use fvd_reports::chart::{Band, LineChart, Marker, Series, TickFormat, render_line_chart};
+use fvd_reports::html::{FailureDetail, Index, SectorRow, render_index};
 use fvd_reports::latency::{LatencyWindow, Percentiles};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,10 @@ pub struct HostFacts {
 }
 
 /// One prefetch telemetry record (see `fvd_engine::PrefetchSample`).
+///
+/// Throughputs and rates are stored in MB/s, MB = 10^6 bytes (the file format since schema 1);
+/// the charts convert them to MiB/s, the unit the engine's KB/s settings (1 KB = 1,024 bytes)
+/// map onto exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrefetchPoint {
     /// Simulated time, s.
@@ -61,8 +65,12 @@ pub struct PrefetchPoint {
     pub moving_average: f64,
     /// Threshold (MB/s), or the latency target (µs) for `rate`.
     pub threshold: f64,
-    /// Bytes prefetched so far.
+    /// Bytes prefetched so far (since the image was opened).
     pub bytes_copied: u64,
+    /// Bytes read from the base so far (since the image was opened); 0 in reports written before
+    /// it was recorded.
+    #[serde(default)]
+    pub bytes_read: u64,
 }
 
 /// Prefetch activity of a run, for charts that redraw without a rerun.
@@ -88,6 +96,10 @@ pub struct PrefetchReport {
 
 /// bytes per ms → MB/s.
 const BYTES_PER_MS_TO_MB_S: f64 = 1000.0 / 1e6;
+/// MB/s (as `report.json` stores throughput) → MiB/s (as the charts draw it).
+const MB_S_TO_MIB_S: f64 = 1e6 / MIB;
+/// Bytes in a MiB.
+const MIB: f64 = 1_048_576.0;
 
 impl PrefetchReport {
     /// From the engine's telemetry.
@@ -113,6 +125,7 @@ impl PrefetchReport {
                         },
                         threshold: if s.kind == "rate" { s.threshold } else { s.threshold * BYTES_PER_MS_TO_MB_S },
                         bytes_copied: s.bytes_copied,
+                        bytes_read: s.bytes_read,
                     }
                 })
                 .collect(),
@@ -123,48 +136,213 @@ impl PrefetchReport {
     }
 }
 
-/// The prefetch chart: throughput per measurement window and its moving average, the minimum
-/// threshold (dashed) and pauses shaded (v1 policy); or the AIMD rate.
+/// A break in a chart line (see [`Series`]).
+const BREAK: (f64, f64) = (f64::NAN, f64::NAN);
+
+/// Achieved throughput (MiB/s) of the byte counter `bytes` as a step line: bytes moved between
+/// telemetry samples divided by the simulated time between them, over intervals of at least
+/// `min_interval_s`. A pause counts in the interval it falls in (it is part of what prefetch
+/// achieves); the line breaks at a crash and at a reopening (the counter restarts), so time
+/// without an open image is never averaged into a rate.
+fn achieved(
+    samples: &[PrefetchPoint],
+    bytes: fn(&PrefetchPoint) -> u64,
+    crashes_s: &[f64],
+    min_interval_s: f64,
+) -> Vec<(f64, f64)> {
+    let mut points = Vec::new();
+    let mut anchor: Option<(f64, u64)> = None;
+    for sample in samples {
+        let (t, b) = (sample.t_s, bytes(sample));
+        let Some((t0, b0)) = anchor else {
+            anchor = Some((t, b));
+            continue;
+        };
+        if b < b0 || crashes_s.iter().any(|&c| c > t0 && c <= t) {
+            points.push(BREAK);
+            anchor = Some((t, b));
+        } else if t - t0 >= min_interval_s {
+            let rate = (b - b0) as f64 / MIB / (t - t0);
+            points.extend([(t0, rate), (t, rate)]);
+            anchor = Some((t, b));
+        }
+    }
+    points
+}
+
+/// A MiB/s figure for a label: whole when it is (`5`), else two decimals (`39.06`).
+fn mib_s_label(value: f64) -> String {
+    if (value - value.round()).abs() < 0.005 { format!("{value:.0}") } else { format!("{value:.2}") }
+}
+
+/// The prefetch chart of a run (see [`prefetch_chart_with_crashes`]) without crash marks.
 pub fn prefetch_chart(prefetch: &PrefetchReport, title: &str) -> LineChart {
+    prefetch_chart_with_crashes(prefetch, title, &[])
+}
+
+/// The prefetch chart, in MiB/s: achieved read (from the base) and write (into the image)
+/// throughput, the policy's threshold (v1, with its per-window measures and moving averages) or
+/// rate limit (AIMD), pauses shaded, the start, every crash in `crashes_s` (prefetch restarts
+/// after each recovery) and the finish marked.
+pub fn prefetch_chart_with_crashes(prefetch: &PrefetchReport, title: &str, crashes_s: &[f64]) -> LineChart {
+    const READ: (u8, u8, u8) = (31, 119, 180);
+    const WRITE: (u8, u8, u8) = (230, 110, 0);
+    const READ_PALE: (u8, u8, u8) = (140, 190, 225);
+    const WRITE_PALE: (u8, u8, u8) = (250, 180, 110);
+    let samples = &prefetch.samples;
+    let (first, last) = samples.iter().map(|p| p.t_s).fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+    let span = if first <= last { last - first } else { 0.0 };
+    let min_interval_s = (span / 150.0).max(0.1);
     let mut series = Vec::new();
-    for (kind, label) in [("read", "base read"), ("write", "image write")] {
-        let points: Vec<&PrefetchPoint> = prefetch.samples.iter().filter(|p| p.kind == kind).collect();
+    // AIMD: the rate limit holds until the next adjustment; it restarts at every open.
+    let mut rate = Vec::new();
+    let mut previous: Option<(f64, f64, u64)> = None;
+    for p in samples.iter().filter(|p| p.kind == "rate") {
+        let value = p.value * MB_S_TO_MIB_S;
+        if let Some((t0, v0, b0)) = previous {
+            if p.bytes_copied < b0 || crashes_s.iter().any(|&c| c > t0 && c <= p.t_s) {
+                rate.push(BREAK);
+            } else {
+                rate.push((p.t_s, v0));
+            }
+        }
+        rate.push((p.t_s, value));
+        previous = Some((p.t_s, value, p.bytes_copied));
+    }
+    if !rate.is_empty() {
+        series.push(Series {
+            label: "AIMD rate limit".into(),
+            points: rate,
+            rgb: Some((170, 140, 210)),
+            ..Series::default()
+        });
+    }
+    let has_read_counter = samples.iter().any(|p| p.bytes_read > 0);
+    if has_read_counter {
+        series.push(Series {
+            label: "read from base, achieved".into(),
+            points: achieved(samples, |p| p.bytes_read, crashes_s, min_interval_s),
+            rgb: Some(READ_PALE),
+            width: 5,
+            ..Series::default()
+        });
+    }
+    series.push(Series {
+        label: "written to image, achieved".into(),
+        points: achieved(samples, |p| p.bytes_copied, crashes_s, min_interval_s),
+        rgb: Some(WRITE),
+        ..Series::default()
+    });
+    // v1: what the policy measures (bytes per ms of busy time per window), its moving average
+    // and the threshold below which it may pause.
+    let mut threshold: Option<f64> = None;
+    for (kind, label, rgb, pale) in
+        [("read", "base read", READ, READ_PALE), ("write", "image write", WRITE, WRITE_PALE)]
+    {
+        let points: Vec<&PrefetchPoint> = samples.iter().filter(|p| p.kind == kind).collect();
         if points.is_empty() {
             continue;
         }
         series.push(Series {
-            label: format!("{label} throughput"),
-            points: points.iter().map(|p| (p.t_s, p.value)).collect(),
-            dashed: false,
+            label: format!("{label}, v1 window measure (bytes / busy time)"),
+            points: points.iter().map(|p| (p.t_s, p.value * MB_S_TO_MIB_S)).collect(),
+            points_only: true,
+            rgb: Some(pale),
+            ..Series::default()
         });
         series.push(Series {
-            label: format!("{label} moving average"),
-            points: points.iter().map(|p| (p.t_s, p.moving_average.max(0.0))).collect(),
-            dashed: false,
+            label: format!("{label}, v1 moving average"),
+            points: points.iter().map(|p| (p.t_s, p.moving_average.max(0.0) * MB_S_TO_MIB_S)).collect(),
+            rgb: Some(rgb),
+            dashed: true,
+            ..Series::default()
         });
-        if kind == "read" {
-            series.push(Series {
-                label: "minimum throughput".into(),
-                points: points.iter().map(|p| (p.t_s, p.threshold)).collect(),
-                dashed: true,
-            });
+        threshold = threshold.or(points.first().map(|p| p.threshold * MB_S_TO_MIB_S));
+    }
+    if let Some(threshold) = threshold {
+        series.push(Series {
+            label: format!("v1 minimum throughput {} MiB/s (may pause below it)", mib_s_label(threshold)),
+            points: vec![(first, threshold), (last.max(prefetch.finished_s.unwrap_or(last)), threshold)],
+            dashed: true,
+            rgb: Some((0, 0, 0)),
+            ..Series::default()
+        });
+    }
+    // Outliers (a v1 window measure of a few fast requests) would squash the rest: the y axis
+    // stops at twice the largest achieved, threshold or rate value, and says what it clipped.
+    let lines_max = series
+        .iter()
+        .filter(|s| !s.points_only && !s.label.contains("moving average"))
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|y| y.is_finite())
+        .fold(0.0f64, f64::max);
+    let mut notes = vec![format!(
+        "Throughput in MiB/s (1 MiB = 1,048,576 bytes). Achieved: bytes moved between telemetry samples ÷ simulated time between them (≥ {} s, pauses included); lines break at crashes and reopenings.",
+        fvd_reports::chart::format_tick(min_interval_s)
+    )];
+    let mut y_max = None;
+    if lines_max > 0.0 {
+        let ceiling = lines_max * 2.0;
+        let clipped = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.1.is_finite() && p.1 > ceiling).count();
+        if clipped > 0 {
+            y_max = Some(ceiling);
+            notes.push(format!(
+                "{clipped} v1 window measures or averages above {} MiB/s are drawn at the top edge.",
+                fvd_reports::chart::format_tick(ceiling)
+            ));
         }
     }
-    let rates: Vec<(f64, f64)> =
-        prefetch.samples.iter().filter(|p| p.kind == "rate").map(|p| (p.t_s, p.value)).collect();
-    if !rates.is_empty() {
-        series.push(Series { label: "AIMD rate".into(), points: rates, dashed: false });
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / MIB);
+    let totals = format!(
+        "{} copied into the image, {} read from the base, {} read but discarded",
+        mib(prefetch.bytes_copied),
+        mib(prefetch.bytes_read),
+        mib(prefetch.bytes_discarded)
+    );
+    let mut markers = Vec::new();
+    if let Some(started) = prefetch.started_s {
+        markers.push(Marker {
+            x: started,
+            label: "prefetch started".into(),
+            text: Some(format!("started {started:.1} s")),
+            rgb: (110, 110, 110),
+            dashed: true,
+        });
+    }
+    markers.extend(crashes_s.iter().map(|&x| Marker {
+        x,
+        label: "crash (prefetch restarts after recovery)".into(),
+        rgb: (214, 39, 40),
+        ..Marker::default()
+    }));
+    match prefetch.finished_s {
+        Some(finished) => {
+            markers.push(Marker {
+                x: finished,
+                label: "prefetch finished".into(),
+                text: Some(format!("finished {finished:.1} s")),
+                rgb: (0, 140, 60),
+                dashed: false,
+            });
+            notes.push(format!("Prefetch finished at {finished:.2} s: {totals}."));
+        }
+        None => notes.push(format!(
+            "Prefetch did not finish (phase at the end: {}; stopped at close or by a crash): {totals}.",
+            prefetch.phase
+        )),
     }
     LineChart {
         title: title.into(),
         x_label: "simulated time (s)".into(),
-        y_label: "MB/s".into(),
+        y_label: "throughput (MiB/s)".into(),
         series,
         bands: prefetch.pauses.iter().map(|(a, b)| Band { from: *a, to: *b }).collect(),
-        band_label: "paused".into(),
+        band_label: "prefetch paused (v1)".into(),
         band_rgb: (160, 160, 160),
-        log_y: false,
-        y_floor: None,
+        y_max,
+        markers,
+        notes,
+        ..LineChart::default()
     }
 }
 
@@ -325,7 +503,8 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     if !chart.series.is_empty() {
         render_line_chart(&chart, &dir.join("latency-over-time.svg"))?;
         charts.push((
-            "Guest latency over simulated time (p50 and p99 per second)".to_string(),
+            "Guest latency over simulated time: p50 and p99 per 1 s window; a gap is a window without completions"
+                .to_string(),
             "latency-over-time.svg".to_string(),
         ));
     }
@@ -333,17 +512,12 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
         && prefetch.samples.iter().any(|p| p.kind != "pause")
     {
         let title = format!("Prefetch from the base image, {} seed {}", report.config.name(), report.config.seed);
-        let mut chart = prefetch_chart(prefetch, &title);
-        if chart.bands.is_empty() && !report.crashes.is_empty() {
-            // No pauses (AIMD): shade the crashes instead; prefetch restarts after each recovery.
-            chart.bands =
-                report.crashes.iter().map(|c| Band { from: c.at_ns as f64 / 1e9, to: c.at_ns as f64 / 1e9 }).collect();
-            chart.band_label = "crash (prefetch restarts after recovery)".into();
-            chart.band_rgb = (214, 39, 40);
-        }
+        let crashes_s: Vec<f64> = report.crashes.iter().map(|c| c.at_ns as f64 / 1e9).collect();
+        let chart = prefetch_chart_with_crashes(prefetch, &title, &crashes_s);
         render_line_chart(&chart, &dir.join("prefetch.svg"))?;
         charts.push((
-            "Whole-image prefetch: throughput or rate over simulated time, pauses shaded".to_string(),
+            "Whole-image prefetch: achieved read and write throughput (MiB/s), the policy's threshold or rate, pauses shaded, start, crashes and finish marked"
+                .to_string(),
             "prefetch.svg".to_string(),
         ));
     }
@@ -386,10 +560,29 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     if let Some(failure) = &report.failure {
         summary.insert(1, ("failure".into(), failure.message.clone()));
     }
+    let failure = report.failure.as_ref().zip(report.failure_file.as_ref()).map(|(failure, file)| {
+        let path = dir.join(file);
+        FailureDetail {
+            class: report.outcome.clone(),
+            message: failure.message.clone(),
+            context: format!(
+                "Found at workload request {} after {} crash(es).",
+                failure.at_request, failure.after_crashes
+            ),
+            sectors: failure
+                .sectors
+                .iter()
+                .map(|s| SectorRow { sector: s.sector, allowed: s.allowed.clone(), actual: s.actual.clone() })
+                .collect(),
+            repro_command: read_failure_file(&path).map_or_else(|_| repro_command(&path), |f| f.repro_command),
+            file: file.clone(),
+        }
+    });
     let index = Index {
         title: format!("fvdsim run: {} seed {}", report.config.name(), report.config.seed),
         summary,
         charts,
+        failure,
         failures: report
             .failure_file
             .iter()
@@ -446,19 +639,74 @@ pub fn crash_line(summary: &RunSummary) -> String {
     line
 }
 
-fn latency_chart(report: &Report) -> LineChart {
+/// Width of a latency window (`LatencyRecorder::new(1_000_000_000)`; report.json's windows are
+/// one second).
+const LATENCY_WINDOW_S: f64 = 1.0;
+/// Lowest latency the latency chart shows: a read answered without device I/O takes less.
+const LATENCY_FLOOR_US: f64 = 1.0;
+
+/// The latency chart: p50 and p99 per window and kind, in human units on a log axis. A line
+/// breaks at windows without completions of its kind (a gap is never bridged); windows whose
+/// read p50 is under the 1 µs floor (answered without device I/O) are dots at the floor, apart
+/// from the line; crashes are marked.
+pub fn latency_chart(report: &Report) -> LineChart {
+    let windows = &report.latency_windows;
     let mut series = Vec::new();
-    for kind in ["read", "write"] {
-        for (label, pick) in [("p50", 0usize), ("p99", 1)] {
-            let points: Vec<(f64, f64)> = report
-                .latency_windows
-                .iter()
-                .filter_map(|w| w.kinds.get(kind).map(|(_, p50, p99)| (w.start_s, if pick == 0 { *p50 } else { *p99 })))
-                .collect();
-            if !points.is_empty() {
-                series.push(Series { label: format!("{kind} {label}"), points, dashed: pick == 1 });
+    let mut notes = Vec::new();
+    let spanned = match (windows.first(), windows.last()) {
+        (Some(a), Some(b)) => ((b.start_s - a.start_s) / LATENCY_WINDOW_S).round() as usize + 1,
+        _ => 0,
+    };
+    let mut with_data = Vec::new();
+    for (kind, colors) in [("read", [(31, 119, 180), (120, 180, 230)]), ("write", [(215, 95, 0), (250, 170, 90)])] {
+        let mut lines = [Vec::new(), Vec::new()];
+        let mut below_floor = Vec::new();
+        let mut previous: Option<f64> = None;
+        let mut count = 0;
+        for w in windows {
+            let Some(&(_, p50, p99)) = w.kinds.get(kind) else { continue };
+            count += 1;
+            let gap = previous.is_some_and(|p| w.start_s - p > LATENCY_WINDOW_S * 1.5);
+            for (line, value) in lines.iter_mut().zip([p50, p99]) {
+                if gap {
+                    line.push(BREAK);
+                }
+                line.push(if value < LATENCY_FLOOR_US { BREAK } else { (w.start_s, value) });
             }
+            if p50 < LATENCY_FLOOR_US {
+                below_floor.push((w.start_s, LATENCY_FLOOR_US));
+            }
+            previous = Some(w.start_s);
         }
+        if count == 0 {
+            continue;
+        }
+        with_data.push(format!("{kind}s in {count}"));
+        for ((line, label), rgb) in lines.into_iter().zip(["p50", "p99"]).zip(colors) {
+            series.push(Series { label: format!("{kind} {label}"), points: line, rgb: Some(rgb), ..Series::default() });
+        }
+        if !below_floor.is_empty() {
+            notes.push(format!(
+                "{} window(s) with {kind} p50 under 1 µs: {kind}s answered without device I/O (a never-written region reads as zeros), drawn as dots at the 1 µs floor.",
+                below_floor.len()
+            ));
+            series.push(Series {
+                label: format!("{kind} p50 under 1 µs (no device I/O)"),
+                points: below_floor,
+                points_only: true,
+                rgb: Some((0, 0, 0)),
+                ..Series::default()
+            });
+        }
+    }
+    if spanned > 0 {
+        notes.insert(
+            0,
+            format!(
+                "One point per 1 s window of simulated time; lines break at windows without completions of their kind ({} of {spanned} windows had completions).",
+                with_data.join(", ")
+            ),
+        );
     }
     LineChart {
         title: format!(
@@ -468,16 +716,155 @@ fn latency_chart(report: &Report) -> LineChart {
             format!("{:?}", report.config.profile).to_lowercase()
         ),
         x_label: "simulated time (s)".into(),
-        y_label: "latency per 1 s window (µs, log scale, floor 1 µs)".into(),
+        y_label: "latency per 1 s window (log scale)".into(),
         series,
-        bands: report
+        markers: report
             .crashes
             .iter()
-            .map(|c| Band { from: c.at_ns as f64 / 1e9, to: c.at_ns as f64 / 1e9 + 0.6 })
+            .map(|c| Marker { x: c.at_ns as f64 / 1e9, label: "crash".into(), rgb: (214, 39, 40), ..Marker::default() })
             .collect(),
-        band_label: "crash and recovery".into(),
-        band_rgb: (214, 39, 40),
         log_y: true,
-        y_floor: Some(1.0),
+        y_floor: Some(LATENCY_FLOOR_US),
+        y_ticks: TickFormat::LatencyUs,
+        notes,
+        ..LineChart::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report_with(windows: Vec<LatencyWindow>) -> Report {
+        Report {
+            schema_version: fvd_reports::REPORT_SCHEMA_VERSION,
+            tool_version: "test".into(),
+            git_commit: "test".into(),
+            outcome: "verified".into(),
+            exit_code: 0,
+            config: (super::super::config::scenario("random").unwrap().build)(fvd_sim::Seed(1)),
+            summary: RunSummary::default(),
+            crashes: Vec::new(),
+            latency: BTreeMap::new(),
+            latency_windows: windows,
+            failure: None,
+            failure_file: None,
+            log_hash: String::new(),
+            image_hash: String::new(),
+            prefetch: None,
+            charts: Vec::new(),
+            host: HostFacts { wall_seconds: 0.0 },
+        }
+    }
+
+    fn window(start_s: f64, kinds: &[(&str, f64, f64)]) -> LatencyWindow {
+        LatencyWindow { start_s, kinds: kinds.iter().map(|&(k, p50, p99)| (k.to_string(), (10, p50, p99))).collect() }
+    }
+
+    fn series<'a>(chart: &'a LineChart, label: &str) -> &'a Series {
+        chart.series.iter().find(|s| s.label == label).unwrap_or_else(|| panic!("no series {label:?}"))
+    }
+
+    #[test]
+    fn latency_lines_break_at_windows_without_completions_and_sub_microsecond_reads_sit_apart() {
+        let report = report_with(vec![
+            window(0.0, &[("read", 50.0, 900.0), ("write", 200.0, 4_000.0)]),
+            window(1.0, &[("read", 60.0, 800.0)]),
+            // Seconds 2 and 3: no completions at all. Second 4: writes only.
+            window(4.0, &[("write", 300.0, 5_000.0)]),
+            window(5.0, &[("read", 0.001, 700.0), ("write", 250.0, 3_000.0)]),
+            window(6.0, &[("read", 40.0, 600.0)]),
+        ]);
+        let chart = latency_chart(&report);
+        let read_p50 = &series(&chart, "read p50").points;
+        let finite: Vec<(f64, f64)> = read_p50.iter().copied().filter(|p| p.1.is_finite()).collect();
+        assert_eq!(finite, vec![(0.0, 50.0), (1.0, 60.0), (6.0, 40.0)]);
+        // Between second 1 and 5 there is a break: no line from 1 to 5.
+        let after_1 = read_p50.iter().position(|p| p.0 == 1.0).unwrap();
+        assert!(read_p50[after_1 + 1].1.is_nan(), "{read_p50:?}");
+        // The read p99 of second 5 is a real value, on a line of its own after the gap.
+        let read_p99 = &series(&chart, "read p99").points;
+        assert!(read_p99.windows(2).any(|w| w[0].1.is_nan() && w[1] == (5.0, 700.0)), "{read_p99:?}");
+        // Write: seconds 4 and 5 join, 0 and 4 do not.
+        let write_p50 = &series(&chart, "write p50").points;
+        assert!(write_p50.windows(2).any(|w| w[0] == (4.0, 300.0) && w[1] == (5.0, 250.0)), "{write_p50:?}");
+        assert!(!write_p50.windows(2).any(|w| w[0] == (0.0, 200.0) && w[1] == (4.0, 300.0)), "{write_p50:?}");
+        // The read answered without I/O is a dot at the floor, named in the legend and a note.
+        let below = series(&chart, "read p50 under 1 µs (no device I/O)");
+        assert!(below.points_only);
+        assert_eq!(below.points, vec![(5.0, 1.0)]);
+        assert!(chart.notes.iter().any(|n| n.contains("1 window(s) with read p50 under 1 µs")), "{:?}", chart.notes);
+        assert!(chart.notes[0].contains("reads in 4, writes in 3 of 7 windows"), "{:?}", chart.notes);
+        assert_eq!(chart.y_ticks, TickFormat::LatencyUs);
+        // Drawn: the read p50 line is two pieces plus a dot, with tick labels in units.
+        let dir = std::env::temp_dir().join(format!("fvd-latency-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("latency.svg");
+        render_line_chart(&chart, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains(">\n1 ms\n</text>") && svg.contains(">\n100 µs\n</text>"), "{svg}");
+        assert!(svg.contains("read p50 under 1 µs (no device I/O)"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_prefetch_chart_draws_achieved_throughput_the_threshold_in_mib_and_the_finish() {
+        use fvd_engine::{PrefetchPhase, PrefetchSample, PrefetchTelemetry};
+        const MIB: u64 = 1 << 20;
+        // v1's 5,120 KB/s minimum: 5,242.88 bytes per ms, exactly 5 MiB/s.
+        let threshold = 5120.0 * 1024.0 / 1000.0;
+        let sample = |s: f64, kind: &'static str, value: f64, copied: u64| PrefetchSample {
+            at_ns: (s * 1e9) as u64,
+            kind,
+            value,
+            moving_average: value,
+            threshold,
+            bytes_copied: copied,
+            bytes_read: copied,
+        };
+        let telemetry = PrefetchTelemetry {
+            phase: PrefetchPhase::Finished,
+            started_ns: Some(500_000_000),
+            finished_ns: Some(9_000_000_000),
+            pauses: vec![(2_000_000_000, 2_500_000_000)],
+            samples: vec![
+                sample(1.0, "read", 8_000.0, 0),
+                sample(2.0, "read", 4_000.0, 4 * MIB),
+                sample(4.0, "read", 8_000.0, 10 * MIB),
+                // A crash at 5 s: the reopened image counts from zero again.
+                sample(6.0, "read", 8_000.0, MIB),
+                sample(8.0, "read", 8_000.0, 9 * MIB),
+            ],
+            bytes_copied: 19 * MIB,
+            bytes_read: 19 * MIB,
+            bytes_discarded: 0,
+        };
+        let prefetch = PrefetchReport::from_telemetry(&telemetry);
+        let chart = prefetch_chart_with_crashes(&prefetch, "prefetch", &[5.0]);
+        assert_eq!(chart.y_label, "throughput (MiB/s)");
+        let line = series(&chart, "v1 minimum throughput 5 MiB/s (may pause below it)");
+        assert!(line.points.iter().all(|p| (p.1 - 5.0).abs() < 1e-9), "{:?}", line.points);
+        // Achieved: 4 MiB in 1 s, 6 MiB in 2 s (the pause counts), a break at the crash, 8 MiB
+        // in 2 s.
+        let written = &series(&chart, "written to image, achieved").points;
+        let finite: Vec<(f64, f64)> = written.iter().copied().filter(|p| p.1.is_finite()).collect();
+        assert_eq!(finite, vec![(1.0, 4.0), (2.0, 4.0), (2.0, 3.0), (4.0, 3.0), (6.0, 4.0), (8.0, 4.0)]);
+        let crash_gap = written.iter().position(|p| p.0 == 4.0).unwrap();
+        assert!(written[crash_gap + 1].1.is_nan(), "no line across the crash: {written:?}");
+        assert!(series(&chart, "read from base, achieved").points.iter().any(|p| p.1 == 4.0));
+        assert_eq!(chart.bands.len(), 1);
+        let finished = chart.markers.iter().find(|m| m.label == "prefetch finished").unwrap();
+        assert_eq!(finished.x, 9.0);
+        assert!(chart.markers.iter().any(|m| m.label.starts_with("crash") && m.x == 5.0));
+        assert!(chart.notes.iter().any(|n| n.contains("1 MiB = 1,048,576 bytes")), "{:?}", chart.notes);
+        assert!(chart.notes.iter().any(|n| n.contains("Prefetch finished at 9.00 s")), "{:?}", chart.notes);
+    }
+
+    #[test]
+    fn a_report_without_per_sample_read_bytes_still_reads() {
+        let old =
+            r#"{"t_s":1.0,"kind":"rate","value":0.65536,"moving_average":1216.0,"threshold":20000.0,"bytes_copied":0}"#;
+        let point: PrefetchPoint = serde_json::from_str(old).unwrap();
+        assert_eq!(point.bytes_read, 0);
     }
 }

@@ -216,10 +216,30 @@ pub fn render_series_charts(series: &StudySeries, out: &Path, file: &str) -> Res
         x_label: "simulated time (s)".into(),
         y_label: "guest latency per 1 s window (µs, log scale)".into(),
         series: vec![
-            Series { label: "p50 with prefetch".into(), points: line(&series.foreground, 0), dashed: false },
-            Series { label: "p99 with prefetch".into(), points: line(&series.foreground, 1), dashed: false },
-            Series { label: "p50 without".into(), points: line(&series.baseline, 0), dashed: true },
-            Series { label: "p99 without".into(), points: line(&series.baseline, 1), dashed: true },
+            Series {
+                label: "p50 with prefetch".into(),
+                points: line(&series.foreground, 0),
+                dashed: false,
+                ..Series::default()
+            },
+            Series {
+                label: "p99 with prefetch".into(),
+                points: line(&series.foreground, 1),
+                dashed: false,
+                ..Series::default()
+            },
+            Series {
+                label: "p50 without".into(),
+                points: line(&series.baseline, 0),
+                dashed: true,
+                ..Series::default()
+            },
+            Series {
+                label: "p99 without".into(),
+                points: line(&series.baseline, 1),
+                dashed: true,
+                ..Series::default()
+            },
         ],
         bands: series.prefetch.as_ref().map_or(Vec::new(), |p| {
             p.pauses.iter().map(|(a, b)| fvd_reports::chart::Band { from: *a, to: *b }).collect()
@@ -228,6 +248,7 @@ pub fn render_series_charts(series: &StudySeries, out: &Path, file: &str) -> Res
         band_rgb: (160, 160, 160),
         log_y: true,
         y_floor: Some(1.0),
+        ..LineChart::default()
     };
     render_line_chart(&chart, &out.join(format!("{file}-latency.svg")))
 }
@@ -309,6 +330,7 @@ fn render_study_index(report: &StudyReport, out: &Path) -> Result<()> {
         charts,
         failures: Vec::new(),
         files: vec![("summary of every setting".into(), "study.json".into())],
+        ..Index::default()
     };
     std::fs::write(out.join("index.html"), render_index(&index))?;
     Ok(())
