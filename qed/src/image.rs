@@ -63,9 +63,10 @@ impl QedImage {
     }
 
     /// Opens `image` for reading and writing. An image whose NEED_CHECK bit is set (a crash
-    /// during allocation) is refused until check and repair exist here.
+    /// during allocation) is checked and repaired first, as QEMU does.
     ///
-    /// Errors: as [`QedImage::open`], and [`QedError::Corrupt`] for NEED_CHECK.
+    /// Errors: as [`QedImage::open`], and [`QedError::Corrupt`] for corruption the repair cannot
+    /// fix (a cluster referenced twice).
     pub async fn open_writable(
         image: Rc<dyn BlockDevice>,
         backing: Option<Rc<dyn BlockDevice>>,
@@ -85,20 +86,14 @@ impl QedImage {
         if header.has_backing_file() && backing.is_none() {
             return Err(corrupt("features", format!("{:#x}", header.features), "names a backing file; none was given"));
         }
-        if writable && header.needs_check() {
-            return Err(corrupt(
-                "features",
-                format!("{:#x}", header.features),
-                "NEED_CHECK is set (a crash during allocation): check and repair are not built yet",
-            ));
-        }
         // Bounded by the file's length (checked in decode).
         let mut l1_bytes = vec![0u8; header.table_bytes() as usize];
         image.read_at(header.l1_offset, &mut l1_bytes).await.map_err(io("read L1 table"))?;
         let l1 = table_entries(&l1_bytes);
         assert_eq!(l1.len() as u64, header.table_entries(), "an L1 table holds table_entries entries");
         let file_bytes = file_len / header.cluster_bytes * header.cluster_bytes;
-        Ok(QedImage {
+        let needs_check = header.needs_check();
+        let qed = QedImage {
             image,
             backing,
             header: RefCell::new(header),
@@ -107,7 +102,20 @@ impl QedImage {
             l1: RefCell::new(l1),
             l2_cache: RefCell::new(BTreeMap::new()),
             allocating: Cell::new(false),
-        })
+        };
+        if writable && needs_check {
+            // Recovery after a crash during allocation: QEMU's check with fix (invalid entries
+            // zeroed; NEED_CHECK cleared when nothing is left corrupt).
+            let report = qed.check(true).await?;
+            if !report.is_consistent() {
+                return Err(corrupt(
+                    "tables",
+                    format!("{} corruption(s)", report.corruptions - report.corruptions_fixed),
+                    format!("cannot be repaired: {}", report.messages.join("; ")),
+                ));
+            }
+        }
+        Ok(qed)
     }
 
     /// The header.
