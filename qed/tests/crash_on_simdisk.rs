@@ -110,7 +110,7 @@ fn run_case(seed: u64, with_backing: bool) -> Result<(), String> {
     }
     // The crash state as QEMU sees it: `qemu-img check` (no repair) and ours must agree on the
     // corruptions and leaks (every fourth seed: each check is a process).
-    if seed % 4 == 0 {
+    if seed.is_multiple_of(4) {
         let mut bytes = vec![0u8; device.len_bytes() as usize];
         image.peek(0, &mut bytes);
         let base = with_backing.then(|| {
