@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::html::{escape, push_files};
+
 /// One coverage path and how often the campaign reached it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoverageRow {
@@ -43,10 +45,6 @@ pub struct CampaignPage {
     pub failures: Vec<FailureRow>,
     /// Other files to link: `(description, file)`.
     pub files: Vec<(String, String)>,
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Bar length in per cent of the widest: logarithmic, so a path reached 3 times is visible
@@ -131,13 +129,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
         }
     }
     html.push_str("</table>\n");
-    if !page.files.is_empty() {
-        html.push_str("<h2>Files</h2>\n<ul>\n");
-        for (description, file) in &page.files {
-            let _ = writeln!(html, "<li><a href=\"{0}\">{0}</a>: {1}</li>", escape(file), escape(description));
-        }
-        html.push_str("</ul>\n");
-    }
+    push_files(&mut html, &page.files);
     html.push_str("</body></html>\n");
     html
 }

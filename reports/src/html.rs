@@ -50,7 +50,8 @@ pub struct Index {
     pub files: Vec<(String, String)>,
 }
 
-fn escape(text: &str) -> String {
+/// `text` with the HTML special characters escaped.
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -142,15 +143,21 @@ pub fn render_index(index: &Index) -> String {
             );
         }
     }
-    if !index.files.is_empty() {
-        html.push_str("<h2>Files</h2>\n<ul>\n");
-        for (description, file) in &index.files {
-            let _ = writeln!(html, "<li><a href=\"{0}\">{0}</a>: {1}</li>", escape(file), escape(description));
-        }
-        html.push_str("</ul>\n");
-    }
+    push_files(&mut html, &index.files);
     html.push_str("</body></html>\n");
     html
+}
+
+/// The "Files" section: `(description, file)` links, nothing when there are none.
+pub(crate) fn push_files(html: &mut String, files: &[(String, String)]) {
+    if files.is_empty() {
+        return;
+    }
+    html.push_str("<h2>Files</h2>\n<ul>\n");
+    for (description, file) in files {
+        let _ = writeln!(html, "<li><a href=\"{0}\">{0}</a>: {1}</li>", escape(file), escape(description));
+    }
+    html.push_str("</ul>\n");
 }
 
 #[cfg(test)]

@@ -151,3 +151,34 @@ fn copy_on_read_through_the_tool_copies_before_the_image_closes() {
     assert!(first.contains("0x100000") && first.ends_with("image"), "the first MiB was not copied:\n{map}");
     expect_code(&fvdsim(dir.path(), &["check", "a.fvd"]), 0);
 }
+
+#[test]
+fn qed_images_are_recognised_by_their_magic_and_handled_like_fvd_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    expect_code(&fvdsim(d, &["create", "-f", "qed", "--size", "64M", "a.qed"]), 0);
+    expect_code(&fvdsim(d, &["write", "--pattern", "0xab", "a.qed", "0", "64K"]), 0);
+    expect_code(&fvdsim(d, &["write", "--pattern", "0xcd", "a.qed", "1M", "4K"]), 0);
+    expect_code(&fvdsim(d, &["read", "--pattern", "0xab", "a.qed", "0", "64K"]), 0);
+    expect_code(&fvdsim(d, &["read", "--pattern", "0xab", "a.qed", "1M", "4K"]), 1);
+    let info = fvdsim(d, &["info", "a.qed"]);
+    expect_code(&info, 0);
+    assert!(text(&info).contains("file format: qed") && text(&info).contains("dirty flag: false"), "{}", text(&info));
+    // QEMU's layout: the first data cluster after the header and L1, the L2 table after it.
+    let map = text(&fvdsim(d, &["map", "a.qed"]));
+    assert!(map.contains("0x50000  image") && map.contains("0xa0000  image"), "{map}");
+    expect_code(&fvdsim(d, &["check", "a.qed"]), 0);
+    // Options of the other format are refused before anything is created.
+    let output = fvdsim(d, &["create", "-f", "qed", "--compact", "--size", "1M", "b.qed"]);
+    expect_code(&output, 3);
+    assert!(text(&output).contains("--compact is an FVD option"), "{}", text(&output));
+    assert!(!d.join("b.qed").exists());
+    // A corrupt header is named, and the file is left as it was.
+    let mut bytes = std::fs::read(d.join("a.qed")).unwrap();
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    std::fs::write(d.join("c.qed"), &bytes).unwrap();
+    let output = fvdsim(d, &["write", "c.qed", "0", "4K"]);
+    expect_code(&output, 3);
+    assert!(text(&output).contains("table_size = 3"), "{}", text(&output));
+    assert_eq!(std::fs::read(d.join("c.qed")).unwrap(), bytes);
+}

@@ -27,7 +27,7 @@ use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DiskConfig, Seed, Sim, SimDi
 use super::config::{CrashPoint, CrashSpec, RunConfig};
 use super::outcome::{ConfigError, RunOutcome};
 use super::run::{DEFAULT_LOG_TAIL, Observer, run, run_observed};
-use super::verify::is_byte_mix;
+use super::verify::{is_byte_mix, read_sectors};
 use super::workload::Shared;
 use crate::oracle::TORN;
 use crate::rig::Rig;
@@ -414,23 +414,7 @@ fn recover_and_verify(
         chosen.extend((0..16).map(|_| rng.below(context.disk_sectors)));
         chosen.into_iter().collect()
     };
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for &sector in &sectors {
-        match runs.last_mut() {
-            Some((first, count)) if *first + *count == sector && *count < 256 => *count += 1,
-            _ => runs.push((sector, 1)),
-        }
-    }
-    let reader = image.clone();
-    let read = world.run(async move {
-        let mut out = Vec::with_capacity(runs.len());
-        for (first, count) in runs {
-            let mut buf = vec![0u8; (count * SECTOR) as usize];
-            let result = reader.read(first * SECTOR, &mut buf).await;
-            out.push((first, count, buf, result));
-        }
-        out
-    });
+    let read = read_sectors(world, &image, &sectors);
     let results = read.map_err(|error| format!("liveness while verifying: {error}"))?;
     let d = driver.borrow();
     let torn_allowed = context.atomic_unit == AtomicUnit::None;

@@ -42,24 +42,7 @@ pub(super) fn verify_after_crash(
         }
         chosen.into_iter().collect()
     };
-    // Group into runs of consecutive sectors (at most 256 each) and read them.
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    for &sector in &sectors {
-        match runs.last_mut() {
-            Some((first, count)) if *first + *count == sector && *count < 256 => *count += 1,
-            _ => runs.push((sector, 1)),
-        }
-    }
-    let reader = image.clone();
-    let read = rig.sim.run(async move {
-        let mut out = Vec::with_capacity(runs.len());
-        for (first, count) in runs {
-            let mut buf = vec![0u8; (count * SECTOR) as usize];
-            let result = reader.read(first * SECTOR, &mut buf).await;
-            out.push((first, count, buf, result));
-        }
-        out
-    });
+    let read = read_sectors(&rig.sim, image, &sectors);
     let results = read.map_err(|error| {
         Stop::fail(FailureClass::Liveness, format!("liveness while verifying after a crash: {error}"))
     })?;
@@ -103,6 +86,37 @@ pub(super) fn verify_after_crash(
         return Err(Stop::Fail { class: FailureClass::WrongData, message, sectors: bad });
     }
     Ok(verified)
+}
+
+/// One run of sectors read back: `(first sector, count, bytes, the read's result)`.
+pub(super) type SectorRun = (u64, u64, Vec<u8>, Result<(), fvd_engine::FvdError>);
+
+/// Reads `sectors` (ascending) through `image` in `sim`, grouped into runs of consecutive sectors
+/// of at most 256.
+///
+/// Errors: the world's [`fvd_sim::RunError`] (a liveness failure).
+pub(super) fn read_sectors(
+    sim: &fvd_sim::Sim,
+    image: &FvdImage,
+    sectors: &[u64],
+) -> Result<Vec<SectorRun>, fvd_sim::RunError> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &sector in sectors {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == sector && *count < 256 => *count += 1,
+            _ => runs.push((sector, 1)),
+        }
+    }
+    let reader = image.clone();
+    sim.run(async move {
+        let mut out = Vec::with_capacity(runs.len());
+        for (first, count) in runs {
+            let mut buf = vec![0u8; (count * SECTOR) as usize];
+            let result = reader.read(first * SECTOR, &mut buf).await;
+            out.push((first, count, buf, result));
+        }
+        out
+    })
 }
 
 /// True if every byte of `bytes` equals the same byte of some allowed value's content.
