@@ -1,0 +1,285 @@
+//! An open Parallels image: reads and writes through the BAT, QEMU's allocation and `in_use`
+//! protocol (`docs/parallels.md` §2).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use fvd_contract::{BlockDevice, WriteFlags};
+
+use crate::format::{HEADER_BYTES, IN_USE, ParallelsError, ParallelsHeader, corrupt};
+
+pub(crate) fn io(what: &'static str) -> impl Fn(fvd_contract::DeviceError) -> ParallelsError {
+    move |source| ParallelsError::Io { what, source }
+}
+
+/// An open Parallels image.
+///
+/// Writes allocate a cluster at the end of the data area (QEMU's first-free choice, as no cluster
+/// is ever freed here); the BAT is updated in memory and written at flush and close, with no
+/// ordering against the data (QEMU's way: the format promises nothing more). A writable open sets
+/// `in_use`; close writes the BAT, clears `in_use`, flushes and truncates the file to the end of
+/// the data. A writable open of an image left in use (or otherwise inconsistent) repairs it first.
+pub struct ParallelsImage {
+    pub(crate) image: Rc<dyn BlockDevice>,
+    pub(crate) header: RefCell<ParallelsHeader>,
+    pub(crate) bat: RefCell<Vec<u32>>,
+    pub(crate) writable: bool,
+    /// End of the data, bytes: the next cluster is allocated here.
+    pub(crate) data_end: Cell<u64>,
+    pub(crate) bat_dirty: Cell<bool>,
+}
+
+impl std::fmt::Debug for ParallelsImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParallelsImage").field("header", &self.header.borrow()).finish_non_exhaustive()
+    }
+}
+
+/// Creates an image on `image` as `qemu-img create -f parallels` lays it out: the Ext magic,
+/// geometry 16 heads x 32 sectors, the BAT after the header, the data area from the first cluster
+/// boundary after it (which is also the file's length).
+///
+/// Errors: [`ParallelsError::Corrupt`] for a size or cluster size the format cannot hold,
+/// [`ParallelsError::Io`].
+pub async fn create(image: &dyn BlockDevice, size_bytes: u64, cluster_bytes: u64) -> Result<(), ParallelsError> {
+    if !cluster_bytes.is_multiple_of(512) || cluster_bytes == 0 {
+        return Err(corrupt("cluster size", cluster_bytes, "must be a positive multiple of 512"));
+    }
+    if !size_bytes.is_multiple_of(512) {
+        return Err(corrupt("size", size_bytes, "must be a multiple of 512"));
+    }
+    let cluster_sectors = cluster_bytes / 512;
+    let bat_entries = size_bytes.div_ceil(cluster_bytes);
+    if bat_entries > u64::from(u32::MAX) / 4 {
+        return Err(corrupt("size", size_bytes, "needs more BAT entries than the format holds"));
+    }
+    let mut header = ParallelsHeader {
+        ext: true,
+        heads: 16,
+        cylinders: (size_bytes / 512 / 16 / 32) as u32,
+        cluster_sectors,
+        bat_entries,
+        disk_sectors: size_bytes / 512,
+        in_use: 0,
+        data_off_sectors: 0,
+        flags: 0,
+        ext_off_sectors: 0,
+    };
+    header.data_off_sectors = header.min_data_off_sectors();
+    let file_bytes = header.data_off_sectors * 512;
+    ParallelsHeader::decode(&header.encode(), file_bytes)?;
+    image.set_len(0).await.map_err(io("truncate"))?;
+    image.set_len(file_bytes).await.map_err(io("size the new image"))?;
+    image.write_at(0, &header.encode(), WriteFlags::NONE).await.map_err(io("write header"))?;
+    image.flush().await.map_err(io("flush the new image"))
+}
+
+impl ParallelsImage {
+    /// Opens `image` read-only.
+    ///
+    /// Errors: [`ParallelsError::Corrupt`] for a header that breaks a rule, or a bad `data_off`
+    /// (named), [`ParallelsError::Io`].
+    pub async fn open(image: Rc<dyn BlockDevice>) -> Result<ParallelsImage, ParallelsError> {
+        ParallelsImage::open_with(image, false).await
+    }
+
+    /// Opens `image` for reading and writing: repairs an image left in use or inconsistent (as a
+    /// read-write QEMU open does), then sets `in_use`.
+    ///
+    /// Errors: as [`ParallelsImage::open`].
+    pub async fn open_writable(image: Rc<dyn BlockDevice>) -> Result<ParallelsImage, ParallelsError> {
+        ParallelsImage::open_with(image, true).await
+    }
+
+    async fn open_with(image: Rc<dyn BlockDevice>, writable: bool) -> Result<ParallelsImage, ParallelsError> {
+        let file_bytes = image.len_bytes();
+        let mut bytes = vec![0u8; (HEADER_BYTES as usize).min(file_bytes as usize)];
+        image.read_at(0, &mut bytes).await.map_err(io("read header"))?;
+        let mut header = ParallelsHeader::decode(&bytes, file_bytes)?;
+        if !header.ext && header.data_off_sectors == 0 {
+            header.data_off_sectors = header.min_data_off_sectors();
+        }
+        // Bounded: decode checked that the BAT lies inside the file.
+        let mut bat_bytes = vec![0u8; (4 * header.bat_entries) as usize];
+        image.read_at(HEADER_BYTES, &mut bat_bytes).await.map_err(io("read BAT"))?;
+        let bat: Vec<u32> =
+            bat_bytes.chunks_exact(4).map(|e| u32::from_le_bytes(e.try_into().expect("4 bytes"))).collect();
+        let cluster = header.cluster_bytes();
+        let data_end = bat
+            .iter()
+            .filter(|e| **e != 0)
+            .map(|e| header.entry_offset(*e) + cluster)
+            .max()
+            .unwrap_or(0)
+            .max(header.data_off_sectors * 512);
+        let needs_repair = header.in_use() || data_end > file_bytes || !data_off_valid(&header, file_bytes);
+        let parallels = ParallelsImage {
+            image,
+            header: RefCell::new(header),
+            bat: RefCell::new(bat),
+            writable,
+            data_end: Cell::new(data_end),
+            bat_dirty: Cell::new(false),
+        };
+        if writable {
+            if needs_repair || parallels.has_duplicates() {
+                let report = parallels.check(true).await?;
+                assert!(report.is_consistent(), "a repair leaves nothing corrupt: {report:?}");
+            }
+            parallels.header.borrow_mut().in_use = IN_USE;
+            parallels.write_header().await?;
+            parallels.image.flush().await.map_err(io("flush in_use"))?;
+        } else if !data_off_valid(&parallels.header.borrow(), file_bytes) {
+            let header = parallels.header.borrow();
+            return Err(corrupt("data_off", header.data_off_sectors, "lies outside the file or inside the BAT"));
+        }
+        Ok(parallels)
+    }
+
+    fn has_duplicates(&self) -> bool {
+        let mut seen = std::collections::BTreeSet::new();
+        self.bat.borrow().iter().filter(|e| **e != 0).any(|e| !seen.insert(*e))
+    }
+
+    /// The header.
+    pub fn header(&self) -> ParallelsHeader {
+        self.header.borrow().clone()
+    }
+
+    /// Where guest cluster `index` lives: `Some(host byte offset)`, or `None` (reads zeros).
+    pub fn cluster_offset(&self, index: u64) -> Option<u64> {
+        let entry = self.bat.borrow()[index as usize];
+        (entry != 0).then(|| self.header.borrow().entry_offset(entry))
+    }
+
+    pub(crate) async fn write_header(&self) -> Result<(), ParallelsError> {
+        let bytes = self.header.borrow().encode();
+        self.image.write_at(0, &bytes, WriteFlags::NONE).await.map_err(io("write header"))
+    }
+
+    pub(crate) async fn write_bat(&self) -> Result<(), ParallelsError> {
+        let bytes: Vec<u8> = self.bat.borrow().iter().flat_map(|e| e.to_le_bytes()).collect();
+        self.image.write_at(HEADER_BYTES, &bytes, WriteFlags::NONE).await.map_err(io("write BAT"))?;
+        self.bat_dirty.set(false);
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), ParallelsError> {
+        let disk_bytes = self.header.borrow().disk_bytes();
+        if offset.checked_add(len).is_none_or(|end| end > disk_bytes) {
+            return Err(ParallelsError::OutOfRange { offset_bytes: offset, len_bytes: len, disk_bytes });
+        }
+        Ok(())
+    }
+
+    /// The host offset of guest cluster `index`, checked against the file (a BAT entry may be
+    /// corrupt).
+    fn host_of(&self, index: u64) -> Result<Option<u64>, ParallelsError> {
+        let Some(host) = self.cluster_offset(index) else { return Ok(None) };
+        let header = self.header.borrow();
+        let cluster = header.cluster_bytes();
+        if host < header.data_off_sectors * 512 || host + cluster > self.image.len_bytes() {
+            return Err(corrupt(
+                format!("BAT[{index}]"),
+                self.bat.borrow()[index as usize],
+                format!("cluster at {host:#x} lies outside the data area or the {}-byte file", self.image.len_bytes()),
+            ));
+        }
+        Ok(Some(host))
+    }
+
+    /// Reads guest bytes at `offset` into `buf`.
+    ///
+    /// Errors: [`ParallelsError::OutOfRange`], [`ParallelsError::Corrupt`] for a BAT entry outside
+    /// the file, [`ParallelsError::Io`].
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ParallelsError> {
+        let len = buf.len() as u64;
+        self.check_range(offset, len)?;
+        let cluster = self.header.borrow().cluster_bytes();
+        let mut done = 0u64;
+        while done < len {
+            let at = offset + done;
+            let n = (cluster - at % cluster).min(len - done);
+            let piece = &mut buf[done as usize..(done + n) as usize];
+            match self.host_of(at / cluster)? {
+                Some(host) => self.image.read_at(host + at % cluster, piece).await.map_err(io("read data"))?,
+                None => piece.fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes guest bytes at `offset`, allocating clusters at the end of the data area.
+    ///
+    /// Errors: [`ParallelsError::OutOfRange`], [`ParallelsError::Corrupt`] (read-only, or a BAT
+    /// entry outside the file), [`ParallelsError::Io`].
+    pub async fn write(&self, offset: u64, data: &[u8]) -> Result<(), ParallelsError> {
+        if !self.writable {
+            return Err(corrupt("open mode", "read-only", "the image was opened read-only"));
+        }
+        let len = data.len() as u64;
+        self.check_range(offset, len)?;
+        let cluster = self.header.borrow().cluster_bytes();
+        let mut done = 0u64;
+        while done < len {
+            let at = offset + done;
+            let n = (cluster - at % cluster).min(len - done);
+            let index = at / cluster;
+            let host = match self.host_of(index)? {
+                Some(host) => host,
+                None => {
+                    let host = self.data_end.get();
+                    let end = host + cluster;
+                    if end > self.image.len_bytes() {
+                        self.image.set_len(end).await.map_err(io("grow the image"))?;
+                    }
+                    self.data_end.set(end);
+                    let value = self.header.borrow().entry_value(host);
+                    self.bat.borrow_mut()[index as usize] = value;
+                    self.bat_dirty.set(true);
+                    host
+                }
+            };
+            self.image
+                .write_at(host + at % cluster, &data[done as usize..(done + n) as usize], WriteFlags::NONE)
+                .await
+                .map_err(io("write data"))?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes the BAT if it changed, then flushes the device (QEMU's `flush_to_os` and flush).
+    ///
+    /// Errors: [`ParallelsError::Io`].
+    pub async fn flush(&self) -> Result<(), ParallelsError> {
+        if self.bat_dirty.get() {
+            self.write_bat().await?;
+        }
+        self.image.flush().await.map_err(io("flush"))
+    }
+
+    /// Closes the image: BAT, `in_use` cleared, flush, the file truncated to the end of the data.
+    ///
+    /// Errors: [`ParallelsError::Io`].
+    pub async fn close(self) -> Result<(), ParallelsError> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.flush().await?;
+        self.header.borrow_mut().in_use = 0;
+        self.write_header().await?;
+        self.image.flush().await.map_err(io("flush at close"))?;
+        let end = self.data_end.get();
+        if self.image.len_bytes() > end {
+            self.image.set_len(end).await.map_err(io("truncate at close"))?;
+        }
+        Ok(())
+    }
+}
+
+/// QEMU's rule: `min_off <= data_off <= file sectors`.
+pub(crate) fn data_off_valid(header: &ParallelsHeader, file_bytes: u64) -> bool {
+    header.data_off_sectors >= header.min_data_off_sectors() && header.data_off_sectors * 512 <= file_bytes
+}
