@@ -15,7 +15,7 @@ pub(crate) fn io(what: &'static str) -> impl Fn(fvd_contract::DeviceError) -> Pa
 /// An open Parallels image.
 ///
 /// Writes allocate a cluster at the end of the data area (QEMU's first-free choice, as no cluster
-/// is ever freed here); the BAT is updated in memory and written at flush and close, with no
+/// is ever freed here), one allocation at a time; the BAT is updated in memory and written at flush and close, with no
 /// ordering against the data (QEMU's way: the format promises nothing more). A writable open sets
 /// `in_use`; close writes the BAT, clears `in_use`, flushes and truncates the file to the end of
 /// the data. A writable open of an image left in use (or otherwise inconsistent) repairs it first.
@@ -27,6 +27,8 @@ pub struct ParallelsImage {
     /// End of the data, bytes: the next cluster is allocated here.
     pub(crate) data_end: Cell<u64>,
     pub(crate) bat_dirty: Cell<bool>,
+    /// Serialises allocations: a cluster is handed out only once the file has grown to hold it.
+    pub(crate) allocating: fvd_contract::AsyncLock,
 }
 
 impl std::fmt::Debug for ParallelsImage {
@@ -120,6 +122,7 @@ impl ParallelsImage {
             writable,
             data_end: Cell::new(data_end),
             bat_dirty: Cell::new(false),
+            allocating: fvd_contract::AsyncLock::new(),
         };
         if writable {
             if needs_repair || parallels.has_duplicates() {
@@ -229,16 +232,26 @@ impl ParallelsImage {
             let host = match self.host_of(index)? {
                 Some(host) => host,
                 None => {
-                    let host = self.data_end.get();
-                    let end = host + cluster;
-                    if end > self.image.len_bytes() {
-                        self.image.set_len(end).await.map_err(io("grow the image"))?;
+                    // One allocation at a time; another write may have allocated this cluster
+                    // while this one waited.
+                    let _allocating = self.allocating.lock().await;
+                    match self.host_of(index)? {
+                        Some(host) => host,
+                        None => {
+                            let host = self.data_end.get();
+                            let end = host + cluster;
+                            // The file holds the cluster before the BAT names it, so a concurrent
+                            // write to it never lands beyond the end of the file.
+                            if end > self.image.len_bytes() {
+                                self.image.set_len(end).await.map_err(io("grow the image"))?;
+                            }
+                            self.data_end.set(end);
+                            let value = self.header.borrow().entry_value(host);
+                            self.bat.borrow_mut()[index as usize] = value;
+                            self.bat_dirty.set(true);
+                            host
+                        }
                     }
-                    self.data_end.set(end);
-                    let value = self.header.borrow().entry_value(host);
-                    self.bat.borrow_mut()[index as usize] = value;
-                    self.bat_dirty.set(true);
-                    host
                 }
             };
             self.image

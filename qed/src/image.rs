@@ -29,7 +29,8 @@ pub enum ClusterState {
 /// end of the file; without a backing file the header gets NEED_CHECK before the first allocating
 /// write, then data, then a new L2 table, a flush, then the L1 entry; with a backing file data is
 /// flushed before the L2 table and the L2 table before the L1 entry. Close flushes, clears
-/// NEED_CHECK and flushes. Allocating writes must not run concurrently (asserted).
+/// NEED_CHECK and flushes. Allocating writes are serialised by a lock, as QEMU serialises them;
+/// writes to allocated clusters run concurrently with them.
 pub struct QedImage {
     pub(crate) image: Rc<dyn BlockDevice>,
     pub(crate) backing: Option<Rc<dyn BlockDevice>>,
@@ -40,7 +41,7 @@ pub struct QedImage {
     pub(crate) file_bytes: Cell<u64>,
     pub(crate) l1: RefCell<Vec<u64>>,
     pub(crate) l2_cache: RefCell<BTreeMap<u64, Rc<Vec<u64>>>>,
-    pub(crate) allocating: Cell<bool>,
+    pub(crate) allocating: fvd_contract::AsyncLock,
 }
 
 impl std::fmt::Debug for QedImage {
@@ -101,7 +102,7 @@ impl QedImage {
             file_bytes: Cell::new(file_bytes),
             l1: RefCell::new(l1),
             l2_cache: RefCell::new(BTreeMap::new()),
-            allocating: Cell::new(false),
+            allocating: fvd_contract::AsyncLock::new(),
         };
         if writable && needs_check {
             // Recovery after a crash during allocation: QEMU's check with fix (invalid entries

@@ -133,7 +133,14 @@ impl QedImage {
                         .map_err(io("write data"))?;
                     done += n;
                 }
-                first_state => {
+                _ => {
+                    // Allocating writes run one at a time; the state is read again under the
+                    // lock, as another write may have allocated the cluster meanwhile.
+                    let _allocating = self.allocating.lock().await;
+                    let first_state = self.cluster_state(at).await?;
+                    if matches!(first_state, ClusterState::Data(_)) {
+                        continue;
+                    }
                     // The run of clusters with the same state, inside one L2 table, up to the end
                     // of this write.
                     let (l1_index, l2_index, _) = header.split(at);
@@ -166,10 +173,8 @@ impl QedImage {
         l1_index: u64,
         l2_index: u64,
     ) -> Result<(), QedError> {
-        assert!(!self.allocating.replace(true), "allocating writes are serialised (one at a time)");
-        let result = self.allocate_inner(at, data, clusters, l1_index, l2_index).await;
-        self.allocating.set(false);
-        result
+        assert!(self.allocating.is_held(), "allocating writes run under the allocation lock");
+        self.allocate_inner(at, data, clusters, l1_index, l2_index).await
     }
 
     async fn allocate_inner(
