@@ -260,7 +260,7 @@ impl QedImage {
     /// Closes the image: flush, clear NEED_CHECK in the header, flush (QEMU's `bdrv_qed_close`).
     ///
     /// Errors: [`QedError::Io`].
-    pub async fn close(self) -> Result<(), QedError> {
+    pub async fn close(&self) -> Result<(), QedError> {
         if !self.writable {
             return Ok(());
         }

@@ -161,6 +161,11 @@ struct RunArgs {
     /// Print nothing but the verdict line and errors (no progress, no table).
     #[arg(long, short)]
     quiet: bool,
+    /// Image format: fvd (default), qed or parallels. QED and Parallels crash at random events
+    /// (the named crash points are FVD's) and drop what they cannot do (prefetch, copy-on-read, a
+    /// data file; Parallels a base image).
+    #[arg(long, value_enum)]
+    format: Option<fvd_scenarios::campaign::guest::FormatName>,
     /// Worker threads for crash-state enumeration (the exhaustive scenarios); the states
     /// verified and the verdict are the same for any number.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
@@ -289,6 +294,9 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
     };
     if let Some(profile) = args.profile {
         config.profile = profile;
+    }
+    if let Some(format) = args.format {
+        config = config.on_format(format);
     }
     if let Some(commit) = args.commit {
         config.commit = commit;

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use fvd_engine::{BaseImage, CreateOptions, Devices, Env, FvdError, FvdImage, OpenOptions, Profile};
+use fvd_engine::{BaseImage, BlockDevice, CreateOptions, Devices, Env, FvdError, FvdImage, OpenOptions, Profile};
 use fvd_sim::{DeviceProfile, DiskConfig, ProceduralContent, RunError, Seed, Sim, SimDisk, SimEnv};
 
 /// How to build a rig.
@@ -21,6 +21,9 @@ pub struct RigConfig {
     pub separate_data: bool,
     /// Events the log keeps for failure reports (does not change the run).
     pub log_tail: usize,
+    /// The image format (QED and Parallels use `create.size_bytes`, the base image, and
+    /// `create.block_size` as their cluster size when it is a power of two from 4 KiB).
+    pub format: crate::campaign::guest::FormatName,
 }
 
 /// The world and its devices.
@@ -39,6 +42,8 @@ pub struct Rig {
     pub env: Rc<dyn Env>,
     /// The create options used.
     pub create: CreateOptions,
+    /// The image format.
+    pub format: crate::campaign::guest::FormatName,
 }
 
 impl std::fmt::Debug for Rig {
@@ -54,6 +59,8 @@ pub enum RigError {
     Run(RunError),
     /// The engine returned an error.
     Engine(FvdError),
+    /// Another format's engine returned an error.
+    Format(crate::campaign::guest::ImageError),
 }
 
 impl std::fmt::Display for RigError {
@@ -61,6 +68,7 @@ impl std::fmt::Display for RigError {
         match self {
             RigError::Run(error) => write!(f, "{error}"),
             RigError::Engine(error) => write!(f, "{error}"),
+            RigError::Format(error) => write!(f, "{error}"),
         }
     }
 }
@@ -98,7 +106,7 @@ impl Rig {
             (None, None)
         };
         let env: Rc<dyn Env> = Rc::new(SimEnv::new(&handle));
-        Rig { sim, image, data, base, base_content, env, create }
+        Rig { sim, image, data, base, base_content, env, create, format: config.format }
     }
 
     /// The engine's view of the devices.
@@ -144,6 +152,64 @@ impl Rig {
             .run(async move { FvdImage::create(&devices, &create).await })
             .map_err(RigError::Run)?
             .map_err(RigError::Engine)
+    }
+
+    /// The cluster size QED and Parallels images of this rig use: the block size when it is a
+    /// power of two from 4 KiB to 1 MiB, else 64 KiB.
+    pub fn cluster_bytes(&self) -> u64 {
+        self.create.block_size.filter(|b| b.is_power_of_two() && (4096..=1 << 20).contains(b)).unwrap_or(64 << 10)
+    }
+
+    /// Creates the image in the rig's format (runs the world).
+    pub fn create_guest(&self) -> Result<(), RigError> {
+        use crate::campaign::guest::{FormatName, ImageError};
+        let format_error = |e: &dyn std::fmt::Display| RigError::Format(ImageError(e.to_string()));
+        let size = self.create.size_bytes;
+        let cluster = self.cluster_bytes();
+        let image: Rc<dyn BlockDevice> = Rc::new(self.image.clone());
+        match self.format {
+            FormatName::Fvd => self.create_image(),
+            FormatName::Qed => {
+                let options = fvd_qed::QedCreateOptions {
+                    cluster_bytes: cluster,
+                    backing_name: self.base.as_ref().map(|_| "base.raw".to_string()),
+                    ..fvd_qed::QedCreateOptions::new(size)
+                };
+                self.sim
+                    .run(async move { fvd_qed::create(&*image, &options).await })
+                    .map_err(RigError::Run)?
+                    .map_err(|e| format_error(&e))
+            }
+            FormatName::Parallels => self
+                .sim
+                .run(async move { fvd_parallels::create(&*image, size, cluster).await })
+                .map_err(RigError::Run)?
+                .map_err(|e| format_error(&e)),
+        }
+    }
+
+    /// Opens the image in the rig's format for reading and writing (runs the world, including
+    /// any recovery: FVD's journal replay, QED's and Parallels' check and repair).
+    pub fn open_guest(&self, options: OpenOptions) -> Result<crate::campaign::guest::GuestImage, RigError> {
+        use crate::campaign::guest::{FormatName, GuestImage, ImageError};
+        let format_error = |e: &dyn std::fmt::Display| RigError::Format(ImageError(e.to_string()));
+        let image: Rc<dyn BlockDevice> = Rc::new(self.image.clone());
+        let base = self.base.as_ref().map(|d| Rc::new(d.clone()) as Rc<dyn BlockDevice>);
+        match self.format {
+            FormatName::Fvd => self.open_with(options).map(GuestImage::Fvd),
+            FormatName::Qed => self
+                .sim
+                .run(async move { fvd_qed::QedImage::open_writable(image, base).await })
+                .map_err(RigError::Run)?
+                .map(|qed| GuestImage::Qed(Rc::new(qed)))
+                .map_err(|e| format_error(&e)),
+            FormatName::Parallels => self
+                .sim
+                .run(async move { fvd_parallels::ParallelsImage::open_writable(image).await })
+                .map_err(RigError::Run)?
+                .map(|prl| GuestImage::Parallels(Rc::new(prl)))
+                .map_err(|e| format_error(&e)),
+        }
     }
 
     /// Opens the image (runs the world, including any recovery).

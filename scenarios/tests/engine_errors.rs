@@ -24,6 +24,7 @@ fn compact_rig(seed: u64) -> Rig {
             base_profile: DeviceProfile::nvme(),
             separate_data: false,
             log_tail: 256,
+            format: Default::default(),
         },
     );
     rig.create_image().unwrap();
@@ -134,6 +135,7 @@ fn a_dirty_image_without_journal_is_refused() {
             base_profile: DeviceProfile::nvme(),
             separate_data: false,
             log_tail: 256,
+            format: Default::default(),
         },
     );
     rig.create_image().unwrap();
@@ -217,6 +219,7 @@ fn rig_with(seed: u64, create: CreateOptions, base_bytes: u64) -> Rig {
             base_profile: DeviceProfile::nvme(),
             separate_data: false,
             log_tail: 256,
+            format: Default::default(),
         },
     );
     rig.create_image().unwrap();

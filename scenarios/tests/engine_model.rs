@@ -83,6 +83,7 @@ impl Geometry {
                 base_profile: DeviceProfile::nfs(),
                 separate_data: self.separate_data,
                 log_tail: 256,
+                format: Default::default(),
             },
         )
     }
@@ -511,6 +512,7 @@ fn stall_run(seed: u64, profile: Profile) -> Result<(), fvd_sim::RunError> {
             base_profile: DeviceProfile::nvme(),
             separate_data: false,
             log_tail: 256,
+            format: Default::default(),
         },
     );
     rig.create_image().unwrap();

@@ -83,6 +83,18 @@ fn campaigns() -> Result<()> {
             }
         }
     }
+    // QED and Parallels through the same runner (random-event crashes, QEMU's repair at open).
+    for format in ["qed", "parallels"] {
+        for scenario in ["random", "torn", "random-faults", "rare-flush"] {
+            for seed in ["1", "2", "3"] {
+                let out = format!("target/ci-campaigns/{scenario}-{seed}-{format}");
+                run(
+                    &format!("campaign {scenario} seed {seed} format {format}"),
+                    &mut fvdsim(&["--scenario", scenario, "--seed", seed, "--format", format, "--out", &out]),
+                )?;
+            }
+        }
+    }
     // Crash-state enumeration: every moment of a short run, many crash states each (~0.3 s a seed).
     for scenario in ["exhaustive", "exhaustive-torn"] {
         for seed in 1..=10 {

@@ -351,6 +351,9 @@ pub struct RunConfig {
     /// Whole-image prefetch.
     #[serde(default)]
     pub prefetch: Option<PrefetchSpec>,
+    /// The image format (FVD unless said: failure files from before formats existed are FVD).
+    #[serde(default)]
+    pub format: super::guest::FormatName,
 }
 
 impl RunConfig {
@@ -369,9 +372,33 @@ impl RunConfig {
             }
             _ => self.scenario.clone(),
         };
+        let name = match self.format {
+            super::guest::FormatName::Fvd => name,
+            other => format!("{name}-{other}"),
+        };
         let clean: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
         if clean.is_empty() { "trace".into() } else { clean }
+    }
+
+    /// This configuration on another image format, with what that format cannot do removed:
+    /// QED and Parallels crash only at random events (the named crash points are FVD's progress
+    /// points), have no prefetch, copy-on-read or separate data file, and Parallels no base
+    /// image.
+    pub fn on_format(mut self, format: super::guest::FormatName) -> RunConfig {
+        use super::guest::FormatName;
+        self.format = format;
+        if format == FormatName::Fvd {
+            return self;
+        }
+        self.crashes.points = vec![CrashPoint::RandomEvent];
+        self.prefetch = None;
+        self.copy_on_read = false;
+        self.image.separate_data = false;
+        if format == FormatName::Parallels {
+            self.image.base_bytes = 0;
+        }
+        self
     }
 
     /// One line describing a trace workload (path, format, replay mode), if it is one.
@@ -479,6 +506,7 @@ fn cloudphysics(seed: Seed) -> RunConfig {
             wait_for_finish: false,
             ..PrefetchSpec::v1_defaults()
         }),
+        format: super::guest::FormatName::Fvd,
     }
 }
 
@@ -513,6 +541,7 @@ fn random(seed: Seed) -> RunConfig {
         verify_sample_sectors: 4096,
         copy_on_read: false,
         prefetch: None,
+        format: super::guest::FormatName::Fvd,
     }
 }
 

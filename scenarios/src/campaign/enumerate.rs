@@ -168,6 +168,12 @@ pub fn run_enumerated(
     jobs: usize,
     progress: impl FnMut(u64, u64) + Send + 'static,
 ) -> Result<EnumerationOutcome, ConfigError> {
+    if config.format != super::guest::FormatName::Fvd {
+        return Err(ConfigError(format!(
+            "crash-state enumeration drives FVD only so far; format {} runs with crashes at random events",
+            config.format
+        )));
+    }
     let jobs = jobs.max(1) as u64;
     let mut progress = Some(progress);
     let shards: Vec<Result<(RunOutcome, State), ConfigError>> = std::thread::scope(|scope| {
@@ -414,7 +420,7 @@ fn recover_and_verify(
         chosen.extend((0..16).map(|_| rng.below(context.disk_sectors)));
         chosen.into_iter().collect()
     };
-    let read = read_sectors(world, &image, &sectors);
+    let read = read_sectors(world, &super::guest::GuestImage::Fvd(image.clone()), &sectors);
     let results = read.map_err(|error| format!("liveness while verifying: {error}"))?;
     let d = driver.borrow();
     let torn_allowed = context.atomic_unit == AtomicUnit::None;

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod coverage;
 pub mod enumerate;
+pub mod guest;
 pub mod outcome;
 pub mod output;
 pub mod run;

@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use fvd_engine::{CreateOptions, FvdImage, JournalSize};
+use fvd_engine::{CreateOptions, JournalSize};
+
+use super::guest::{FormatName, GuestImage};
 use fvd_reports::latency::LatencyRecorder;
 use fvd_sim::{CrashPlan, DeviceProfile, FaultPlan, RunError, SimRng};
 
@@ -80,6 +82,22 @@ pub fn validate(config: &RunConfig) -> Result<(), ConfigError> {
     {
         return Err(ConfigError("random workload: testers and max_sectors must be positive".into()));
     }
+    if config.format != FormatName::Fvd {
+        let format = config.format;
+        let named = config.crashes.points.iter().chain(config.crashes.schedule.iter().flatten().map(|s| &s.point));
+        if let Some(point) = named.copied().find(|p| *p != CrashPoint::RandomEvent) {
+            return Err(ConfigError(format!(
+                "format {format}: crash point {} is FVD's; {format} crashes at random events",
+                point.name()
+            )));
+        }
+        if config.prefetch.is_some() || config.copy_on_read || config.image.separate_data {
+            return Err(ConfigError(format!("format {format}: prefetch, copy-on-read and a data file are FVD's")));
+        }
+        if format == FormatName::Parallels && config.image.base_bytes > 0 {
+            return Err(ConfigError("format parallels: no base image (backing files are not supported yet)".into()));
+        }
+    }
     Ok(())
 }
 
@@ -96,6 +114,7 @@ fn build_rig(config: &RunConfig, log_tail: usize) -> Result<Rig, ConfigError> {
             base_profile: device_profile(&image.base_device)?,
             separate_data: image.separate_data,
             log_tail,
+            format: config.format,
         },
     );
     Ok(rig)
@@ -286,8 +305,8 @@ pub(super) fn run_observed(
     })
 }
 
-fn add_stats(driver: &Shared, image: &FvdImage) {
-    let stats = image.stats();
+fn add_stats(driver: &Shared, image: &GuestImage) {
+    let Some(stats) = image.stats() else { return };
     let telemetry = image.prefetch_telemetry();
     let mut d = driver.borrow_mut();
     if let Some(t) = &telemetry {
@@ -346,9 +365,9 @@ fn campaign_steps(
     observer: Option<Observer>,
 ) -> Result<(), Stop> {
     let open_options = open_options(config);
-    rig.create_image().map_err(|error| Stop::fail(FailureClass::Check, format!("create failed: {error}")))?;
+    rig.create_guest().map_err(|error| Stop::fail(FailureClass::Check, format!("create failed: {error}")))?;
     let mut image = rig
-        .open_with(open_options)
+        .open_guest(open_options)
         .map_err(|error| Stop::fail(FailureClass::Check, format!("open failed: {error}")))?;
     rig.image.set_faults(config.faults.clone());
     if let Some(install) = observer {
@@ -390,7 +409,7 @@ fn run_until_crash(
     rig: &Rig,
     requests: &Requests,
     driver: &Shared,
-    image: &FvdImage,
+    image: &GuestImage,
     next: Option<CrashSpec>,
     planned: usize,
 ) -> Result<Option<Fired>, Stop> {
@@ -445,7 +464,7 @@ fn crash_and_recover(
     crashes: &mut Vec<CrashSummary>,
     spec: CrashSpec,
     fired: Fired,
-) -> Result<FvdImage, Stop> {
+) -> Result<GuestImage, Stop> {
     let record = rig.crash(CrashPlan { strategy: spec.strategy, atomic_unit: spec.atomic_unit });
     let (kept, dropped, torn) = record.unit_counts();
     let at_request = {
@@ -470,7 +489,7 @@ fn crash_and_recover(
     }
     // Recovery runs without injected faults: the plan is about the workload's requests.
     rig.image.set_faults(FaultPlan::default());
-    let image = rig.open_with(open_options(config)).map_err(|error| {
+    let image = rig.open_guest(open_options(config)).map_err(|error| {
         Stop::fail(
             FailureClass::Check,
             format!(
@@ -480,7 +499,7 @@ fn crash_and_recover(
             ),
         )
     })?;
-    let replayed = image.stats().recovered_sectors;
+    let replayed = image.recovered_sectors();
     {
         let mut d = driver.borrow_mut();
         let path = if replayed > 0 { "recovery: journal replayed" } else { "recovery: nothing to replay" };
@@ -510,7 +529,7 @@ fn crash_and_recover(
 
 /// The workload finished: disarms any crash that did not fire, waits for prefetch where the
 /// configuration asks, flushes, closes cleanly and checks.
-fn finish(config: &RunConfig, rig: &Rig, driver: &Shared, image: FvdImage) -> Result<(), Stop> {
+fn finish(config: &RunConfig, rig: &Rig, driver: &Shared, image: GuestImage) -> Result<(), Stop> {
     {
         let mut d = driver.borrow_mut();
         d.workload_events = rig.sim.event_count().saturating_sub(d.first_event);
@@ -544,17 +563,17 @@ fn finish(config: &RunConfig, rig: &Rig, driver: &Shared, image: FvdImage) -> Re
 /// keeps copying (a large base on a slow disk with small slots) may take hours. Then the whole
 /// base range must still read its base data (verified without injected faults, as after a
 /// recovery: the plan is about the workload).
-fn wait_for_prefetch(config: &RunConfig, rig: &Rig, driver: &Shared, image: &FvdImage) -> Result<(), Stop> {
+fn wait_for_prefetch(config: &RunConfig, rig: &Rig, driver: &Shared, image: &GuestImage) -> Result<(), Stop> {
     const WINDOW_NS: u64 = 600_000_000_000;
     const MAX_WINDOWS: u32 = 200;
-    let mut copied = image.stats().prefetch_bytes;
+    let mut copied = image.stats().map_or(0, |s| s.prefetch_bytes);
     let mut waited = Ok(());
     for _ in 0..MAX_WINDOWS {
         rig.sim.set_time_limit_ns(Some(rig.sim.now_ns() + WINDOW_NS));
         let waiting = image.clone();
         waited = rig.sim.run(async move { waiting.wait_prefetch().await });
         rig.sim.set_time_limit_ns(None);
-        let now_copied = image.stats().prefetch_bytes;
+        let now_copied = image.stats().map_or(0, |s| s.prefetch_bytes);
         match &waited {
             Err(RunError::TimeLimit(_)) if now_copied > copied => copied = now_copied,
             _ => break,

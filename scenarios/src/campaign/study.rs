@@ -108,6 +108,7 @@ pub fn study_config(seed: Seed, spec: Option<PrefetchSpec>, requests: u64) -> Ru
         verify_sample_sectors: 2_000,
         copy_on_read: false,
         prefetch: spec,
+        format: super::guest::FormatName::Fvd,
     }
 }
 

@@ -171,6 +171,7 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
         verify_sample_sectors: 1_024,
         copy_on_read,
         prefetch,
+        format: super::guest::FormatName::Fvd,
     }
 }
 

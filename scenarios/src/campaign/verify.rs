@@ -1,7 +1,9 @@
 //! Verification after a recovery: every unsettled sector and a sample of the others read back and
 //! judged against the oracle, and the engine's own `check`.
 
-use fvd_engine::{FvdImage, check};
+use fvd_engine::check;
+
+use super::guest::{FormatName, GuestImage};
 
 use super::outcome::{FailureClass, Stop};
 use super::workload::{Driver, Shared};
@@ -15,7 +17,7 @@ use crate::stamp::{SECTOR, original, stamp};
 /// Errors: [`Stop::Fail`] for a liveness failure, a failed read or sectors no rule allows.
 pub(super) fn verify_after_crash(
     rig: &Rig,
-    image: &FvdImage,
+    image: &GuestImage,
     driver: &Shared,
     sample: u64,
     torn_allowed: bool,
@@ -89,7 +91,7 @@ pub(super) fn verify_after_crash(
 }
 
 /// One run of sectors read back: `(first sector, count, bytes, the read's result)`.
-pub(super) type SectorRun = (u64, u64, Vec<u8>, Result<(), fvd_engine::FvdError>);
+pub(super) type SectorRun = (u64, u64, Vec<u8>, Result<(), super::guest::ImageError>);
 
 /// Reads `sectors` (ascending) through `image` in `sim`, grouped into runs of consecutive sectors
 /// of at most 256.
@@ -97,7 +99,7 @@ pub(super) type SectorRun = (u64, u64, Vec<u8>, Result<(), fvd_engine::FvdError>
 /// Errors: the world's [`fvd_sim::RunError`] (a liveness failure).
 pub(super) fn read_sectors(
     sim: &fvd_sim::Sim,
-    image: &FvdImage,
+    image: &GuestImage,
     sectors: &[u64],
 ) -> Result<Vec<SectorRun>, fvd_sim::RunError> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -143,6 +145,22 @@ pub(super) fn is_byte_mix(d: &Driver, sector: u64, bytes: &[u8], allowed: &[u32]
 ///
 /// Errors: [`Stop::Fail`] if it finds corruption, fails, or does not finish.
 pub(super) fn check_image(rig: &Rig, profile: fvd_engine::Profile, when: &str) -> Result<(), Stop> {
+    if rig.format != FormatName::Fvd {
+        let image: std::rc::Rc<dyn fvd_engine::BlockDevice> = std::rc::Rc::new(rig.image.clone());
+        let base = rig.base.as_ref().map(|d| std::rc::Rc::new(d.clone()) as std::rc::Rc<dyn fvd_engine::BlockDevice>);
+        let format = rig.format;
+        return match rig.sim.run(async move { super::guest::check_format(format, image, base).await }) {
+            Ok(Ok(corruptions)) if corruptions.is_empty() => Ok(()),
+            Ok(Ok(corruptions)) => Err(Stop::fail(
+                FailureClass::Check,
+                format!("{format} check {when} found corruption: {}", corruptions.join("; ")),
+            )),
+            Ok(Err(error)) => {
+                Err(Stop::fail(FailureClass::UnexpectedError, format!("{format} check {when} failed: {error}")))
+            }
+            Err(error) => Err(Stop::fail(FailureClass::Liveness, format!("liveness in check {when}: {error}"))),
+        };
+    }
     let devices = rig.devices();
     match rig.sim.run(async move { check(&devices, profile, false).await }) {
         Ok(Ok(report)) if report.is_clean() => Ok(()),

@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use fvd_engine::{FvdImage, ProgressPoint};
+use fvd_engine::ProgressPoint;
+
+use super::guest::GuestImage;
 use fvd_reports::latency::LatencyRecorder;
 use fvd_sim::{RunError, SimHandle, SimRng};
 
@@ -169,7 +171,7 @@ impl Driver {
 }
 
 /// Runs the workload until it ends, a crash fires or a failure halts the world.
-pub(super) fn run_segment(rig: &Rig, requests: &Requests, driver: &Shared, image: &FvdImage) -> Result<(), RunError> {
+pub(super) fn run_segment(rig: &Rig, requests: &Requests, driver: &Shared, image: &GuestImage) -> Result<(), RunError> {
     let handle = rig.sim.handle();
     let image = image.clone();
     let driver = Rc::clone(driver);
@@ -293,7 +295,7 @@ pub(super) fn arm_crash(driver: &Shared, handle: &SimHandle, spec: CrashSpec) {
 /// One request: the oracle sees it before and after; reads are judged sector by sector.
 pub(super) async fn perform(
     driver: &Shared,
-    image: &FvdImage,
+    image: &GuestImage,
     handle: &SimHandle,
     first: u64,
     count: u64,
@@ -372,7 +374,7 @@ pub(super) async fn perform(
     }
 }
 
-pub(super) fn unexpected(d: &mut Driver, handle: &SimHandle, error: &fvd_engine::FvdError, what: &str) {
+pub(super) fn unexpected(d: &mut Driver, handle: &SimHandle, error: &dyn std::fmt::Display, what: &str) {
     if d.faults_on {
         d.summary.io_errors += 1;
         let path = match what {
@@ -391,7 +393,7 @@ pub(super) fn unexpected(d: &mut Driver, handle: &SimHandle, error: &fvd_engine:
     }
 }
 
-pub(super) async fn guest_flush(driver: &Shared, image: &FvdImage, handle: &SimHandle) {
+pub(super) async fn guest_flush(driver: &Shared, image: &GuestImage, handle: &SimHandle) {
     let started = handle.now_ns();
     let ticket = driver.borrow_mut().oracle.flush_submitted();
     let result = image.flush().await;
@@ -438,7 +440,7 @@ pub(super) fn wants_flush(driver: &Shared, index: u64) -> bool {
 pub(super) async fn random_lane(
     lane: u64,
     driver: Shared,
-    image: FvdImage,
+    image: GuestImage,
     handle: SimHandle,
     max_sectors: u64,
     read_per_mille: u32,
@@ -471,7 +473,7 @@ pub(super) async fn random_lane(
 pub(super) async fn closed_lane(
     lane: u64,
     driver: Shared,
-    image: FvdImage,
+    image: GuestImage,
     handle: SimHandle,
     trace: Rc<Vec<TraceRequest>>,
 ) {
@@ -488,7 +490,7 @@ pub(super) async fn closed_lane(
 
 pub(super) async fn open_loop(
     driver: Shared,
-    image: FvdImage,
+    image: GuestImage,
     handle: SimHandle,
     trace: Rc<Vec<TraceRequest>>,
     scale: f64,
