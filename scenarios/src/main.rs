@@ -562,7 +562,7 @@ fn exhaustive(config: &RunConfig, out: &Path, jobs: usize) -> ExitCode {
     };
     let wall = started.elapsed().as_secs_f64();
     if let Some(failure) = &outcome.clean.failure {
-        say!("fvdsim {} seed {}: the run without crashes failed", config.scenario, config.seed);
+        say!("fvdsim {} seed {}: the run without crashes failed", config.name(), config.seed);
         return match write_run_directory(&outcome.clean, out, wall) {
             Ok(Some(path)) => {
                 eprintln!("FAILURE: {}", failure.message);
@@ -584,12 +584,12 @@ fn exhaustive(config: &RunConfig, out: &Path, jobs: usize) -> ExitCode {
         outcome.crash_states as f64 / wall.max(1e-9)
     );
     let Some(found) = outcome.failure else {
-        say!("fvdsim {} seed {}: every crash state recovered and verified: {figures}", config.scenario, config.seed);
+        say!("fvdsim {} seed {}: every crash state recovered and verified: {figures}", config.name(), config.seed);
         return ExitCode::SUCCESS;
     };
     say!(
         "fvdsim {} seed {}: a crash state at event {} failed: {}",
-        config.scenario,
+        config.name(),
         config.seed,
         found.spec.occurrence,
         found.message

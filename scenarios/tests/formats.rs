@@ -50,3 +50,27 @@ fn fvd_only_settings_are_refused_for_other_formats() {
     let error = run(&config).unwrap_err();
     assert!(error.to_string().contains("no base image"), "{error}");
 }
+
+#[test]
+fn crash_state_enumeration_runs_on_qed_and_parallels() {
+    use fvd_scenarios::campaign::enumerate::run_enumerated;
+    for format in [FormatName::Qed, FormatName::Parallels] {
+        let mut config = config("exhaustive", 1, format);
+        config.max_requests = Some(24);
+        let outcome = run_enumerated(&config, 2, |_, _| {}).unwrap();
+        assert!(outcome.failure.is_none(), "{format}: {:?}", outcome.failure.map(|f| f.message));
+        assert!(outcome.crash_states > 500, "{format}: only {} crash states", outcome.crash_states);
+    }
+}
+
+#[test]
+fn qed_relies_on_sector_atomic_writes_and_enumeration_shows_it() {
+    // QED has no checksums and, with a backing file, no check at open: a metadata entry torn
+    // inside its sector (no atomic unit) points anywhere (docs/qed.md, "what the harness found").
+    use fvd_scenarios::campaign::enumerate::run_enumerated;
+    let config = config("exhaustive-torn", 1, FormatName::Qed);
+    let outcome = run_enumerated(&config, 2, |_, _| {}).unwrap();
+    let found = outcome.failure.expect("a torn metadata sector is found");
+    assert!(found.message.contains("corrupt QED image"), "{}", found.message);
+    assert_eq!(found.spec.atomic_unit, fvd_sim::AtomicUnit::None);
+}

@@ -95,6 +95,26 @@ fn campaigns() -> Result<()> {
             }
         }
     }
+    // Enumerated crash states on QED and Parallels (sector-atomic: QED relies on it, docs/qed.md).
+    for format in ["qed", "parallels"] {
+        for seed in ["1", "2", "3"] {
+            run(
+                &format!("campaign exhaustive seed {seed} format {format}"),
+                &mut fvdsim(&[
+                    "--scenario",
+                    "exhaustive",
+                    "--seed",
+                    seed,
+                    "--format",
+                    format,
+                    "--jobs",
+                    "2",
+                    "--out",
+                    "target/ci-campaigns/exhaustive",
+                ]),
+            )?;
+        }
+    }
     // Crash-state enumeration: every moment of a short run, many crash states each (~0.3 s a seed).
     for scenario in ["exhaustive", "exhaustive-torn"] {
         for seed in 1..=10 {

@@ -25,6 +25,7 @@ use fvd_engine::{Devices, Env, FvdImage, OpenOptions, check};
 use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DiskConfig, Seed, Sim, SimDisk, SimEnv, SimOptions, SimRng};
 
 use super::config::{CrashPoint, CrashSpec, RunConfig};
+use super::guest::{FormatName, GuestImage};
 use super::outcome::{ConfigError, RunOutcome};
 use super::run::{DEFAULT_LOG_TAIL, Observer, run, run_observed};
 use super::verify::{is_byte_mix, read_sectors};
@@ -112,6 +113,8 @@ struct Context {
     disk_sectors: u64,
     /// `(index, count)`: this worker verifies the states whose key falls in its share.
     shard: (u64, u64),
+    /// The image format (recovery and check per format).
+    format: super::guest::FormatName,
 }
 
 /// The strategies tried at a moment with `writes` unflushed writes.
@@ -168,12 +171,6 @@ pub fn run_enumerated(
     jobs: usize,
     progress: impl FnMut(u64, u64) + Send + 'static,
 ) -> Result<EnumerationOutcome, ConfigError> {
-    if config.format != super::guest::FormatName::Fvd {
-        return Err(ConfigError(format!(
-            "crash-state enumeration drives FVD only so far; format {} runs with crashes at random events",
-            config.format
-        )));
-    }
     let jobs = jobs.max(1) as u64;
     let mut progress = Some(progress);
     let shards: Vec<Result<(RunOutcome, State), ConfigError>> = std::thread::scope(|scope| {
@@ -284,6 +281,7 @@ fn enumerate_shard(
         let profile = config.profile.into();
         let disk_sectors = config.image.size_bytes / SECTOR;
         let base_bytes = config.image.base_bytes;
+        let format = config.format;
         Box::new(move |rig: &Rig, driver: &Shared| {
             let context = Rc::new(Context {
                 seed,
@@ -295,6 +293,7 @@ fn enumerate_shard(
                 atomic_unit,
                 disk_sectors,
                 shard,
+                format,
             });
             let driver = Rc::clone(driver);
             let mut progress = progress;
@@ -401,15 +400,7 @@ fn recover_and_verify(
         base: base.map(|d| Rc::new(d) as Rc<dyn fvd_engine::BlockDevice>),
     };
     let env: Rc<dyn Env> = Rc::new(SimEnv::new(&handle));
-    let opened = {
-        let (devices, options) = (devices.clone(), context.open);
-        world.run(async move { FvdImage::open(devices, env, options).await })
-    };
-    let image = match opened {
-        Ok(Ok(image)) => image,
-        Ok(Err(error)) => return Err(format!("recovery failed: {error}")),
-        Err(error) => return Err(format!("liveness in recovery: {error}")),
-    };
+    let image = open_recovered(context, world, &devices, env)?;
     let sectors: Vec<u64> = {
         let d = driver.borrow();
         let mut chosen: BTreeSet<u64> = d.oracle.unsettled_sectors().into_iter().collect();
@@ -420,7 +411,7 @@ fn recover_and_verify(
         chosen.extend((0..16).map(|_| rng.below(context.disk_sectors)));
         chosen.into_iter().collect()
     };
-    let read = read_sectors(world, &super::guest::GuestImage::Fvd(image.clone()), &sectors);
+    let read = read_sectors(world, &image, &sectors);
     let results = read.map_err(|error| format!("liveness while verifying: {error}"))?;
     let d = driver.borrow();
     let torn_allowed = context.atomic_unit == AtomicUnit::None;
@@ -446,10 +437,50 @@ fn recover_and_verify(
     }
     drop(d);
     let profile = context.profile;
+    if context.format != FormatName::Fvd {
+        let (format, image, base) = (context.format, Rc::clone(&devices.image), devices.base.clone());
+        return match world.run(async move { super::guest::check_format(format, image, base).await }) {
+            Ok(Ok(corruptions)) if corruptions.is_empty() => Ok(verified),
+            Ok(Ok(corruptions)) => Err(format!("{format} check found corruption: {}", corruptions.join("; "))),
+            Ok(Err(error)) => Err(format!("{format} check failed: {error}")),
+            Err(error) => Err(format!("liveness in check: {error}")),
+        };
+    }
     match world.run(async move { check(&devices, profile, false).await }) {
         Ok(Ok(report)) if report.is_clean() => Ok(verified),
         Ok(Ok(report)) => Err(format!("check found corruption: {}", report.corruptions.join("; "))),
         Ok(Err(error)) => Err(format!("check failed: {error}")),
         Err(error) => Err(format!("liveness in check: {error}")),
+    }
+}
+
+/// Recovery of a crash state in the context's format: FVD's open (journal replay), QED's and
+/// Parallels' writable open (QEMU's check and repair).
+fn open_recovered(context: &Context, world: &Sim, devices: &Devices, env: Rc<dyn Env>) -> Result<GuestImage, String> {
+    let (image, base) = (Rc::clone(&devices.image), devices.base.clone());
+    let opened = match context.format {
+        FormatName::Fvd => {
+            let (devices, options) = (devices.clone(), context.open);
+            world.run(async move {
+                FvdImage::open(devices, env, options).await.map(GuestImage::Fvd).map_err(|e| e.to_string())
+            })
+        }
+        FormatName::Qed => world.run(async move {
+            fvd_qed::QedImage::open_writable(image, base)
+                .await
+                .map(|q| GuestImage::Qed(Rc::new(q)))
+                .map_err(|e| e.to_string())
+        }),
+        FormatName::Parallels => world.run(async move {
+            fvd_parallels::ParallelsImage::open_writable(image)
+                .await
+                .map(|p| GuestImage::Parallels(Rc::new(p)))
+                .map_err(|e| e.to_string())
+        }),
+    };
+    match opened {
+        Ok(Ok(image)) => Ok(image),
+        Ok(Err(error)) => Err(format!("recovery failed: {error}")),
+        Err(error) => Err(format!("liveness in recovery: {error}")),
     }
 }
