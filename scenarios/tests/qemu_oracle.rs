@@ -33,6 +33,17 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs the `qemu-io` script at `script` on `image` of `format`; it must succeed.
+fn qemu_io(format: &str, image: &Path, script: &Path) {
+    let output = Command::new("qemu-io")
+        .args(["-f", format])
+        .arg(image)
+        .stdin(std::fs::File::open(script).expect("the script exists"))
+        .output()
+        .expect("qemu-io runs");
+    assert!(output.status.success(), "qemu-io: {}", String::from_utf8_lossy(&output.stderr));
+}
+
 /// A seeded qemu-io script: overlapping pattern writes (sector-aligned, any length up to three
 /// clusters), zero writes (cluster-aligned ones become zero clusters), flushes.
 fn script(rng: &mut SimRng, disk_bytes: u64, cluster_bytes: u64, ops: usize) -> String {
@@ -101,12 +112,7 @@ fn qemu_writes_and_our_qed_reader_reads_every_byte_as_qemu_does() {
                 let script = script(&mut rng, DISK, cluster_bytes, 60);
                 let script_path = dir.path().join(format!("{name}.io"));
                 std::fs::write(&script_path, &script).unwrap();
-                let output = Command::new("qemu-io")
-                    .args(["-f", "qed", image.to_str().unwrap()])
-                    .stdin(std::fs::File::open(&script_path).unwrap())
-                    .output()
-                    .expect("qemu-io runs");
-                assert!(output.status.success(), "qemu-io: {}", String::from_utf8_lossy(&output.stderr));
+                qemu_io("qed", &image, &script_path);
                 let truth_path = dir.path().join(format!("{name}.truth"));
                 run(Command::new("qemu-img").args(["convert", "-f", "qed", "-O", "raw"]).arg(&image).arg(&truth_path));
                 let truth = std::fs::read(&truth_path).unwrap();
@@ -292,12 +298,7 @@ fn the_same_sequential_writes_give_byte_identical_files_through_qemu_and_through
                 ops.iter().map(|(offset, len, pattern)| format!("write -q -P {pattern:#x} {offset} {len}\n")).collect();
             let script_path = dir.path().join(format!("{name}.io"));
             std::fs::write(&script_path, &script).unwrap();
-            let output = Command::new("qemu-io")
-                .args(["-f", "qed", theirs.to_str().unwrap()])
-                .stdin(std::fs::File::open(&script_path).unwrap())
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "qemu-io: {}", String::from_utf8_lossy(&output.stderr));
+            qemu_io("qed", &theirs, &script_path);
             let (a, b) = (std::fs::read(&ours).unwrap(), std::fs::read(&theirs).unwrap());
             assert_eq!(a.len(), b.len(), "{name}: file lengths differ");
             if let Some(at) = a.iter().zip(&b).position(|(x, y)| x != y) {
@@ -363,12 +364,7 @@ fn parallels_qemu_writes_we_read_we_write_qemu_judges_and_the_files_are_identica
             let script = script(&mut rng, DISK, cluster_bytes, 40);
             let script_path = dir.path().join(format!("{name}.io"));
             std::fs::write(&script_path, &script).unwrap();
-            let output = Command::new("qemu-io")
-                .args(["-f", "parallels", theirs.to_str().unwrap()])
-                .stdin(std::fs::File::open(&script_path).unwrap())
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "qemu-io: {}", String::from_utf8_lossy(&output.stderr));
+            qemu_io("parallels", &theirs, &script_path);
             let truth_path = dir.path().join(format!("{name}.truth"));
             run(Command::new("qemu-img")
                 .args(["convert", "-f", "parallels", "-O", "raw"])
@@ -413,12 +409,7 @@ fn parallels_qemu_writes_we_read_we_write_qemu_judges_and_the_files_are_identica
             let script: String =
                 ops.iter().map(|(offset, len, pattern)| format!("write -q -P {pattern:#x} {offset} {len}\n")).collect();
             std::fs::write(&script_path, &script).unwrap();
-            let output = Command::new("qemu-io")
-                .args(["-f", "parallels", same.to_str().unwrap()])
-                .stdin(std::fs::File::open(&script_path).unwrap())
-                .output()
-                .unwrap();
-            assert!(output.status.success(), "qemu-io: {}", String::from_utf8_lossy(&output.stderr));
+            qemu_io("parallels", &same, &script_path);
             let (a, b) = (std::fs::read(&ours).unwrap(), std::fs::read(&same).unwrap());
             assert_eq!(a.len(), b.len(), "{name}: file lengths differ");
             if let Some(at) = a.iter().zip(&b).position(|(x, y)| x != y) {
