@@ -74,3 +74,17 @@ fn qed_relies_on_sector_atomic_writes_and_enumeration_shows_it() {
     assert!(found.message.contains("corrupt QED image"), "{}", found.message);
     assert_eq!(found.spec.atomic_unit, fvd_sim::AtomicUnit::None);
 }
+
+#[test]
+fn qed_need_check_is_durable_before_the_allocation_it_covers() {
+    // Found by `fvdsim swarm --seed 7`: with QEMU's order (the NEED_CHECK header written with no
+    // flush) an allocation into an existing L2 table let a crash keep the new entry and lose the
+    // header and the file's growth, so an image that said it needed no check held an entry beyond
+    // the end of the file (docs/qed.md). The engine flushes the header first.
+    use fvd_scenarios::campaign::swarm::{SwarmProfiles, swarm_config};
+    let config = swarm_config(Seed(0xe6ba_a4db_2acc_66ce), SwarmProfiles::Hardened);
+    assert_eq!(config.format, FormatName::Qed);
+    let outcome = run(&config).unwrap();
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+    assert!(!outcome.crashes.is_empty());
+}

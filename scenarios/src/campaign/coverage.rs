@@ -47,6 +47,9 @@ pub const PATHS: &[&str] = &[
     "crash: at the end of the workload",
     "crash: enumerated crash state",
     // Configuration dimensions.
+    "config: format fvd",
+    "config: format qed",
+    "config: format parallels",
     "config: profile hardened",
     "config: profile v1",
     "config: commit group",
@@ -100,6 +103,9 @@ pub fn crash_key(point: CrashPoint, at_workload_end: bool) -> String {
 /// The configuration dimensions `config` exercises.
 pub fn add_config(coverage: &mut Coverage, config: &RunConfig) {
     let mut on = |key: &str, yes: bool| add(coverage, key, u64::from(yes));
+    on("config: format fvd", config.format == super::guest::FormatName::Fvd);
+    on("config: format qed", config.format == super::guest::FormatName::Qed);
+    on("config: format parallels", config.format == super::guest::FormatName::Parallels);
     let hardened = config.profile == super::config::ProfileName::Hardened;
     on("config: profile hardened", hardened);
     on("config: profile v1", !hardened);

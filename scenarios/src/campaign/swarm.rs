@@ -157,7 +157,14 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
         },
         other => other,
     };
-    RunConfig {
+    // The image format: one seed in six QED, one in six Parallels (drawn last, so the rest of a
+    // seed's draw stays; what the format cannot do is dropped by `on_format`).
+    let format = match rng.below(6) {
+        0 => super::guest::FormatName::Qed,
+        1 => super::guest::FormatName::Parallels,
+        _ => super::guest::FormatName::Fvd,
+    };
+    let config = RunConfig {
         scenario: if enumerate { ENUMERATED_SCENARIO.into() } else { "swarm".into() },
         seed,
         profile,
@@ -172,7 +179,18 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
         copy_on_read,
         prefetch,
         format: super::guest::FormatName::Fvd,
+    };
+    let mut config = config.on_format(format);
+    if format == super::guest::FormatName::Qed {
+        // QED relies on sector-atomic writes (docs/qed.md: a torn L1/L2 entry is found by
+        // `exhaustive-torn --format qed`, pinned in tests/formats.rs): draw what it assumes.
+        for unit in &mut config.crashes.atomic_units {
+            if *unit == AtomicUnit::None {
+                *unit = AtomicUnit::Sector;
+            }
+        }
     }
+    config
 }
 
 /// What identifies a failure across seeds: its class, where the crash before it fired, and the
@@ -522,6 +540,7 @@ mod tests {
     #[test]
     fn signatures_ignore_numbers_and_databases_merge() {
         let mut config = swarm_config(Seed(3), SwarmProfiles::Hardened);
+        config.format = super::super::guest::FormatName::Fvd;
         config.profile = ProfileName::V1;
         config.workload = WorkloadConfig::Random { testers: 8, requests: 1_500, max_sectors: 128, read_per_mille: 450 };
         config.image.base_bytes = config.image.size_bytes / 2;
