@@ -24,14 +24,28 @@ pub struct ParallelsCheckReport {
     pub allocated_clusters: u64,
     /// End of the last cluster the BAT names (or the data area's start), bytes.
     pub image_end_offset: u64,
-    /// One line per finding, naming the entry.
+    /// True if the image was left in use (`in_use` set): counted as a corruption, as QEMU does.
+    pub unclean: bool,
+    /// One line per finding, naming the entry (the unclean flag first, if set).
     pub messages: Vec<String>,
+    /// The line about the leaked tail, if any (also in `messages`).
+    pub leak_message: Option<String>,
 }
 
 impl ParallelsCheckReport {
     /// True if nothing is left corrupt (leaks are not corruption).
     pub fn is_consistent(&self) -> bool {
         self.corruptions == self.corruptions_fixed
+    }
+
+    /// The corruption lines other than the unclean flag (which a writer's open image always
+    /// has), in check order; leaks are not among them.
+    pub fn corruption_messages(&self) -> impl Iterator<Item = &str> {
+        self.messages
+            .iter()
+            .skip(usize::from(self.unclean))
+            .filter(|m| Some(*m) != self.leak_message.as_ref())
+            .map(String::as_str)
     }
 }
 
@@ -51,6 +65,7 @@ impl ParallelsImage {
         let file_bytes = self.image.len_bytes();
         // 1. Unclean.
         if header.in_use() {
+            report.unclean = true;
             report.corruptions += 1;
             report.messages.push("image was not closed correctly".into());
             if fix {
@@ -100,7 +115,9 @@ impl ParallelsImage {
         // 4. Leaks at the tail.
         if file_bytes > image_end {
             report.leaks = (file_bytes - image_end).div_ceil(cluster);
-            report.messages.push(format!("space leaked at the end of the image {}", file_bytes - image_end));
+            let message = format!("space leaked at the end of the image {}", file_bytes - image_end);
+            report.leak_message = Some(message.clone());
+            report.messages.push(message);
             if fix {
                 self.image.set_len(image_end).await.map_err(io("check: truncate the leaked tail"))?;
                 report.leaks_fixed = report.leaks;

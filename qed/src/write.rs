@@ -174,17 +174,6 @@ impl QedImage {
         l2_index: u64,
     ) -> Result<(), QedError> {
         assert!(self.allocating.is_held(), "allocating writes run under the allocation lock");
-        self.allocate_inner(at, data, clusters, l1_index, l2_index).await
-    }
-
-    async fn allocate_inner(
-        &self,
-        at: u64,
-        data: &[u8],
-        clusters: u64,
-        l1_index: u64,
-        l2_index: u64,
-    ) -> Result<(), QedError> {
         let header = self.header();
         let cluster = header.cluster_bytes;
         let has_backing = self.backing.is_some();
@@ -212,47 +201,37 @@ impl QedImage {
             self.image.flush().await.map_err(io("flush data before L2"))?;
         }
         let existing = self.l2_table(l1_index).await?;
-        let entries = header.table_entries();
-        match existing {
-            Some(table) => {
-                let mut table = (*table).clone();
-                for i in 0..clusters {
-                    table[(l2_index + i) as usize] = host + i * cluster;
-                }
-                let l2_offset = self.l1.borrow()[l1_index as usize];
-                // The sectors holding the changed entries.
-                let first_byte = l2_index * 8 / 512 * 512;
-                let end_byte = ((l2_index + clusters) * 8).div_ceil(512) * 512;
-                let bytes: Vec<u8> = table[(first_byte / 8) as usize..(end_byte / 8) as usize]
-                    .iter()
-                    .flat_map(|e| e.to_le_bytes())
-                    .collect();
-                self.image.write_at(l2_offset + first_byte, &bytes, WriteFlags::NONE).await.map_err(io("update L2"))?;
-                self.cache_l2(l2_offset, Rc::new(table));
-            }
-            None => {
-                let mut table = vec![0u64; entries as usize];
-                for i in 0..clusters {
-                    table[(l2_index + i) as usize] = host + i * cluster;
-                }
-                let l2_offset = self.append(header.table_clusters).await?;
-                let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-                self.image.write_at(l2_offset, &bytes, WriteFlags::NONE).await.map_err(io("write new L2"))?;
-                // The table must be durable before the L1 entry points at it.
-                self.image.flush().await.map_err(io("flush L2 before L1"))?;
-                self.l1.borrow_mut()[l1_index as usize] = l2_offset;
-                let sector = l1_index * 8 / 512 * 512;
-                let bytes: Vec<u8> = self.l1.borrow()[(sector / 8) as usize..(sector / 8 + 64) as usize]
-                    .iter()
-                    .flat_map(|e| e.to_le_bytes())
-                    .collect();
-                self.image
-                    .write_at(header.l1_offset + sector, &bytes, WriteFlags::NONE)
-                    .await
-                    .map_err(io("update L1"))?;
-                self.cache_l2(l2_offset, Rc::new(table));
-            }
+        let mut table = existing.as_deref().cloned().unwrap_or_else(|| vec![0u64; header.table_entries() as usize]);
+        for i in 0..clusters {
+            table[(l2_index + i) as usize] = host + i * cluster;
         }
+        let l2_offset = if existing.is_some() {
+            let l2_offset = self.l1.borrow()[l1_index as usize];
+            // The sectors holding the changed entries.
+            let first_byte = l2_index * 8 / 512 * 512;
+            let end_byte = ((l2_index + clusters) * 8).div_ceil(512) * 512;
+            let bytes: Vec<u8> = table[(first_byte / 8) as usize..(end_byte / 8) as usize]
+                .iter()
+                .flat_map(|e| e.to_le_bytes())
+                .collect();
+            self.image.write_at(l2_offset + first_byte, &bytes, WriteFlags::NONE).await.map_err(io("update L2"))?;
+            l2_offset
+        } else {
+            let l2_offset = self.append(header.table_clusters).await?;
+            let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+            self.image.write_at(l2_offset, &bytes, WriteFlags::NONE).await.map_err(io("write new L2"))?;
+            // The table must be durable before the L1 entry points at it.
+            self.image.flush().await.map_err(io("flush L2 before L1"))?;
+            self.l1.borrow_mut()[l1_index as usize] = l2_offset;
+            let sector = l1_index * 8 / 512 * 512;
+            let bytes: Vec<u8> = self.l1.borrow()[(sector / 8) as usize..(sector / 8 + 64) as usize]
+                .iter()
+                .flat_map(|e| e.to_le_bytes())
+                .collect();
+            self.image.write_at(header.l1_offset + sector, &bytes, WriteFlags::NONE).await.map_err(io("update L1"))?;
+            l2_offset
+        };
+        self.cache_l2(l2_offset, Rc::new(table));
         Ok(())
     }
 

@@ -38,7 +38,7 @@ impl Default for SimBenchOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct RandomWriteFigures {
     /// What was written.
-    pub data: WriteData,
+    pub data: BenchPayload,
     /// Device size, bytes.
     pub device_bytes: u64,
     /// 4 KiB writes completed.
@@ -95,13 +95,13 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
     SimBenchReport {
         schema_version: BENCH_SCHEMA_VERSION,
         seed: options.seed.to_string(),
-        random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes, WriteData::Foreign),
+        random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes, BenchPayload::Foreign),
         random_write_by_device_size: [
-            (4 << 20, WriteData::Foreign),
-            (1 << 30, WriteData::Foreign),
-            (4 << 20, WriteData::Stamped),
-            (HEADLINE_DEVICE_BYTES, WriteData::Stamped),
-            (1 << 30, WriteData::Stamped),
+            (4 << 20, BenchPayload::Foreign),
+            (1 << 30, BenchPayload::Foreign),
+            (4 << 20, BenchPayload::Stamped),
+            (HEADLINE_DEVICE_BYTES, BenchPayload::Stamped),
+            (1 << 30, BenchPayload::Stamped),
         ]
         .into_iter()
         .map(|(size, data)| random_writes(options, size, options.writes / 2, data))
@@ -116,7 +116,7 @@ const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
 /// What the random-write figure writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WriteData {
+pub enum BenchPayload {
     /// Stamped sectors, as every fvdsim workload writes (held as symbols by the disk).
     Stamped,
     /// A constant byte per writer, held as bytes (foreign data: the memory-bound case).
@@ -127,7 +127,7 @@ fn random_writes(
     options: SimBenchOptions,
     device_bytes: u64,
     total_writes: u64,
-    data: WriteData,
+    data: BenchPayload,
 ) -> RandomWriteFigures {
     let seed = options.seed;
     let sim = Sim::new(options.seed);
@@ -149,7 +149,7 @@ fn random_writes(
                     let mut buffer = [writer as u8; 4096];
                     for i in 0..per_writer {
                         let page = rng.borrow_mut().below(device_bytes / 4096);
-                        if data == WriteData::Stamped {
+                        if data == BenchPayload::Stamped {
                             // What every fvdsim workload writes: a stamp naming the write and sector.
                             let write_id = writer * per_writer + i + 1;
                             fvd_sim::disk::content::fill_stamp(seed.0, write_id, page * 8, &mut buffer);
@@ -270,8 +270,8 @@ impl std::fmt::Display for SimBenchReport {
                 other.device_bytes >> 20,
                 other.writes_per_wall_second,
                 match other.data {
-                    WriteData::Stamped => "stamped sectors, as workloads write: generated and recognised",
-                    WriteData::Foreign => "foreign bytes",
+                    BenchPayload::Stamped => "stamped sectors, as workloads write: generated and recognised",
+                    BenchPayload::Foreign => "foreign bytes",
                 }
             )?;
         }

@@ -21,14 +21,14 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use fvd_engine::{Devices, Env, FvdImage, OpenOptions, check};
+use fvd_engine::{Devices, Env, FvdImage, OpenOptions};
 use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DiskConfig, Seed, Sim, SimDisk, SimEnv, SimOptions, SimRng};
 
 use super::config::{CrashPoint, CrashSpec, RunConfig};
 use super::guest::{FormatName, GuestImage};
 use super::outcome::{ConfigError, RunOutcome};
 use super::run::{DEFAULT_LOG_TAIL, Observer, run, run_observed};
-use super::verify::{is_byte_mix, read_sectors};
+use super::verify::{check_devices, is_byte_mix, read_sectors};
 use super::workload::Shared;
 use crate::oracle::TORN;
 use crate::rig::Rig;
@@ -120,14 +120,13 @@ struct Context {
 /// The strategies tried at a moment with `writes` unflushed writes.
 fn strategies(writes: usize, atomic_unit: AtomicUnit, rng: &mut SimRng) -> Vec<CrashStrategy> {
     let mut out = Vec::new();
+    // Prefixes (and torn cuts below) at most MAX_PREFIXES apart from each other, the last included.
+    let step = writes.div_ceil(MAX_PREFIXES).max(1);
     if writes <= SUBSET_LIMIT {
         out.extend((0..1u64 << writes).map(|keep_mask| CrashStrategy::Subset { keep_mask }));
     } else {
-        let step = writes.div_ceil(MAX_PREFIXES).max(1);
-        let cuts: Vec<usize> = (0..=writes).step_by(step).chain(std::iter::once(writes)).collect();
-        for &cut in &cuts {
-            out.push(CrashStrategy::PrefixAt { writes: cut as u32, units: 0, torn_bytes: 0 });
-        }
+        let cuts = (0..writes).step_by(step).chain(std::iter::once(writes));
+        out.extend(cuts.map(|cut| CrashStrategy::PrefixAt { writes: cut as u32, units: 0, torn_bytes: 0 }));
     }
     if writes == 0 {
         return out;
@@ -141,7 +140,6 @@ fn strategies(writes: usize, atomic_unit: AtomicUnit, rng: &mut SimRng) -> Vec<C
     }));
     // Torn cuts: after a prefix, the next write lands in part (some units; with no atomic unit,
     // some bytes of a unit).
-    let step = writes.div_ceil(MAX_PREFIXES).max(1);
     for cut in (0..writes).step_by(step) {
         let units = rng.range_inclusive(0, 7) as u32;
         let torn_bytes = match atomic_unit {
@@ -436,22 +434,8 @@ fn recover_and_verify(
         }
     }
     drop(d);
-    let profile = context.profile;
-    if context.format != FormatName::Fvd {
-        let (format, image, base) = (context.format, Rc::clone(&devices.image), devices.base.clone());
-        return match world.run(async move { super::guest::check_format(format, image, base).await }) {
-            Ok(Ok(corruptions)) if corruptions.is_empty() => Ok(verified),
-            Ok(Ok(corruptions)) => Err(format!("{format} check found corruption: {}", corruptions.join("; "))),
-            Ok(Err(error)) => Err(format!("{format} check failed: {error}")),
-            Err(error) => Err(format!("liveness in check: {error}")),
-        };
-    }
-    match world.run(async move { check(&devices, profile, false).await }) {
-        Ok(Ok(report)) if report.is_clean() => Ok(verified),
-        Ok(Ok(report)) => Err(format!("check found corruption: {}", report.corruptions.join("; "))),
-        Ok(Err(error)) => Err(format!("check failed: {error}")),
-        Err(error) => Err(format!("liveness in check: {error}")),
-    }
+    check_devices(world, context.format, devices, context.profile, "after recovery").map_err(|(_, message)| message)?;
+    Ok(verified)
 }
 
 /// Recovery of a crash state in the context's format: FVD's open (journal replay), QED's and

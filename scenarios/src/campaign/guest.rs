@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use fvd_engine::{BlockDevice, EngineStats, FvdImage, PrefetchTelemetry};
+use fvd_engine::{Devices, EngineStats, FvdImage, PrefetchTelemetry};
 use fvd_parallels::ParallelsImage;
 use fvd_qed::QedImage;
 use serde::{Deserialize, Serialize};
@@ -148,32 +148,27 @@ impl GuestImage {
     }
 }
 
-/// Checks a closed or open image of `format` on `image` (and `backing`) without repairing:
-/// `Ok(corruptions)` (each a line naming it; leaks are not corruption, as for qemu-img).
+/// Checks the image of `format` on `devices` without repairing: `Ok(corruptions)`, each a line
+/// naming it (leaks are not corruption, as for `qemu-img check`; nor is the `in_use` flag of a
+/// Parallels image open for writing). FVD's check reads its journal per `profile`.
 ///
-/// Errors: the engine's error when the image cannot even be opened for the check.
+/// Errors: the engine's error when the image cannot even be read for the check.
 pub async fn check_format(
     format: FormatName,
-    image: Rc<dyn BlockDevice>,
-    backing: Option<Rc<dyn BlockDevice>>,
+    devices: Devices,
+    profile: fvd_engine::Profile,
 ) -> Result<Vec<String>, ImageError> {
     match format {
-        FormatName::Fvd => unreachable!("FVD images are checked by fvd_engine::check on the devices"),
+        FormatName::Fvd => Ok(fvd_engine::check(&devices, profile, false).await.map_err(err)?.corruptions),
         FormatName::Qed => {
-            let qed = QedImage::open(image, backing).await.map_err(err)?;
+            let qed = QedImage::open(devices.image, devices.base).await.map_err(err)?;
             let report = qed.check(false).await.map_err(err)?;
             Ok(if report.corruptions == 0 { Vec::new() } else { report.messages })
         }
         FormatName::Parallels => {
-            let prl = ParallelsImage::open(image).await.map_err(err)?;
+            let prl = ParallelsImage::open(devices.image).await.map_err(err)?;
             let report = prl.check(false).await.map_err(err)?;
-            // An image open for writing has in_use set: that one is expected, not corruption.
-            let corrupt: Vec<String> = report
-                .messages
-                .into_iter()
-                .filter(|m| !m.contains("not closed correctly") && !m.contains("leaked"))
-                .collect();
-            Ok(corrupt)
+            Ok(report.corruption_messages().map(str::to_owned).collect())
         }
     }
 }

@@ -1,8 +1,6 @@
 //! Verification after a recovery: every unsettled sector and a sample of the others read back and
 //! judged against the oracle, and the engine's own `check`.
 
-use fvd_engine::check;
-
 use super::guest::{FormatName, GuestImage};
 
 use super::outcome::{FailureClass, Stop};
@@ -141,34 +139,30 @@ pub(super) fn is_byte_mix(d: &Driver, sector: u64, bytes: &[u8], allowed: &[u32]
     bytes.iter().enumerate().all(|(i, b)| contents.iter().any(|c| c[i] == *b))
 }
 
-/// Runs the engine's check.
+/// Runs the format's check on `devices` in `sim` (no repair): `Err((class, message))` if it finds
+/// corruption, fails, or does not finish. `when` says when in the run (for the message).
+pub(super) fn check_devices(
+    sim: &fvd_sim::Sim,
+    format: FormatName,
+    devices: fvd_engine::Devices,
+    profile: fvd_engine::Profile,
+    when: &str,
+) -> Result<(), (FailureClass, String)> {
+    let name = if format == FormatName::Fvd { String::new() } else { format!("{format} ") };
+    match sim.run(async move { super::guest::check_format(format, devices, profile).await }) {
+        Ok(Ok(corruptions)) if corruptions.is_empty() => Ok(()),
+        Ok(Ok(corruptions)) => {
+            Err((FailureClass::Check, format!("{name}check {when} found corruption: {}", corruptions.join("; "))))
+        }
+        Ok(Err(error)) => Err((FailureClass::UnexpectedError, format!("{name}check {when} failed: {error}"))),
+        Err(error) => Err((FailureClass::Liveness, format!("liveness in check {when}: {error}"))),
+    }
+}
+
+/// Runs the engine's check on the rig's devices.
 ///
 /// Errors: [`Stop::Fail`] if it finds corruption, fails, or does not finish.
 pub(super) fn check_image(rig: &Rig, profile: fvd_engine::Profile, when: &str) -> Result<(), Stop> {
-    if rig.format != FormatName::Fvd {
-        let image: std::rc::Rc<dyn fvd_engine::BlockDevice> = std::rc::Rc::new(rig.image.clone());
-        let base = rig.base.as_ref().map(|d| std::rc::Rc::new(d.clone()) as std::rc::Rc<dyn fvd_engine::BlockDevice>);
-        let format = rig.format;
-        return match rig.sim.run(async move { super::guest::check_format(format, image, base).await }) {
-            Ok(Ok(corruptions)) if corruptions.is_empty() => Ok(()),
-            Ok(Ok(corruptions)) => Err(Stop::fail(
-                FailureClass::Check,
-                format!("{format} check {when} found corruption: {}", corruptions.join("; ")),
-            )),
-            Ok(Err(error)) => {
-                Err(Stop::fail(FailureClass::UnexpectedError, format!("{format} check {when} failed: {error}")))
-            }
-            Err(error) => Err(Stop::fail(FailureClass::Liveness, format!("liveness in check {when}: {error}"))),
-        };
-    }
-    let devices = rig.devices();
-    match rig.sim.run(async move { check(&devices, profile, false).await }) {
-        Ok(Ok(report)) if report.is_clean() => Ok(()),
-        Ok(Ok(report)) => Err(Stop::fail(
-            FailureClass::Check,
-            format!("check {when} found corruption: {}", report.corruptions.join("; ")),
-        )),
-        Ok(Err(error)) => Err(Stop::fail(FailureClass::UnexpectedError, format!("check {when} failed: {error}"))),
-        Err(error) => Err(Stop::fail(FailureClass::Liveness, format!("liveness in check {when}: {error}"))),
-    }
+    check_devices(&rig.sim, rig.format, rig.devices(), profile, when)
+        .map_err(|(class, message)| Stop::fail(class, message))
 }
