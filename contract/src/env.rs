@@ -41,11 +41,25 @@ pub enum ProgressPoint {
     /// Group commit: a batch of records is durable; the guest flush that asked for it is not yet
     /// acknowledged. Detail: records in the batch.
     CommitDurable,
+    /// QED: the header with `QED_F_NEED_CHECK` was written (not yet flushed). Detail: 1 when the
+    /// bit was set (before an allocating write), 0 when it was cleared (at close).
+    NeedCheckWritten,
+    /// QED: a write of L2 table entries was submitted (a new table or changed entries; in
+    /// flight). Detail: the table's byte offset.
+    L2UpdateSubmitted,
+    /// QED: a write of an L1 table sector was submitted (in flight). Detail: the L1 index.
+    L1UpdateSubmitted,
+    /// Parallels: a write of the BAT was submitted (in flight, at a flush or close). Detail: BAT
+    /// entries written.
+    BatWriteSubmitted,
+    /// Parallels: the header with the `in_use` flag was written (not yet flushed). Detail: 1 when
+    /// set (a writable open), 0 when cleared (close).
+    InUseWritten,
 }
 
 impl ProgressPoint {
     /// Every point, in declaration order (for listings and exhaustive sweeps).
-    pub const ALL: [ProgressPoint; 11] = [
+    pub const ALL: [ProgressPoint; 16] = [
         ProgressPoint::JournalWriteSubmitted,
         ProgressPoint::JournalWriteCompleted,
         ProgressPoint::RecycleBegin,
@@ -57,6 +71,11 @@ impl ProgressPoint {
         ProgressPoint::RecordQueued,
         ProgressPoint::CommitDataFlushSubmitted,
         ProgressPoint::CommitDurable,
+        ProgressPoint::NeedCheckWritten,
+        ProgressPoint::L2UpdateSubmitted,
+        ProgressPoint::L1UpdateSubmitted,
+        ProgressPoint::BatWriteSubmitted,
+        ProgressPoint::InUseWritten,
     ];
 
     /// The stable kebab-case name used on the command line and in reports.
@@ -73,6 +92,11 @@ impl ProgressPoint {
             ProgressPoint::RecordQueued => "record-queued",
             ProgressPoint::CommitDataFlushSubmitted => "commit-data-flush-submitted",
             ProgressPoint::CommitDurable => "commit-durable",
+            ProgressPoint::NeedCheckWritten => "need-check-written",
+            ProgressPoint::L2UpdateSubmitted => "l2-update-submitted",
+            ProgressPoint::L1UpdateSubmitted => "l1-update-submitted",
+            ProgressPoint::BatWriteSubmitted => "bat-write-submitted",
+            ProgressPoint::InUseWritten => "in-use-written",
         }
     }
 

@@ -4,7 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use fvd_contract::{BlockDevice, WriteFlags};
+use fvd_contract::{BlockDevice, Env, Progress, ProgressPoint, WriteFlags};
 
 use crate::format::{HEADER_BYTES, IN_USE, ParallelsError, ParallelsHeader, corrupt};
 
@@ -29,6 +29,9 @@ pub struct ParallelsImage {
     pub(crate) bat_dirty: Cell<bool>,
     /// Serialises allocations: a cluster is handed out only once the file has grown to hold it.
     pub(crate) allocating: fvd_contract::AsyncLock,
+    /// Where named progress points are reported (the simulator crashes the world at them);
+    /// `None` reports nothing.
+    pub(crate) env: Option<Rc<dyn Env>>,
 }
 
 impl std::fmt::Debug for ParallelsImage {
@@ -82,7 +85,7 @@ impl ParallelsImage {
     /// Errors: [`ParallelsError::Corrupt`] for a header that breaks a rule, or a bad `data_off`
     /// (named), [`ParallelsError::Io`].
     pub async fn open(image: Rc<dyn BlockDevice>) -> Result<ParallelsImage, ParallelsError> {
-        ParallelsImage::open_with(image, false).await
+        ParallelsImage::open_with(image, false, None).await
     }
 
     /// Opens `image` for reading and writing: repairs an image left in use or inconsistent (as a
@@ -90,10 +93,32 @@ impl ParallelsImage {
     ///
     /// Errors: as [`ParallelsImage::open`].
     pub async fn open_writable(image: Rc<dyn BlockDevice>) -> Result<ParallelsImage, ParallelsError> {
-        ParallelsImage::open_with(image, true).await
+        ParallelsImage::open_with(image, true, None).await
     }
 
-    async fn open_with(image: Rc<dyn BlockDevice>, writable: bool) -> Result<ParallelsImage, ParallelsError> {
+    /// [`ParallelsImage::open_writable`], reporting the named progress points (BAT write
+    /// submitted, `in_use` written) to `env`, where a simulation may crash the world.
+    ///
+    /// Errors: as [`ParallelsImage::open_writable`].
+    pub async fn open_writable_with_env(
+        image: Rc<dyn BlockDevice>,
+        env: Rc<dyn Env>,
+    ) -> Result<ParallelsImage, ParallelsError> {
+        ParallelsImage::open_with(image, true, Some(env)).await
+    }
+
+    /// Reports `point` to the environment, if there is one.
+    pub(crate) fn progress(&self, point: ProgressPoint, detail: u64) {
+        if let Some(env) = &self.env {
+            env.progress(Progress { point, detail });
+        }
+    }
+
+    async fn open_with(
+        image: Rc<dyn BlockDevice>,
+        writable: bool,
+        env: Option<Rc<dyn Env>>,
+    ) -> Result<ParallelsImage, ParallelsError> {
         let file_bytes = image.len_bytes();
         let mut bytes = vec![0u8; (HEADER_BYTES as usize).min(file_bytes as usize)];
         image.read_at(0, &mut bytes).await.map_err(io("read header"))?;
@@ -123,6 +148,7 @@ impl ParallelsImage {
             data_end: Cell::new(data_end),
             bat_dirty: Cell::new(false),
             allocating: fvd_contract::AsyncLock::new(),
+            env,
         };
         if writable {
             if needs_repair || parallels.has_duplicates() {
@@ -131,6 +157,7 @@ impl ParallelsImage {
             }
             parallels.header.borrow_mut().in_use = IN_USE;
             parallels.write_header().await?;
+            parallels.progress(ProgressPoint::InUseWritten, 1);
             parallels.image.flush().await.map_err(io("flush in_use"))?;
         } else if !data_off_valid(&parallels.header.borrow(), file_bytes) {
             let header = parallels.header.borrow();
@@ -167,7 +194,9 @@ impl ParallelsImage {
         // a flushed write was lost at the next crash).
         self.bat_dirty.set(false);
         let bytes: Vec<u8> = self.bat.borrow().iter().flat_map(|e| e.to_le_bytes()).collect();
-        self.image.write_at(HEADER_BYTES, &bytes, WriteFlags::NONE).await.map_err(io("write BAT"))?;
+        let write = self.image.write_at(HEADER_BYTES, &bytes, WriteFlags::NONE);
+        self.progress(ProgressPoint::BatWriteSubmitted, bytes.len() as u64 / 4);
+        write.await.map_err(io("write BAT"))?;
         Ok(())
     }
 
@@ -287,6 +316,7 @@ impl ParallelsImage {
         self.flush().await?;
         self.header.borrow_mut().in_use = 0;
         self.write_header().await?;
+        self.progress(ProgressPoint::InUseWritten, 0);
         self.image.flush().await.map_err(io("flush at close"))?;
         let end = self.data_end.get();
         if self.image.len_bytes() > end {

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use fvd_contract::BlockDevice;
+use fvd_contract::{BlockDevice, Env, Progress, ProgressPoint};
 
 use crate::format::{QedError, QedHeader, ZERO_CLUSTER, corrupt, table_entries};
 
@@ -42,6 +42,9 @@ pub struct QedImage {
     pub(crate) l1: RefCell<Vec<u64>>,
     pub(crate) l2_cache: RefCell<BTreeMap<u64, Rc<Vec<u64>>>>,
     pub(crate) allocating: fvd_contract::AsyncLock,
+    /// Where named progress points are reported (the simulator crashes the world at them);
+    /// `None` reports nothing.
+    pub(crate) env: Option<Rc<dyn Env>>,
 }
 
 impl std::fmt::Debug for QedImage {
@@ -55,12 +58,19 @@ pub(crate) fn io(what: &'static str) -> impl Fn(fvd_contract::DeviceError) -> Qe
 }
 
 impl QedImage {
+    /// Reports `point` to the environment, if there is one.
+    pub(crate) fn progress(&self, point: ProgressPoint, detail: u64) {
+        if let Some(env) = &self.env {
+            env.progress(Progress { point, detail });
+        }
+    }
+
     /// Opens `image` for reading, with `backing` as its backing file when the header names one.
     ///
     /// Errors: [`QedError::Corrupt`] for a header or L1 table that breaks a rule (named), a
     /// missing backing file, or [`QedError::Io`].
     pub async fn open(image: Rc<dyn BlockDevice>, backing: Option<Rc<dyn BlockDevice>>) -> Result<QedImage, QedError> {
-        QedImage::open_with(image, backing, false).await
+        QedImage::open_with(image, backing, false, None).await
     }
 
     /// Opens `image` for reading and writing. An image whose NEED_CHECK bit is set (a crash
@@ -72,13 +82,26 @@ impl QedImage {
         image: Rc<dyn BlockDevice>,
         backing: Option<Rc<dyn BlockDevice>>,
     ) -> Result<QedImage, QedError> {
-        QedImage::open_with(image, backing, true).await
+        QedImage::open_with(image, backing, true, None).await
+    }
+
+    /// [`QedImage::open_writable`], reporting QED's named progress points (need-check written,
+    /// L2 and L1 updates submitted) to `env`, where a simulation may crash the world.
+    ///
+    /// Errors: as [`QedImage::open_writable`].
+    pub async fn open_writable_with_env(
+        image: Rc<dyn BlockDevice>,
+        backing: Option<Rc<dyn BlockDevice>>,
+        env: Rc<dyn Env>,
+    ) -> Result<QedImage, QedError> {
+        QedImage::open_with(image, backing, true, Some(env)).await
     }
 
     async fn open_with(
         image: Rc<dyn BlockDevice>,
         backing: Option<Rc<dyn BlockDevice>>,
         writable: bool,
+        env: Option<Rc<dyn Env>>,
     ) -> Result<QedImage, QedError> {
         let file_len = image.len_bytes();
         let mut bytes = vec![0u8; crate::format::HEADER_BYTES.min(file_len as usize)];
@@ -103,6 +126,7 @@ impl QedImage {
             l1: RefCell::new(l1),
             l2_cache: RefCell::new(BTreeMap::new()),
             allocating: fvd_contract::AsyncLock::new(),
+            env,
         };
         if writable && needs_check {
             // Recovery after a crash during allocation: QEMU's check with fix (invalid entries

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use fvd_contract::{BlockDevice, WriteFlags};
+use fvd_contract::{BlockDevice, ProgressPoint, WriteFlags};
 
 use crate::format::{
     F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_BYTES, QED_MAGIC, QedError, QedHeader,
@@ -186,6 +186,7 @@ impl QedImage {
         if !has_backing && !header.needs_check() {
             self.header.borrow_mut().features |= F_NEED_CHECK;
             self.write_header().await?;
+            self.progress(ProgressPoint::NeedCheckWritten, 1);
             self.image.flush().await.map_err(io("flush NEED_CHECK"))?;
         }
         // The clusters' whole content: the rest from the backing file (or zeros), then the data.
@@ -214,12 +215,16 @@ impl QedImage {
                 .iter()
                 .flat_map(|e| e.to_le_bytes())
                 .collect();
-            self.image.write_at(l2_offset + first_byte, &bytes, WriteFlags::NONE).await.map_err(io("update L2"))?;
+            let update = self.image.write_at(l2_offset + first_byte, &bytes, WriteFlags::NONE);
+            self.progress(ProgressPoint::L2UpdateSubmitted, l2_offset);
+            update.await.map_err(io("update L2"))?;
             l2_offset
         } else {
             let l2_offset = self.append(header.table_clusters).await?;
             let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-            self.image.write_at(l2_offset, &bytes, WriteFlags::NONE).await.map_err(io("write new L2"))?;
+            let write = self.image.write_at(l2_offset, &bytes, WriteFlags::NONE);
+            self.progress(ProgressPoint::L2UpdateSubmitted, l2_offset);
+            write.await.map_err(io("write new L2"))?;
             // The table must be durable before the L1 entry points at it.
             self.image.flush().await.map_err(io("flush L2 before L1"))?;
             self.l1.borrow_mut()[l1_index as usize] = l2_offset;
@@ -228,7 +233,9 @@ impl QedImage {
                 .iter()
                 .flat_map(|e| e.to_le_bytes())
                 .collect();
-            self.image.write_at(header.l1_offset + sector, &bytes, WriteFlags::NONE).await.map_err(io("update L1"))?;
+            let update = self.image.write_at(header.l1_offset + sector, &bytes, WriteFlags::NONE);
+            self.progress(ProgressPoint::L1UpdateSubmitted, l1_index);
+            update.await.map_err(io("update L1"))?;
             l2_offset
         };
         self.cache_l2(l2_offset, Rc::new(table));
@@ -253,6 +260,7 @@ impl QedImage {
         if self.header.borrow().needs_check() {
             self.header.borrow_mut().features &= !F_NEED_CHECK;
             self.write_header().await?;
+            self.progress(ProgressPoint::NeedCheckWritten, 0);
             self.flush().await?;
         }
         Ok(())

@@ -161,9 +161,10 @@ struct RunArgs {
     /// Print nothing but the verdict line and errors (no progress, no table).
     #[arg(long, short)]
     quiet: bool,
-    /// Image format: fvd (default), qed or parallels. QED and Parallels crash at random events
-    /// (the named crash points are FVD's) and drop what they cannot do (prefetch, copy-on-read, a
-    /// data file; Parallels a base image).
+    /// Image format: fvd (default), qed or parallels. The scenario's named crash points become
+    /// the format's own (QED: need-check-set, l2-update-in-flight, l1-update-in-flight;
+    /// Parallels: bat-update-in-flight, in-use-set, in-use-cleared); QED and Parallels drop what
+    /// they cannot do (prefetch, copy-on-read, a data file; Parallels a base image).
     #[arg(long, value_enum)]
     format: Option<fvd_scenarios::campaign::guest::FormatName>,
     /// Worker threads for crash-state enumeration (the exhaustive scenarios); the states

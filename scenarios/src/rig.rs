@@ -195,17 +195,18 @@ impl Rig {
         let format_error = |e: &dyn std::fmt::Display| RigError::Format(ImageError(e.to_string()));
         let image: Rc<dyn BlockDevice> = Rc::new(self.image.clone());
         let base = self.base.as_ref().map(|d| Rc::new(d.clone()) as Rc<dyn BlockDevice>);
+        let env = Rc::clone(&self.env);
         match self.format {
             FormatName::Fvd => self.open_with(options).map(GuestImage::Fvd),
             FormatName::Qed => self
                 .sim
-                .run(async move { fvd_qed::QedImage::open_writable(image, base).await })
+                .run(async move { fvd_qed::QedImage::open_writable_with_env(image, base, env).await })
                 .map_err(RigError::Run)?
                 .map(|qed| GuestImage::Qed(Rc::new(qed)))
                 .map_err(|e| format_error(&e)),
             FormatName::Parallels => self
                 .sim
-                .run(async move { fvd_parallels::ParallelsImage::open_writable(image).await })
+                .run(async move { fvd_parallels::ParallelsImage::open_writable_with_env(image, env).await })
                 .map_err(RigError::Run)?
                 .map(|prl| GuestImage::Parallels(Rc::new(prl)))
                 .map_err(|e| format_error(&e)),

@@ -30,6 +30,37 @@ fn qed_and_parallels_pass_the_crash_scenarios() {
 }
 
 #[test]
+fn each_format_crashes_at_its_own_named_points() {
+    use fvd_scenarios::campaign::config::CrashPoint;
+    for (name, format) in [("qed", FormatName::Qed), ("parallels", FormatName::Parallels)] {
+        let mut config = config(name, 1, format);
+        config.crashes.count = 10;
+        let outcome = run(&config).unwrap();
+        assert!(outcome.failure.is_none(), "{name}: {:?}", outcome.failure);
+        for point in CrashPoint::named_of(format) {
+            assert!(
+                outcome.crashes.iter().any(|c| c.fired_at == *point && !c.fallback),
+                "{name}: no crash fired at {}: {:?}",
+                point.name(),
+                outcome.summary.crashes_by_point
+            );
+        }
+        // The clean close and reopen that leads to the points of the close and the open.
+        assert!(outcome.summary.coverage.contains_key("run: clean close and reopen mid-workload"), "{name}");
+    }
+    // Another format's named points become this format's, in turn; the random event stays.
+    let fvd_points = config("random", 1, FormatName::Fvd).crashes.points;
+    let on_qed = CrashPoint::for_format(&fvd_points, FormatName::Qed);
+    assert_eq!(on_qed.len(), fvd_points.len());
+    assert!(on_qed.iter().all(|p| p.format().is_none_or(|f| f == FormatName::Qed)), "{on_qed:?}");
+    assert_eq!(
+        on_qed.iter().filter(|p| **p == CrashPoint::RandomEvent).count(),
+        fvd_points.iter().filter(|p| **p == CrashPoint::RandomEvent).count()
+    );
+    assert_eq!(CrashPoint::for_format(&on_qed, FormatName::Fvd).len(), fvd_points.len());
+}
+
+#[test]
 fn a_parallels_bat_write_racing_an_allocation_never_loses_the_new_entry() {
     // Found by `fvdsim run --format parallels --scenario torn --seed 1`: the BAT was marked clean
     // after its write completed, so an entry allocated meanwhile was never written and a flushed
@@ -44,7 +75,10 @@ fn fvd_only_settings_are_refused_for_other_formats() {
     let mut config = config("prefetch", 1, FormatName::Fvd);
     config.format = FormatName::Qed;
     let error = run(&config).unwrap_err();
-    assert!(error.to_string().contains("is FVD's"), "{error}");
+    assert!(
+        error.to_string().contains("crash point copy-store is fvd's (the points of qed: need-check-set"),
+        "{error}"
+    );
     let mut config = config.on_format(FormatName::Parallels);
     config.image.base_bytes = 1 << 20;
     let error = run(&config).unwrap_err();

@@ -83,7 +83,18 @@ fn campaigns() -> Result<()> {
             }
         }
     }
-    // QED and Parallels through the same runner (random-event crashes, QEMU's repair at open).
+    // The formats' own scenarios: crashes at QED's and Parallels' named points.
+    for scenario in ["qed", "qed-backing", "parallels", "exhaustive-qed"] {
+        for seed in ["1", "2", "3"] {
+            let out = format!("target/ci-campaigns/{scenario}-{seed}");
+            run(
+                &format!("campaign {scenario} seed {seed}"),
+                &mut fvdsim(&["--scenario", scenario, "--seed", seed, "--jobs", "2", "--out", &out]),
+            )?;
+        }
+    }
+    // QED and Parallels through the FVD scenarios (their named points translated, QEMU's repair
+    // at open).
     for format in ["qed", "parallels"] {
         for scenario in ["random", "torn", "random-faults", "rare-flush"] {
             for seed in ["1", "2", "3"] {

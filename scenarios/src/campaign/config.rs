@@ -4,7 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::trace::TraceFormat;
+use fvd_engine::ProgressPoint;
 use fvd_sim::{AtomicUnit, CrashStrategy, FaultPlan, Seed};
+
+use super::guest::FormatName;
 
 /// Engine profile, as written in configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -142,33 +145,72 @@ pub struct ImageConfig {
     pub base_device: String,
 }
 
-/// Where a crash is aimed.
+/// Where a crash is aimed: a random event, or a named point of one format's protocol (the
+/// engine reports it through `Env::progress`; see [`CrashPoint::progress`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CrashPoint {
-    /// At a random event of the event log.
+    /// At a random event of the event log (any format).
     RandomEvent,
-    /// While a journal write is in flight.
+    /// FVD: while a journal write is in flight.
     JournalWriteInFlight,
-    /// After a journal write landed, before the guest was acknowledged.
+    /// FVD: after a journal write landed, before the guest was acknowledged.
     JournalWriteLanded,
-    /// During a journal recycle (just after it began).
+    /// FVD: during a journal recycle (just after it began).
     MidRecycle,
-    /// Right after the bitmap and table were written home.
+    /// FVD: right after the bitmap and table were written home.
     MetadataWrittenHome,
-    /// During a copy-on-read or prefetch store.
+    /// FVD: during a copy-on-read or prefetch store.
     CopyStore,
-    /// Group commit: right after a write's change was queued (before its acknowledgement).
+    /// FVD group commit: right after a write's change was queued (before its acknowledgement).
     RecordQueued,
-    /// Group commit: while the data flush before a batch is in flight.
+    /// FVD group commit: while the data flush before a batch is in flight.
     CommitDataFlush,
-    /// Group commit: a batch is durable, the guest flush not yet acknowledged.
+    /// FVD group commit: a batch is durable, the guest flush not yet acknowledged.
     CommitLanded,
+    /// QED: the header with NEED_CHECK set was written, before its flush (the first allocating
+    /// write of a clean period: the run closes the image cleanly and reopens it to get there).
+    NeedCheckSet,
+    /// QED: an L2 table write (a new table or changed entries) is in flight, among the first
+    /// allocations after a clean close and reopen (a new clean period).
+    L2UpdateInFlight,
+    /// QED: an L1 entry write is in flight (a new L2 table is being linked).
+    L1UpdateInFlight,
+    /// Parallels: a BAT write is in flight (at a guest flush).
+    BatUpdateInFlight,
+    /// Parallels: the header with `in_use` set was written at a writable open, before its flush.
+    /// The run closes the image cleanly and reopens it to get there.
+    InUseSet,
+    /// Parallels: the header with `in_use` cleared was written at close, before the flush and
+    /// the truncation. The run closes the image cleanly (and reopens it) to get there.
+    InUseCleared,
 }
 
 impl CrashPoint {
     /// Every crash point, in declaration order.
-    pub const ALL: [CrashPoint; 9] = [
+    pub const ALL: [CrashPoint; 15] = [
+        CrashPoint::RandomEvent,
+        CrashPoint::JournalWriteInFlight,
+        CrashPoint::JournalWriteLanded,
+        CrashPoint::MidRecycle,
+        CrashPoint::MetadataWrittenHome,
+        CrashPoint::CopyStore,
+        CrashPoint::RecordQueued,
+        CrashPoint::CommitDataFlush,
+        CrashPoint::CommitLanded,
+        CrashPoint::NeedCheckSet,
+        CrashPoint::L2UpdateInFlight,
+        CrashPoint::L1UpdateInFlight,
+        CrashPoint::BatUpdateInFlight,
+        CrashPoint::InUseSet,
+        CrashPoint::InUseCleared,
+    ];
+
+    /// The points an FVD run may aim at (the random event and FVD's named points), in
+    /// declaration order. The swarm draws from this list (and maps the draw onto another
+    /// format's points with [`CrashPoint::for_format`]), so a seed's FVD draw never changes
+    /// when another format gains a point.
+    pub const FVD: [CrashPoint; 9] = [
         CrashPoint::RandomEvent,
         CrashPoint::JournalWriteInFlight,
         CrashPoint::JournalWriteLanded,
@@ -179,6 +221,14 @@ impl CrashPoint {
         CrashPoint::CommitDataFlush,
         CrashPoint::CommitLanded,
     ];
+
+    /// QED's named points.
+    pub const QED: [CrashPoint; 3] =
+        [CrashPoint::NeedCheckSet, CrashPoint::L2UpdateInFlight, CrashPoint::L1UpdateInFlight];
+
+    /// Parallels' named points.
+    pub const PARALLELS: [CrashPoint; 3] =
+        [CrashPoint::BatUpdateInFlight, CrashPoint::InUseSet, CrashPoint::InUseCleared];
 
     /// The kebab-case name used in reports.
     pub fn name(self) -> &'static str {
@@ -192,7 +242,107 @@ impl CrashPoint {
             CrashPoint::RecordQueued => "record-queued",
             CrashPoint::CommitDataFlush => "commit-data-flush",
             CrashPoint::CommitLanded => "commit-landed",
+            CrashPoint::NeedCheckSet => "need-check-set",
+            CrashPoint::L2UpdateInFlight => "l2-update-in-flight",
+            CrashPoint::L1UpdateInFlight => "l1-update-in-flight",
+            CrashPoint::BatUpdateInFlight => "bat-update-in-flight",
+            CrashPoint::InUseSet => "in-use-set",
+            CrashPoint::InUseCleared => "in-use-cleared",
         }
+    }
+
+    /// The format whose engine reports this point (`None`: the random event, any format).
+    pub fn format(self) -> Option<FormatName> {
+        if self == CrashPoint::RandomEvent {
+            None
+        } else if CrashPoint::QED.contains(&self) {
+            Some(FormatName::Qed)
+        } else if CrashPoint::PARALLELS.contains(&self) {
+            Some(FormatName::Parallels)
+        } else {
+            Some(FormatName::Fvd)
+        }
+    }
+
+    /// The progress report that fires this point, with the detail it must carry when the point
+    /// shares its report with another (`in_use` set and cleared); `None` for the random event.
+    pub fn progress(self) -> Option<(ProgressPoint, Option<u64>)> {
+        Some(match self {
+            CrashPoint::RandomEvent => return None,
+            CrashPoint::JournalWriteInFlight => (ProgressPoint::JournalWriteSubmitted, None),
+            CrashPoint::JournalWriteLanded => (ProgressPoint::JournalWriteCompleted, None),
+            CrashPoint::MidRecycle => (ProgressPoint::RecycleBegin, None),
+            CrashPoint::MetadataWrittenHome => (ProgressPoint::MetadataWrittenHome, None),
+            CrashPoint::CopyStore => (ProgressPoint::CopyStored, None),
+            CrashPoint::RecordQueued => (ProgressPoint::RecordQueued, None),
+            CrashPoint::CommitDataFlush => (ProgressPoint::CommitDataFlushSubmitted, None),
+            CrashPoint::CommitLanded => (ProgressPoint::CommitDurable, None),
+            CrashPoint::NeedCheckSet => (ProgressPoint::NeedCheckWritten, Some(1)),
+            CrashPoint::L2UpdateInFlight => (ProgressPoint::L2UpdateSubmitted, None),
+            CrashPoint::L1UpdateInFlight => (ProgressPoint::L1UpdateSubmitted, None),
+            CrashPoint::BatUpdateInFlight => (ProgressPoint::BatWriteSubmitted, None),
+            CrashPoint::InUseSet => (ProgressPoint::InUseWritten, Some(1)),
+            CrashPoint::InUseCleared => (ProgressPoint::InUseWritten, Some(0)),
+        })
+    }
+
+    /// True for the points a run gets to by closing the image cleanly at the planned request and
+    /// reopening it (the workload then carries on): Parallels' `in_use` written at close and at
+    /// open; QED's NEED_CHECK, set once per clean period (the first allocating write after an
+    /// open, a clean close or, in QEMU, the idle timer); and QED's L2 updates, so that they are
+    /// the first allocations of a clean period, where NEED_CHECK has just been set (QEMU's driver
+    /// leaves that header write unflushed: see docs/qed.md).
+    pub fn at_restart(self) -> bool {
+        matches!(
+            self,
+            CrashPoint::InUseSet | CrashPoint::InUseCleared | CrashPoint::NeedCheckSet | CrashPoint::L2UpdateInFlight
+        )
+    }
+
+    /// True for points that come seldom in a workload (once per recycle, commit batch, clean
+    /// period or new L2 table): their crash waits two segments before falling back, and aims at
+    /// the first occurrence.
+    pub fn is_rare(self) -> bool {
+        matches!(
+            self,
+            CrashPoint::MidRecycle
+                | CrashPoint::MetadataWrittenHome
+                | CrashPoint::CopyStore
+                | CrashPoint::CommitDataFlush
+                | CrashPoint::CommitLanded
+                | CrashPoint::NeedCheckSet
+                | CrashPoint::L1UpdateInFlight
+                | CrashPoint::InUseSet
+                | CrashPoint::InUseCleared
+        )
+    }
+
+    /// The named points of `format` (without the random event).
+    pub fn named_of(format: FormatName) -> &'static [CrashPoint] {
+        match format {
+            FormatName::Fvd => &CrashPoint::FVD[1..],
+            FormatName::Qed => &CrashPoint::QED,
+            FormatName::Parallels => &CrashPoint::PARALLELS,
+        }
+    }
+
+    /// `points` for a run of `format`: the random event stays; each named point of another
+    /// format becomes one of `format`'s points, in turn (the i-th named point becomes the
+    /// format's (i mod n)-th), so every scenario aims at each format's own protocol.
+    pub fn for_format(points: &[CrashPoint], format: FormatName) -> Vec<CrashPoint> {
+        let own = CrashPoint::named_of(format);
+        let mut named = 0usize;
+        points
+            .iter()
+            .map(|point| match point.format() {
+                None => *point,
+                Some(f) if f == format => *point,
+                Some(_) => {
+                    named += 1;
+                    own[(named - 1) % own.len()]
+                }
+            })
+            .collect()
     }
 
     /// True for the mid-journal points: a journal write or a group commit in flight or landed.
@@ -372,8 +522,10 @@ impl RunConfig {
             }
             _ => self.scenario.clone(),
         };
+        // Named for its format unless the scenario already is (`qed`, `qed-backing`, `parallels`).
         let name = match self.format {
             super::guest::FormatName::Fvd => name,
+            other if name.split('-').any(|word| word == other.name()) => name,
             other => format!("{name}-{other}"),
         };
         let clean: String =
@@ -381,17 +533,16 @@ impl RunConfig {
         if clean.is_empty() { "trace".into() } else { clean }
     }
 
-    /// This configuration on another image format, with what that format cannot do removed:
-    /// QED and Parallels crash only at random events (the named crash points are FVD's progress
-    /// points), have no prefetch, copy-on-read or separate data file, and Parallels no base
+    /// This configuration on another image format, with what that format cannot do removed or
+    /// translated: named crash points become the format's own ([`CrashPoint::for_format`]); QED
+    /// and Parallels have no prefetch, copy-on-read or separate data file, and Parallels no base
     /// image.
     pub fn on_format(mut self, format: super::guest::FormatName) -> RunConfig {
-        use super::guest::FormatName;
         self.format = format;
+        self.crashes.points = CrashPoint::for_format(&self.crashes.points, format);
         if format == FormatName::Fvd {
             return self;
         }
-        self.crashes.points = vec![CrashPoint::RandomEvent];
         self.prefetch = None;
         self.copy_on_read = false;
         self.image.separate_data = false;
@@ -704,6 +855,71 @@ fn exhaustive_torn(seed: Seed) -> RunConfig {
     config
 }
 
+fn qed(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "qed".into();
+    // 4 KiB clusters and QEMU's 4-cluster tables: 8 MiB per L2 table, 2,048 of them, so new
+    // tables (and L1 updates) keep coming through the run; no backing file, so every clean period
+    // starts by setting NEED_CHECK.
+    config.image.size_bytes = 16 * GIB;
+    config.image.base_bytes = 0;
+    config.image.block_bytes = 4096;
+    config.image.chunk_bytes = MIB;
+    config.image.journal_bytes = 256 << 10;
+    config.crashes.points = vec![
+        CrashPoint::NeedCheckSet,
+        CrashPoint::L2UpdateInFlight,
+        CrashPoint::RandomEvent,
+        CrashPoint::L1UpdateInFlight,
+        CrashPoint::L2UpdateInFlight,
+    ];
+    config.on_format(super::guest::FormatName::Qed)
+}
+
+fn exhaustive_qed(seed: Seed) -> RunConfig {
+    let mut config = exhaustive(seed);
+    config.scenario = "exhaustive-qed".into();
+    // No backing file (so NEED_CHECK guards every allocation), 4 KiB clusters: eight L2 tables
+    // of 8 MiB, so a short run allocates both new tables and entries in existing ones.
+    config.image.base_bytes = 0;
+    config.image.block_bytes = 4096;
+    config.on_format(super::guest::FormatName::Qed)
+}
+
+fn qed_backing(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "qed-backing".into();
+    // 64 KiB clusters (QEMU's default) over a raw backing file: partial-cluster writes copy the
+    // rest of the cluster from it, and the data flush before the L2 update is what keeps them.
+    // 4 GiB (65,536 clusters) so that allocations go on all run; two L2 tables of 2 GiB, so L1
+    // updates are the `qed` scenario's business.
+    config.image.size_bytes = 4 * GIB;
+    config.image.base_bytes = 3 * GIB;
+    config.image.block_bytes = 64 << 10;
+    config.image.chunk_bytes = MIB;
+    config.image.journal_bytes = 256 << 10;
+    config.crashes.points = vec![CrashPoint::L2UpdateInFlight, CrashPoint::RandomEvent];
+    config.on_format(super::guest::FormatName::Qed)
+}
+
+fn parallels(seed: Seed) -> RunConfig {
+    let mut config = random(seed);
+    config.scenario = "parallels".into();
+    // 64 KiB clusters; the BAT is written at guest flushes, `in_use` at each open and close (the
+    // run closes and reopens the image to crash there).
+    config.image.size_bytes = 256 * MIB;
+    config.image.base_bytes = 0;
+    config.image.block_bytes = 64 << 10;
+    config.crashes.points = vec![
+        CrashPoint::BatUpdateInFlight,
+        CrashPoint::InUseCleared,
+        CrashPoint::RandomEvent,
+        CrashPoint::InUseSet,
+        CrashPoint::BatUpdateInFlight,
+    ];
+    config.on_format(super::guest::FormatName::Parallels)
+}
+
 /// Every named scenario.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -776,6 +992,26 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "a short random run crashed at every one of its events in turn (clean, prefix, random), each recovered and verified",
         build: exhaustive,
     },
+    Scenario {
+        name: "qed",
+        description: "QED, no backing file, 4 KiB clusters on a 16 GiB disk: crashes at need-check set, L2 and L1 updates in flight",
+        build: qed,
+    },
+    Scenario {
+        name: "exhaustive-qed",
+        description: "exhaustive on QED without a backing file: every moment of a short run, many crash states each",
+        build: exhaustive_qed,
+    },
+    Scenario {
+        name: "qed-backing",
+        description: "QED with 64 KiB clusters over a raw backing file: copy-on-write of partial clusters, crashes at L2 and L1 updates",
+        build: qed_backing,
+    },
+    Scenario {
+        name: "parallels",
+        description: "Parallels with 64 KiB clusters: crashes at BAT writes and at in_use set and cleared (clean close and reopen)",
+        build: parallels,
+    },
 ];
 
 /// The scenario called `name`.
@@ -804,12 +1040,17 @@ pub fn draw_schedule(config: &RunConfig, total_requests: u64) -> Vec<CrashSpec> 
                 CrashPoint::RandomEvent => rng.range_inclusive(1, 5_000),
                 CrashPoint::JournalWriteInFlight | CrashPoint::JournalWriteLanded => rng.range_inclusive(1, 4),
                 CrashPoint::RecordQueued => rng.range_inclusive(1, 16),
+                CrashPoint::L2UpdateInFlight | CrashPoint::BatUpdateInFlight => rng.range_inclusive(1, 4),
                 // Rare points: the first one after arming.
                 CrashPoint::MidRecycle
                 | CrashPoint::MetadataWrittenHome
                 | CrashPoint::CopyStore
                 | CrashPoint::CommitDataFlush
-                | CrashPoint::CommitLanded => 1,
+                | CrashPoint::CommitLanded
+                | CrashPoint::NeedCheckSet
+                | CrashPoint::L1UpdateInFlight
+                | CrashPoint::InUseSet
+                | CrashPoint::InUseCleared => 1,
             };
             let strategy = match rng.below(4) {
                 0 => CrashStrategy::Prefix,

@@ -34,6 +34,7 @@ pub const PATHS: &[&str] = &[
     "guest: read failed",
     "guest: write failed",
     "guest: flush failed",
+    "run: clean close and reopen mid-workload",
     // Crash points (where each applied crash fired).
     "crash: random-event",
     "crash: journal-write-in-flight",
@@ -44,6 +45,12 @@ pub const PATHS: &[&str] = &[
     "crash: record-queued",
     "crash: commit-data-flush",
     "crash: commit-landed",
+    "crash: need-check-set",
+    "crash: l2-update-in-flight",
+    "crash: l1-update-in-flight",
+    "crash: bat-update-in-flight",
+    "crash: in-use-set",
+    "crash: in-use-cleared",
     "crash: at the end of the workload",
     "crash: enumerated crash state",
     // Configuration dimensions.

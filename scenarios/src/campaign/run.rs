@@ -24,7 +24,7 @@ pub use super::outcome::{
     SectorFailure, Watcher,
 };
 use super::verify::{check_image, verify_after_crash};
-use super::workload::{Arming, Driver, Requests, Shared, TraceFacts, run_segment};
+use super::workload::{Arming, Driver, Requests, Shared, TraceFacts, arm_crash, run_segment};
 
 fn device_profile(name: &str) -> Result<DeviceProfile, ConfigError> {
     DeviceProfile::named(name).ok_or_else(|| {
@@ -82,15 +82,16 @@ pub fn validate(config: &RunConfig) -> Result<(), ConfigError> {
     {
         return Err(ConfigError("random workload: testers and max_sectors must be positive".into()));
     }
-    if config.format != FormatName::Fvd {
-        let format = config.format;
-        let named = config.crashes.points.iter().chain(config.crashes.schedule.iter().flatten().map(|s| &s.point));
-        if let Some(point) = named.copied().find(|p| *p != CrashPoint::RandomEvent) {
-            return Err(ConfigError(format!(
-                "format {format}: crash point {} is FVD's; {format} crashes at random events",
-                point.name()
-            )));
-        }
+    let format = config.format;
+    let named = config.crashes.points.iter().chain(config.crashes.schedule.iter().flatten().map(|s| &s.point));
+    if let Some((point, owner)) = named.filter_map(|p| p.format().map(|f| (p, f))).find(|(_, f)| *f != format) {
+        return Err(ConfigError(format!(
+            "format {format}: crash point {} is {owner}'s (the points of {format}: {})",
+            point.name(),
+            CrashPoint::named_of(format).iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if format != FormatName::Fvd {
         if config.prefetch.is_some() || config.copy_on_read || config.image.separate_data {
             return Err(ConfigError(format!("format {format}: prefetch, copy-on-read and a data file are FVD's")));
         }
@@ -250,6 +251,7 @@ pub(super) fn run_observed(
         first_event: 0,
         workload_events: 0,
         prefetch: None,
+        restart_due: false,
     }));
     let mut crashes = Vec::new();
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -374,7 +376,9 @@ fn campaign_steps(
         install(rig, driver);
     }
     let mut pending: std::collections::VecDeque<CrashSpec> = schedule.iter().copied().collect();
-    while let Some(fired) = run_until_crash(rig, requests, driver, &image, pending.front().copied(), schedule.len())? {
+    while let Some(fired) =
+        run_until_crash(config, rig, requests, driver, &mut image, pending.front().copied(), schedule.len())?
+    {
         let spec = pending.pop_front().expect("a crash fired only when one was pending");
         add_stats(driver, &image);
         image = crash_and_recover(config, rig, driver, crashes, spec, fired)?;
@@ -406,10 +410,11 @@ struct Fired {
 /// Runs the workload with `next` armed; `Some` when a crash is due (it fired, or the workload
 /// ended with it pending), `None` when the workload ended with nothing pending.
 fn run_until_crash(
+    config: &RunConfig,
     rig: &Rig,
     requests: &Requests,
     driver: &Shared,
-    image: &GuestImage,
+    image: &mut GuestImage,
     next: Option<CrashSpec>,
     planned: usize,
 ) -> Result<Option<Fired>, Stop> {
@@ -417,23 +422,26 @@ fn run_until_crash(
         let mut d = driver.borrow_mut();
         d.arm = next.map(|spec| {
             // Recycles are rare where rewrites take the fast path: give them two segments.
-            let rare = matches!(
-                spec.point,
-                CrashPoint::MidRecycle
-                    | CrashPoint::MetadataWrittenHome
-                    | CrashPoint::CopyStore
-                    | CrashPoint::CommitDataFlush
-                    | CrashPoint::CommitLanded
-            );
-            let window = fallback_window(d.total, planned) * if rare { 2 } else { 1 };
+            let window = fallback_window(d.total, planned) * if spec.point.is_rare() { 2 } else { 1 };
             Arming { spec, armed: false, fallback_at_request: spec.after_request + window }
         });
         d.fired = None;
     }
-    let outcome = run_segment(rig, requests, driver, image);
-    if driver.borrow().failure.is_some() || driver.borrow().summary.interrupted {
-        return Err(Stop::Recorded);
-    }
+    let outcome = loop {
+        let outcome = run_segment(rig, requests, driver, image);
+        if driver.borrow().failure.is_some() || driver.borrow().summary.interrupted {
+            return Err(Stop::Recorded);
+        }
+        if outcome.is_ok() && driver.borrow().restart_due {
+            let spec = next.expect("a restart is due only for an armed crash");
+            if let Some(fired) = restart(config, rig, driver, image, spec)? {
+                return Ok(Some(fired));
+            }
+            // The point comes later in the workload (NEED_CHECK at the first allocating write).
+            continue;
+        }
+        break outcome;
+    };
     match outcome {
         Ok(()) if next.is_none() => Ok(None),
         Ok(()) => {
@@ -453,6 +461,60 @@ fn run_until_crash(
             Err(Stop::fail(FailureClass::Liveness, format!("liveness: {error}")))
         }
     }
+}
+
+/// Closes the image cleanly in the middle of the workload and reopens it, with the crash `spec`
+/// armed ([`CrashPoint::at_restart`]): `Some` where it fired if that was in the close or the
+/// open; `None` when the point comes later (the workload carries on with it armed, and falls
+/// back to a random event as usual if it never comes). The completed close counts as a guest
+/// flush for the oracle (every write completed before it must survive) and is followed by a
+/// check. Injected faults are off meanwhile: the plan is about the workload's requests.
+fn restart(
+    config: &RunConfig,
+    rig: &Rig,
+    driver: &Shared,
+    image: &mut GuestImage,
+    spec: CrashSpec,
+) -> Result<Option<Fired>, Stop> {
+    assert!(spec.point.at_restart(), "only points of the close or the open restart the image");
+    let fired = |driver: &Shared| Fired {
+        point: driver.borrow().fired.unwrap_or(CrashPoint::RandomEvent),
+        at_workload_end: false,
+    };
+    {
+        let mut d = driver.borrow_mut();
+        d.restart_due = false;
+        if let Some(arm) = d.arm.as_mut() {
+            arm.armed = true;
+        }
+        super::coverage::add(&mut d.summary.coverage, "run: clean close and reopen mid-workload", 1);
+    }
+    add_stats(driver, image);
+    arm_crash(driver, &rig.sim.handle(), spec);
+    rig.image.set_faults(FaultPlan::default());
+    let ticket = driver.borrow_mut().oracle.flush_submitted();
+    let closing = image.clone();
+    match rig.sim.run(async move { closing.close().await }) {
+        Ok(Ok(())) => driver.borrow_mut().oracle.flush_completed(ticket, true),
+        Ok(Err(error)) => {
+            return Err(Stop::fail(
+                FailureClass::UnexpectedError,
+                format!("a clean close before a reopen failed: {error}"),
+            ));
+        }
+        Err(RunError::Halted(_)) => return Ok(Some(fired(driver))),
+        Err(error) => return Err(Stop::fail(FailureClass::Liveness, format!("liveness at a clean close: {error}"))),
+    }
+    check_image(rig, config.profile.into(), "after a clean close before a reopen")?;
+    match rig.open_guest(open_options(config)) {
+        Ok(reopened) => *image = reopened,
+        Err(crate::rig::RigError::Run(RunError::Halted(_))) => return Ok(Some(fired(driver))),
+        Err(error) => {
+            return Err(Stop::fail(FailureClass::Check, format!("the reopen after a clean close failed: {error}")));
+        }
+    }
+    rig.image.set_faults(config.faults.clone());
+    Ok(None)
 }
 
 /// Crashes the world per `spec`, reopens (recovery), verifies and checks; returns the reopened

@@ -124,7 +124,7 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
     let v1 = rng.ratio(1, 8);
     let profile = if profiles == SwarmProfiles::WithV1 && v1 { ProfileName::V1 } else { ProfileName::Hardened };
     let commit = if rng.ratio(1, 3) { CommitName::Sync } else { CommitName::Group };
-    let points: Vec<CrashPoint> = (0..rng.range_inclusive(1, 5)).map(|_| pick(rng, &CrashPoint::ALL)).collect();
+    let points: Vec<CrashPoint> = (0..rng.range_inclusive(1, 5)).map(|_| pick(rng, &CrashPoint::FVD)).collect();
     let units = [AtomicUnit::Sector, AtomicUnit::Page, AtomicUnit::None];
     let atomic_units: Vec<AtomicUnit> = (0..rng.range_inclusive(1, 2)).map(|_| pick(rng, &units)).collect();
     let faults = match rng.below(5) {

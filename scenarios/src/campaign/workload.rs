@@ -6,8 +6,6 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use fvd_engine::ProgressPoint;
-
 use super::guest::GuestImage;
 use fvd_reports::latency::LatencyRecorder;
 use fvd_sim::{RunError, SimHandle, SimRng};
@@ -72,6 +70,9 @@ pub(super) struct Driver {
     /// Events from the first workload request to the end of the workload.
     pub(super) workload_events: u64,
     pub(super) prefetch: Option<fvd_engine::PrefetchTelemetry>,
+    /// The armed crash is at a point of the close or the open: the workload stops claiming
+    /// requests so that the image can be closed cleanly and reopened.
+    pub(super) restart_due: bool,
 }
 
 /// A crash waiting for its request count, then for its point.
@@ -225,10 +226,16 @@ pub(super) fn run_segment(rig: &Rig, requests: &Requests, driver: &Shared, image
 /// Claims the next request index (arming a crash on the way); `None` when the workload is done.
 pub(super) fn claim(driver: &Shared, handle: &SimHandle) -> Option<u64> {
     let mut d = driver.borrow_mut();
-    if d.next_request >= d.total || d.failure.is_some() || handle.halted() {
+    if d.next_request >= d.total || d.failure.is_some() || handle.halted() || d.restart_due {
         return None;
     }
     let index = d.next_request;
+    if d.arm.as_ref().is_some_and(|a| !a.armed && a.spec.point.at_restart() && index + 1 >= a.spec.after_request) {
+        // A point of the close or the open: the workload pauses here until the image has been
+        // closed cleanly and reopened with the crash armed (`run_until_crash`).
+        d.restart_due = true;
+        return None;
+    }
     if index == 0 {
         d.first_event = handle.event_count();
     }
@@ -260,25 +267,15 @@ pub(super) fn claim(driver: &Shared, handle: &SimHandle) -> Option<u64> {
 }
 
 pub(super) fn arm_crash(driver: &Shared, handle: &SimHandle, spec: CrashSpec) {
-    let wanted = match spec.point {
-        CrashPoint::RandomEvent => {
-            handle.halt_after_events(Some(handle.event_count() + spec.occurrence));
-            driver.borrow_mut().fired = Some(CrashPoint::RandomEvent);
-            return;
-        }
-        CrashPoint::JournalWriteInFlight => ProgressPoint::JournalWriteSubmitted,
-        CrashPoint::JournalWriteLanded => ProgressPoint::JournalWriteCompleted,
-        CrashPoint::MidRecycle => ProgressPoint::RecycleBegin,
-        CrashPoint::MetadataWrittenHome => ProgressPoint::MetadataWrittenHome,
-        CrashPoint::CopyStore => ProgressPoint::CopyStored,
-        CrashPoint::RecordQueued => ProgressPoint::RecordQueued,
-        CrashPoint::CommitDataFlush => ProgressPoint::CommitDataFlushSubmitted,
-        CrashPoint::CommitLanded => ProgressPoint::CommitDurable,
+    let Some((wanted, detail)) = spec.point.progress() else {
+        handle.halt_after_events(Some(handle.event_count() + spec.occurrence));
+        driver.borrow_mut().fired = Some(CrashPoint::RandomEvent);
+        return;
     };
     let mut seen = 0u64;
     let hook_driver = Rc::clone(driver);
     handle.set_progress_hook(move |progress, _| {
-        if progress.point != wanted {
+        if progress.point != wanted || detail.is_some_and(|d| d != progress.detail) {
             return false;
         }
         seen += 1;
