@@ -15,8 +15,9 @@ pub(crate) fn io(what: &'static str) -> impl Fn(fvd_contract::DeviceError) -> Pa
 /// An open Parallels image.
 ///
 /// Writes allocate a cluster at the end of the data area (QEMU's first-free choice, as no cluster
-/// is ever freed here), one allocation at a time; the BAT is updated in memory and written at flush and close, with no
-/// ordering against the data (QEMU's way: the format promises nothing more). A writable open sets
+/// is ever freed here), one allocation at a time; the BAT is updated in memory and written at
+/// flush and close, after a flush that makes the clusters it names durable (QEMU writes it with
+/// no such flush: docs/parallels.md). A writable open sets
 /// `in_use`; close writes the BAT, clears `in_use`, flushes and truncates the file to the end of
 /// the data. A writable open of an image left in use (or otherwise inconsistent) repairs it first.
 pub struct ParallelsImage {
@@ -194,6 +195,11 @@ impl ParallelsImage {
         // a flushed write was lost at the next crash).
         self.bat_dirty.set(false);
         let bytes: Vec<u8> = self.bat.borrow().iter().flat_map(|e| e.to_le_bytes()).collect();
+        // Every cluster this snapshot names was grown into the file before its entry was set:
+        // make that growth durable before the BAT can name it. QEMU's driver does not order the
+        // two, and a crash between them leaves entries beyond the end of the file, a corruption
+        // on which QEMU 10.0.2's `qemu-img check` aborts (docs/parallels.md, "BAT after growth").
+        self.image.flush().await.map_err(io("flush before the BAT"))?;
         let write = self.image.write_at(HEADER_BYTES, &bytes, WriteFlags::NONE);
         self.progress(ProgressPoint::BatWriteSubmitted, bytes.len() as u64 / 4);
         write.await.map_err(io("write BAT"))?;
