@@ -877,7 +877,7 @@ fn main() -> ExitCode {
             };
             if args.check_determinism {
                 check_determinism(&config, args.quiet)
-            } else if config.scenario.starts_with("exhaustive") {
+            } else if config.enumerates() {
                 exhaustive(&config, &args.out, args.jobs as usize)
             } else {
                 match run_and_report(&config, &args.out, args.log_events, args.quiet) {
@@ -1010,8 +1010,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Scenarios => {
+            let width = SCENARIOS.iter().map(|s| s.name.len()).max().unwrap_or(0);
             for s in SCENARIOS {
-                say!("{:<14} {}", s.name, s.description);
+                say!("{:<width$}  {}", s.name, s.description);
             }
             ExitCode::SUCCESS
         }

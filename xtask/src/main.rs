@@ -84,7 +84,7 @@ fn campaigns() -> Result<()> {
         }
     }
     // The formats' own scenarios: crashes at QED's and Parallels' named points.
-    for scenario in ["qed", "qed-backing", "parallels", "exhaustive-qed"] {
+    for scenario in ["qed", "qed-backing", "parallels", "qed-exhaustive"] {
         for seed in ["1", "2", "3"] {
             let out = format!("target/ci-campaigns/{scenario}-{seed}");
             run(

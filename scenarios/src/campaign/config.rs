@@ -533,6 +533,12 @@ impl RunConfig {
         if clean.is_empty() { "trace".into() } else { clean }
     }
 
+    /// True for the scenarios whose crash states are enumerated (`fvdsim run` runs them through
+    /// `campaign::enumerate`): those with `exhaustive` among the words of their name.
+    pub fn enumerates(&self) -> bool {
+        self.scenario.split('-').any(|word| word == "exhaustive")
+    }
+
     /// This configuration on another image format, with what that format cannot do removed or
     /// translated: named crash points become the format's own ([`CrashPoint::for_format`]); QED
     /// and Parallels have no prefetch, copy-on-read or separate data file, and Parallels no base
@@ -542,6 +548,14 @@ impl RunConfig {
         self.crashes.points = CrashPoint::for_format(&self.crashes.points, format);
         if format == FormatName::Fvd {
             return self;
+        }
+        if format == FormatName::Qed && self.image.base_bytes > 0 {
+            // QED never sets NEED_CHECK over a backing file: aim at the L2 update instead.
+            for point in &mut self.crashes.points {
+                if *point == CrashPoint::NeedCheckSet {
+                    *point = CrashPoint::L2UpdateInFlight;
+                }
+            }
         }
         self.prefetch = None;
         self.copy_on_read = false;
@@ -876,9 +890,9 @@ fn qed(seed: Seed) -> RunConfig {
     config.on_format(super::guest::FormatName::Qed)
 }
 
-fn exhaustive_qed(seed: Seed) -> RunConfig {
+fn qed_exhaustive(seed: Seed) -> RunConfig {
     let mut config = exhaustive(seed);
-    config.scenario = "exhaustive-qed".into();
+    config.scenario = "qed-exhaustive".into();
     // No backing file (so NEED_CHECK guards every allocation), 4 KiB clusters: eight L2 tables
     // of 8 MiB, so a short run allocates both new tables and entries in existing ones.
     config.image.base_bytes = 0;
@@ -998,13 +1012,13 @@ pub const SCENARIOS: &[Scenario] = &[
         build: qed,
     },
     Scenario {
-        name: "exhaustive-qed",
+        name: "qed-exhaustive",
         description: "exhaustive on QED without a backing file: every moment of a short run, many crash states each",
-        build: exhaustive_qed,
+        build: qed_exhaustive,
     },
     Scenario {
         name: "qed-backing",
-        description: "QED with 64 KiB clusters over a raw backing file: copy-on-write of partial clusters, crashes at L2 and L1 updates",
+        description: "QED with 64 KiB clusters over a 3 GiB raw backing file: copy-on-write of partial clusters, crashes at L2 updates",
         build: qed_backing,
     },
     Scenario {
