@@ -30,6 +30,9 @@ pub struct ParallelsImage {
     pub(crate) bat_dirty: Cell<bool>,
     /// Serialises allocations: a cluster is handed out only once the file has grown to hold it.
     pub(crate) allocating: fvd_contract::AsyncLock,
+    /// Serialises flushes: a flush that finds the BAT clean must not complete before another
+    /// flush's BAT write (whose snapshot may hold this flush's entries) is durable.
+    pub(crate) flushing: fvd_contract::AsyncLock,
     /// Where named progress points are reported (the simulator crashes the world at them);
     /// `None` reports nothing.
     pub(crate) env: Option<Rc<dyn Env>>,
@@ -149,6 +152,7 @@ impl ParallelsImage {
             data_end: Cell::new(data_end),
             bat_dirty: Cell::new(false),
             allocating: fvd_contract::AsyncLock::new(),
+            flushing: fvd_contract::AsyncLock::new(),
             env,
         };
         if writable {
@@ -306,6 +310,11 @@ impl ParallelsImage {
     ///
     /// Errors: [`ParallelsError::Io`].
     pub async fn flush(&self) -> Result<(), ParallelsError> {
+        // Found by crash-state enumeration (`fvdsim run --scenario exhaustive --format parallels
+        // --seed 1 --requests 24`, write #13 lost): once the BAT write waited for the flush
+        // before it, a second flush found the BAT clean and completed while the first one's BAT
+        // write, holding the second's entries, had not landed.
+        let _flushing = self.flushing.lock().await;
         if self.bat_dirty.get() {
             self.write_bat().await?;
         }

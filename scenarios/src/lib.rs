@@ -18,6 +18,7 @@ pub mod fuzz;
 pub mod host;
 pub mod img;
 pub mod oracle;
+pub mod qemu;
 pub mod rig;
 pub mod stamp;
 pub mod trace;

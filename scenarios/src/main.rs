@@ -167,6 +167,12 @@ struct RunArgs {
     /// they cannot do (prefetch, copy-on-read, a data file; Parallels a base image).
     #[arg(long, value_enum)]
     format: Option<fvd_scenarios::campaign::guest::FormatName>,
+    /// QED and Parallels: after every crash, before recovery, judge the crash state with QEMU's
+    /// tools (`qemu-img check`, `check -r all`, `convert`, every sector through the oracle) and
+    /// compare our recovery with QEMU's repair. Needs `qemu-img`; runs on host files, so the
+    /// simulated run (and its event log) is the same without it.
+    #[arg(long)]
+    qemu_judge: bool,
     /// Worker threads for crash-state enumeration (the exhaustive scenarios); the states
     /// verified and the verdict are the same for any number.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
@@ -299,6 +305,7 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
     if let Some(format) = args.format {
         config = config.on_format(format);
     }
+    config.qemu_judge |= args.qemu_judge;
     if let Some(commit) = args.commit {
         config.commit = commit;
     }
@@ -387,6 +394,9 @@ fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
     );
     say!("  crashes             {}", crash_line(s));
     say!("  sectors verified    {}", s.sectors_verified);
+    if let Some(line) = fvd_scenarios::campaign::output::qemu_line(s) {
+        say!("  qemu judge          {line}");
+    }
     say!("  journal             {} writes, {} recycles", s.journal_writes, s.recycles);
     say!("  failures            {}", u8::from(outcome.failure.is_some()));
     say!("  simulated time      {:.3} s", s.simulated_seconds);

@@ -81,6 +81,8 @@ pub mod streams {
     pub const SWARM: &str = "swarm";
     /// Crash-state enumeration: torn-byte counts and sampled sectors of each derived state.
     pub const CRASH_STATES: &str = "crash-states";
+    /// The QEMU judge's sample of unwritten sectors on large disks (`fvdsim run --qemu-judge`).
+    pub const QEMU_JUDGE: &str = "qemu-judge";
     /// Crash points chosen by the simulator benchmark.
     pub const BENCH_CRASH_POINTS: &str = "crash-points";
 

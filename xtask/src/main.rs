@@ -93,6 +93,34 @@ fn campaigns() -> Result<()> {
             )?;
         }
     }
+    // QEMU as the judge of every crash state of QED and Parallels runs (skipped, with a notice,
+    // where qemu-img is missing; `.ci/run` installs it).
+    let qemu = Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success());
+    if qemu {
+        for (scenario, format) in [("qed", "qed"), ("parallels", "parallels"), ("random", "qed"), ("torn", "parallels")]
+        {
+            run(
+                &format!("campaign {scenario} format {format} judged by QEMU"),
+                &mut fvdsim(&[
+                    "--scenario",
+                    scenario,
+                    "--format",
+                    format,
+                    "--seed",
+                    "1",
+                    "--requests",
+                    "4000",
+                    "--crashes",
+                    "8",
+                    "--qemu-judge",
+                    "--out",
+                    &format!("target/ci-campaigns/judged-{scenario}-{format}"),
+                ]),
+            )?;
+        }
+    } else {
+        eprintln!("xtask: NOTICE: qemu-img is not installed: the QEMU-judged campaigns are skipped");
+    }
     // QED and Parallels through the FVD scenarios (their named points translated, QEMU's repair
     // at open).
     for format in ["qed", "parallels"] {

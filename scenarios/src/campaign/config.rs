@@ -504,6 +504,11 @@ pub struct RunConfig {
     /// The image format (FVD unless said: failure files from before formats existed are FVD).
     #[serde(default)]
     pub format: super::guest::FormatName,
+    /// After every crash, judge the crash state with QEMU's tools before recovery and compare
+    /// our recovery with QEMU's repair (`fvdsim run --qemu-judge`, QED and Parallels; needs
+    /// `qemu-img`). Runs on host files: the simulated run is the same with or without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qemu_judge: bool,
 }
 
 impl RunConfig {
@@ -672,6 +677,7 @@ fn cloudphysics(seed: Seed) -> RunConfig {
             ..PrefetchSpec::v1_defaults()
         }),
         format: super::guest::FormatName::Fvd,
+        qemu_judge: false,
     }
 }
 
@@ -707,6 +713,7 @@ fn random(seed: Seed) -> RunConfig {
         copy_on_read: false,
         prefetch: None,
         format: super::guest::FormatName::Fvd,
+        qemu_judge: false,
     }
 }
 

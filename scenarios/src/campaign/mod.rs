@@ -8,6 +8,7 @@ pub mod enumerate;
 pub mod guest;
 pub mod outcome;
 pub mod output;
+pub mod qemu_judge;
 pub mod run;
 pub mod shrink;
 pub mod study;

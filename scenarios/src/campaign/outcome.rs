@@ -175,6 +175,9 @@ pub struct RunSummary {
     /// caches), bytes: grows with distinct foreign data written, not with copies of the base.
     #[serde(default)]
     pub disk_resident_bytes: u64,
+    /// What the QEMU judge saw (`--qemu-judge`), if it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<super::qemu_judge::QemuJudgeSummary>,
 }
 
 /// Everything a run produced.

@@ -552,6 +552,7 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
         ),
         ("crashes".into(), crash_line(s)),
         ("sectors verified".into(), s.sectors_verified.to_string()),
+        ("qemu judge".into(), qemu_line(s).unwrap_or_else(|| "not run (--qemu-judge)".into())),
         ("journal".into(), format!("{} writes, {} recycles", s.journal_writes, s.recycles)),
         ("simulated time".into(), format!("{:.3} s", s.simulated_seconds)),
         ("wall time".into(), format!("{:.3} s", report.host.wall_seconds)),
@@ -620,6 +621,23 @@ pub fn redraw_run(dir: &Path) -> Result<usize> {
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
         .count())
+}
+
+/// What the QEMU judge saw, one line (`None` when it did not run).
+pub fn qemu_line(summary: &RunSummary) -> Option<String> {
+    let q = summary.qemu.as_ref()?;
+    let findings = match q.format.as_str() {
+        "parallels" => format!("in_use only {}", q.check_in_use),
+        _ => format!(
+            "corrupt under NEED_CHECK {}, QEMU overcounted leaks in {} (docs/qed.md)",
+            q.check_need_check, q.qemu_leak_overcount
+        ),
+    };
+    Some(format!(
+        "{} crash states judged by {}: qemu-img check clean {}, leaks only {}, {findings} ({} leaked clusters); {} \
+         sectors of QEMU's repair judged, {} compared with our recovery: all agree",
+        q.crash_states, q.version, q.check_clean, q.check_leaks_only, q.leaks, q.sectors_judged, q.sectors_compared
+    ))
 }
 
 /// Crashes by point, one line.

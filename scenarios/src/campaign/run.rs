@@ -23,6 +23,7 @@ pub use super::outcome::{
     ConfigError, CrashSummary, Failure, FailureClass, PROGRESS_EVERY_REQUESTS, Progress, RunOutcome, RunSummary,
     SectorFailure, Watcher,
 };
+use super::qemu_judge::QemuJudge;
 use super::verify::{check_image, verify_after_crash};
 use super::workload::{Arming, Driver, Requests, Shared, TraceFacts, arm_crash, run_segment};
 
@@ -31,6 +32,9 @@ fn device_profile(name: &str) -> Result<DeviceProfile, ConfigError> {
         ConfigError(format!("unknown device profile {name:?} (known: {})", DeviceProfile::BUILT_IN.join(", ")))
     })
 }
+
+/// Largest base image a QEMU-judged run may have.
+pub const QEMU_JUDGE_MAX_BASE_BYTES: u64 = 1 << 30;
 
 /// Most crashes a run may plan (each is a few dozen bytes and a recovery).
 pub const MAX_CRASHES: u32 = 100_000;
@@ -90,6 +94,31 @@ pub fn validate(config: &RunConfig) -> Result<(), ConfigError> {
             point.name(),
             CrashPoint::named_of(format).iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
         )));
+    }
+    if config.qemu_judge {
+        if format == FormatName::Fvd {
+            return Err(ConfigError(
+                "--qemu-judge: QEMU has no FVD driver; judge a run of --format qed or --format parallels".into(),
+            ));
+        }
+        if config.enumerates() {
+            return Err(ConfigError(
+                "--qemu-judge judges the crashes of a run, not enumerated crash states (drop --qemu-judge or pick a \
+                 scenario that is not exhaustive)"
+                    .into(),
+            ));
+        }
+        // QEMU's convert writes the whole disk as it reads it after every crash (backing data
+        // included): keep that bounded.
+        if config.image.base_bytes > QEMU_JUDGE_MAX_BASE_BYTES {
+            return Err(ConfigError(format!(
+                "--qemu-judge: a {} MiB base image is more than the judge copies per crash ({} MiB): QEMU's convert \
+                 writes the backing data after every crash",
+                config.image.base_bytes >> 20,
+                QEMU_JUDGE_MAX_BASE_BYTES >> 20
+            )));
+        }
+        crate::qemu::QemuImg::find().map_err(|e| ConfigError(format!("--qemu-judge: {e}")))?;
     }
     if format != FormatName::Fvd {
         if config.prefetch.is_some() || config.copy_on_read || config.image.separate_data {
@@ -375,13 +404,17 @@ fn campaign_steps(
     if let Some(install) = observer {
         install(rig, driver);
     }
+    let mut judge = match config.qemu_judge {
+        true => Some(QemuJudge::new(rig, config.format, config.seed)?),
+        false => None,
+    };
     let mut pending: std::collections::VecDeque<CrashSpec> = schedule.iter().copied().collect();
     while let Some(fired) =
         run_until_crash(config, rig, requests, driver, &mut image, pending.front().copied(), schedule.len())?
     {
         let spec = pending.pop_front().expect("a crash fired only when one was pending");
         add_stats(driver, &image);
-        image = crash_and_recover(config, rig, driver, crashes, spec, fired)?;
+        image = crash_and_recover(config, rig, driver, crashes, spec, fired, judge.as_mut())?;
         rig.image.set_faults(config.faults.clone());
     }
     finish(config, rig, driver, image)
@@ -526,6 +559,7 @@ fn crash_and_recover(
     crashes: &mut Vec<CrashSummary>,
     spec: CrashSpec,
     fired: Fired,
+    judge: Option<&mut QemuJudge>,
 ) -> Result<GuestImage, Stop> {
     let record = rig.crash(CrashPlan { strategy: spec.strategy, atomic_unit: spec.atomic_unit });
     let (kept, dropped, torn) = record.unit_counts();
@@ -549,6 +583,12 @@ fn crash_and_recover(
         driver.borrow_mut().summary.interrupted = true;
         return Err(Stop::Recorded);
     }
+    let torn_allowed = spec.atomic_unit == fvd_sim::AtomicUnit::None;
+    // QEMU judges the crash state before our recovery changes it (host files only).
+    let judged = match judge {
+        Some(judge) => Some((judge.before_recovery(rig, driver, crashes.len() + 1, torn_allowed)?, judge)),
+        None => None,
+    };
     // Recovery runs without injected faults: the plan is about the workload's requests.
     rig.image.set_faults(FaultPlan::default());
     let image = rig.open_guest(open_options(config)).map_err(|error| {
@@ -569,7 +609,10 @@ fn crash_and_recover(
         let key = super::coverage::crash_key(fired.point, fired.at_workload_end);
         *d.summary.coverage.entry(key).or_default() += 1;
     }
-    let torn_allowed = spec.atomic_unit == fvd_sim::AtomicUnit::None;
+    if let Some((state, judge)) = judged {
+        judge.after_recovery(rig, driver, state)?;
+        driver.borrow_mut().summary.qemu = Some(judge.summary.clone());
+    }
     let verified = verify_after_crash(rig, &image, driver, config.verify_sample_sectors, torn_allowed)?;
     check_image(rig, config.profile.into(), &format!("after crash {}", crashes.len() + 1))?;
     image.assert_invariants();

@@ -109,6 +109,7 @@ pub fn study_config(seed: Seed, spec: Option<PrefetchSpec>, requests: u64) -> Ru
         copy_on_read: false,
         prefetch: spec,
         format: super::guest::FormatName::Fvd,
+        qemu_judge: false,
     }
 }
 

@@ -179,6 +179,7 @@ fn draw(seed: Seed, rng: &mut SimRng, profiles: SwarmProfiles) -> RunConfig {
         copy_on_read,
         prefetch,
         format: super::guest::FormatName::Fvd,
+        qemu_judge: false,
     };
     let mut config = config.on_format(format);
     if format == super::guest::FormatName::Qed {
