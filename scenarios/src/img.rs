@@ -1,6 +1,7 @@
-//! `fvdsim img`: build, inspect, check, repair, read and write FVD (and QED) images on real files,
-//! the way `qemu-img` and `qemu-io` do, so a user can examine the image a failing simulated run
-//! saved. A QED image is recognised by its magic (see the `qed` submodule).
+//! `fvdsim img`: build, inspect, check, repair, read and write FVD, QED and Parallels images on
+//! real files, the way `qemu-img` and `qemu-io` do, so a user can examine the image a failing
+//! simulated run saved. QED and Parallels images are recognised by their magic (the `qed` and
+//! `parallels` submodules).
 //!
 //! Exit codes: 0 success, 1 a check found corruption or a pattern mismatched, 3 usage or input
 //! error (a corrupt image that cannot be opened is an input error).
@@ -27,6 +28,7 @@ use fvd_sim::Seed;
 
 use crate::host::{FileDevice, HostEnv, HostExecutor};
 
+mod parallels;
 mod qed;
 
 /// Exit code of a successful command.
@@ -139,6 +141,8 @@ pub enum FormatArg {
     Fvd,
     /// QED, QEMU's layout (`docs/qed.md`).
     Qed,
+    /// Parallels, QEMU's layout (`docs/parallels.md`).
+    Parallels,
 }
 
 /// Options of `img create`.
@@ -147,7 +151,8 @@ pub struct CreateArgs {
     /// Image format.
     #[arg(long, short = 'f', value_enum, default_value = "fvd")]
     pub format: FormatArg,
-    /// QED: cluster size (a power of two, 4K to 64M; default 64K).
+    /// QED: cluster size (a power of two, 4K to 64M; default 64K). Parallels: cluster size (a
+    /// multiple of 512; default 1M, as qemu-img).
     #[arg(long, value_parser = parse_size)]
     pub cluster_size: Option<u64>,
     /// QED: table size in clusters (a power of two, 1 to 16; default 4).
@@ -410,12 +415,20 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
     let executor = HostExecutor::new();
     match command {
         ImgCommand::Create(args) if args.format == FormatArg::Qed => qed::create(&executor, &args),
+        ImgCommand::Create(args) if args.format == FormatArg::Parallels => parallels::create(&executor, &args),
         ImgCommand::Create(args) => create(&executor, args),
         ImgCommand::Info { image } if qed::is_qed(&image) => qed::info(&image),
         ImgCommand::Check { repair, image, .. } if qed::is_qed(&image) => qed::check(&executor, &image, repair),
         ImgCommand::Read(args) if qed::is_qed(&args.image) => qed::read(&executor, &args),
         ImgCommand::Write(args) if qed::is_qed(&args.image) => qed::write(&executor, &args),
         ImgCommand::Map { image } if qed::is_qed(&image) => qed::map(&executor, &image),
+        ImgCommand::Info { image } if parallels::is_parallels(&image) => parallels::info(&image),
+        ImgCommand::Check { repair, image, .. } if parallels::is_parallels(&image) => {
+            parallels::check(&executor, &image, repair)
+        }
+        ImgCommand::Read(args) if parallels::is_parallels(&args.image) => parallels::read(&executor, &args),
+        ImgCommand::Write(args) if parallels::is_parallels(&args.image) => parallels::write(&executor, &args),
+        ImgCommand::Map { image } if parallels::is_parallels(&image) => parallels::map(&executor, &image),
         ImgCommand::Info { image } => info(&executor, &image),
         ImgCommand::Check { repair, profile, image } => {
             let header = read_header(&image)?;
@@ -655,7 +668,9 @@ impl Drop for TempFiles {
 
 fn create(executor: &HostExecutor, args: CreateArgs) -> Result<u8, ImgError> {
     if args.cluster_size.is_some() || args.table_size.is_some() {
-        return Err(ImgError::input("--cluster-size and --table-size are QED options (use --format qed)"));
+        return Err(ImgError::input(
+            "--cluster-size and --table-size are QED and Parallels options (use --format qed or parallels)",
+        ));
     }
     // 1. Validate everything; nothing is created or truncated yet.
     let image_path = &args.image;
