@@ -12,6 +12,7 @@ macro_rules! say {
 pub mod bench;
 pub mod bench_crash_states;
 pub mod bench_engine;
+pub mod bench_formats;
 pub mod bench_scale;
 pub mod campaign;
 pub mod fuzz;

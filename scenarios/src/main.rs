@@ -100,6 +100,10 @@ enum Command {
         /// `scale` only: run one part in this process and print its JSON (what the parent runs).
         #[arg(long, hide = true)]
         part: Option<String>,
+        /// `engine` only: benchmark our QED or Parallels engine beside QEMU's driver for the same
+        /// format instead of FVD beside qcow2.
+        #[arg(long, value_enum)]
+        format: Option<fvd_scenarios::campaign::guest::FormatName>,
     },
 }
 
@@ -1033,6 +1037,29 @@ fn main() -> ExitCode {
                 ExitCode::from(error.code)
             }
         },
+        Command::Bench { which: BenchKind::Engine, json, format: Some(format), .. }
+            if format != fvd_scenarios::campaign::guest::FormatName::Fvd =>
+        {
+            use fvd_scenarios::bench_formats::{format_header, format_row_line, run_format_bench};
+            let options = fvd_scenarios::bench_engine::EngineBenchOptions::default();
+            if !json {
+                let qemu = fvd_scenarios::qemu::QemuImg::find().ok();
+                say!("{}", format_header(&options, format, qemu.as_ref().map(|q| q.version())));
+            }
+            match run_format_bench(&options, format, |row| {
+                if !json {
+                    say!("{}", format_row_line(row));
+                }
+            }) {
+                Ok(report) => {
+                    if json {
+                        say!("{}", serde_json::to_string(&report).expect("bench report serialises"));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => usage(format!("bench engine --format {format}: {error:#}")),
+            }
+        }
         Command::Bench { which: BenchKind::Engine, json, .. } => {
             use fvd_scenarios::bench_engine::{EngineBenchOptions, header, row_line, run_engine_bench};
             let options = EngineBenchOptions::default();

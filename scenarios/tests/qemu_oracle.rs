@@ -479,3 +479,23 @@ fn qemu_img_check_overcounts_qed_leaks_by_one_per_cluster_size_minus_one_cluster
         );
     }
 }
+
+#[test]
+fn the_format_benchmark_measures_both_drivers_on_the_same_writes() {
+    use fvd_scenarios::bench_engine::EngineBenchOptions;
+    use fvd_scenarios::bench_formats::run_format_bench;
+    use fvd_scenarios::campaign::guest::FormatName;
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineBenchOptions { dir: dir.path().to_path_buf(), base_bytes: 4 << 20, block_bytes: 64 << 10 };
+    for format in [FormatName::Qed, FormatName::Parallels] {
+        let report = run_format_bench(&options, format, |_| {}).unwrap();
+        assert_eq!(report.rows.len(), 4, "allocating and rewrite at queue depths 1 and 16");
+        for row in &report.rows {
+            assert!(row.ours_iops > 0.0, "{row:?}");
+            // Where qemu-img is installed, every row has QEMU's figure and the ratio.
+            assert_eq!(row.qemu_iops.is_some(), qemu_present(), "{row:?}");
+            assert_eq!(row.ratio.is_some(), row.qemu_iops.is_some(), "{row:?}");
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the benchmark leaves no files behind");
+}

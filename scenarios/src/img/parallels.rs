@@ -63,7 +63,10 @@ pub(super) fn info(path: &Path) -> Result<u8, ImgError> {
     say!("virtual size: {} ({} bytes)", human_size(header.disk_bytes()), header.disk_bytes());
     say!("disk size: {}", human_size(allocated_bytes(path).unwrap_or(0)));
     say!("cluster_size: {}", header.cluster_bytes());
-    say!("magic: {}", if header.ext { "WithouFreSpacExt (BAT counts clusters)" } else { "WithoutFreeSpace (BAT counts sectors)" });
+    say!(
+        "magic: {}",
+        if header.ext { "WithouFreSpacExt (BAT counts clusters)" } else { "WithoutFreeSpace (BAT counts sectors)" }
+    );
     say!("BAT: {} entries after the 64-byte header; data from sector {}", header.bat_entries, header.data_off_sectors);
     say!("geometry: {} heads, {} cylinders", header.heads, header.cylinders);
     say!("dirty flag: {}", header.in_use());
@@ -194,7 +197,9 @@ pub(super) fn create(executor: &HostExecutor, args: &CreateArgs) -> Result<u8, I
         ("--data-file", args.data_file.is_some()),
     ];
     if let Some((option, _)) = not_parallels.iter().find(|(_, given)| *given) {
-        return Err(ImgError::input(format!("{option} is not a Parallels setting (Parallels images here have no backing file)")));
+        return Err(ImgError::input(format!(
+            "{option} is not a Parallels setting (Parallels images here have no backing file)"
+        )));
     }
     let size = args.size.ok_or_else(|| ImgError::input("--size is required"))?;
     let cluster = args.cluster_size.unwrap_or(DEFAULT_CLUSTER_BYTES);
