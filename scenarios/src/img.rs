@@ -28,8 +28,11 @@ use fvd_sim::Seed;
 
 use crate::host::{FileDevice, HostEnv, HostExecutor};
 
+pub mod json;
 mod parallels;
 mod qed;
+
+use json::{CheckJson, InfoJson, MapEntry, Output};
 
 /// Exit code of a successful command.
 pub const EXIT_OK: u8 = 0;
@@ -109,6 +112,9 @@ pub enum ImgCommand {
     Create(CreateArgs),
     /// Print the header, layout and allocation of an image.
     Info {
+        /// `human` (default) or `json` (qemu-img's keys).
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
         /// The image file.
         image: PathBuf,
     },
@@ -117,6 +123,9 @@ pub enum ImgCommand {
         /// Repair what is found.
         #[arg(long)]
         repair: bool,
+        /// `human` (default) or `json` (qemu-img's keys).
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
         /// Engine behaviour (decides how the journal is read).
         #[arg(long, value_enum, default_value = "hardened")]
         profile: ProfileArg,
@@ -129,6 +138,10 @@ pub enum ImgCommand {
     Write(RangeArgs),
     /// Print where each range of the virtual disk lives (base image, image data, unallocated).
     Map {
+        /// `human` (default) or `json` (qemu-img's keys: start, length, depth, present, zero,
+        /// data, offset).
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
         /// The image file.
         image: PathBuf,
     },
@@ -417,25 +430,46 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
         ImgCommand::Create(args) if args.format == FormatArg::Qed => qed::create(&executor, &args),
         ImgCommand::Create(args) if args.format == FormatArg::Parallels => parallels::create(&executor, &args),
         ImgCommand::Create(args) => create(&executor, args),
-        ImgCommand::Info { image } if qed::is_qed(&image) => qed::info(&image),
-        ImgCommand::Check { repair, image, .. } if qed::is_qed(&image) => qed::check(&executor, &image, repair),
+        ImgCommand::Info { image, output } if qed::is_qed(&image) => qed::info(&image, output),
+        ImgCommand::Check { repair, image, output, .. } if qed::is_qed(&image) => {
+            qed::check(&executor, &image, repair, output)
+        }
         ImgCommand::Read(args) if qed::is_qed(&args.image) => qed::read(&executor, &args),
         ImgCommand::Write(args) if qed::is_qed(&args.image) => qed::write(&executor, &args),
-        ImgCommand::Map { image } if qed::is_qed(&image) => qed::map(&executor, &image),
-        ImgCommand::Info { image } if parallels::is_parallels(&image) => parallels::info(&image),
-        ImgCommand::Check { repair, image, .. } if parallels::is_parallels(&image) => {
-            parallels::check(&executor, &image, repair)
+        ImgCommand::Map { image, output } if qed::is_qed(&image) => qed::map(&executor, &image, output),
+        ImgCommand::Info { image, output } if parallels::is_parallels(&image) => parallels::info(&image, output),
+        ImgCommand::Check { repair, image, output, .. } if parallels::is_parallels(&image) => {
+            parallels::check(&executor, &image, repair, output)
         }
         ImgCommand::Read(args) if parallels::is_parallels(&args.image) => parallels::read(&executor, &args),
         ImgCommand::Write(args) if parallels::is_parallels(&args.image) => parallels::write(&executor, &args),
-        ImgCommand::Map { image } if parallels::is_parallels(&image) => parallels::map(&executor, &image),
-        ImgCommand::Info { image } => info(&executor, &image),
-        ImgCommand::Check { repair, profile, image } => {
+        ImgCommand::Map { image, output } if parallels::is_parallels(&image) => {
+            parallels::map(&executor, &image, output)
+        }
+        ImgCommand::Info { image, output } => info(&executor, &image, output),
+        ImgCommand::Check { repair, profile, image, output } => {
             let header = read_header(&image)?;
             // check never reads the base image; it opens the image read-write only to repair.
             let opened = open_devices(&image, &header, repair, BaseNeed::Unused)?;
             let devices = opened.devices;
             let report = executor.block_on(async move { check(&devices, profile.into(), repair).await })?;
+            if output == Output::Json {
+                // A repair fixes everything it found or fails.
+                let (corruptions, leaks) = (report.corruptions.len() as u64, report.leaks.len() as u64);
+                let (left, fixed) = if report.repaired { (0, 1) } else { (1, 0) };
+                json::print(&CheckJson {
+                    filename: image.display().to_string(),
+                    format: "fvd",
+                    check_errors: 0,
+                    corruptions: corruptions * left,
+                    leaks: leaks * left,
+                    corruptions_fixed: corruptions * fixed,
+                    leaks_fixed: leaks * fixed,
+                    allocated_clusters: None,
+                    image_end_offset: None,
+                });
+                return Ok(if report.is_clean() || report.repaired { EXIT_OK } else { EXIT_FOUND });
+            }
             for line in &report.corruptions {
                 say!("ERROR {line}");
             }
@@ -462,10 +496,25 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
         }
         ImgCommand::Read(args) => read(&executor, &args),
         ImgCommand::Write(args) => write(&executor, &args),
-        ImgCommand::Map { image } => {
+        ImgCommand::Map { image, output } => {
             let header = read_header(&image)?;
             let opened = open_devices(&image, &header, false, BaseNeed::Tolerated)?;
             let opened = open_engine(&executor, opened.devices, false, Profile::Hardened, Default::default())?;
+            if output == Output::Json {
+                let entries: Vec<MapEntry> = opened
+                    .map()
+                    .into_iter()
+                    .map(|e| match e.source {
+                        MapSource::Base => MapEntry::backing(e.offset_bytes, e.len_bytes),
+                        MapSource::Image { data_offset_bytes } => {
+                            MapEntry::image(e.offset_bytes, e.len_bytes, data_offset_bytes)
+                        }
+                        MapSource::Zero => MapEntry::zeros(e.offset_bytes, e.len_bytes, false),
+                    })
+                    .collect();
+                json::print(&entries);
+                return Ok(EXIT_OK);
+            }
             say!("{:>16} {:>16} {:>16}  where", "offset", "length", "data offset");
             for extent in opened.map() {
                 let (mapped, place) = match extent.source {
@@ -480,7 +529,7 @@ pub fn run(command: ImgCommand) -> Result<u8, ImgError> {
     }
 }
 
-fn info(executor: &HostExecutor, image: &Path) -> Result<u8, ImgError> {
+fn info(executor: &HostExecutor, image: &Path, output: Output) -> Result<u8, ImgError> {
     let header = read_header(image)?;
     // info reads no guest data, so a missing base image is described rather than refused.
     let opened = open_devices(image, &header, false, BaseNeed::Tolerated)?;
@@ -489,6 +538,18 @@ fn info(executor: &HostExecutor, image: &Path) -> Result<u8, ImgError> {
     let info = engine.info();
     let l = info.layout;
     let disk_size = [Some(image.to_path_buf()), data_path].iter().flatten().filter_map(|p| allocated_bytes(p)).sum();
+    if output == Output::Json {
+        json::print(&InfoJson {
+            filename: image.display().to_string(),
+            format: "fvd",
+            virtual_size: l.virtual_size,
+            actual_size: disk_size,
+            cluster_size: (l.block_size > 0).then_some(l.block_size),
+            backing_filename: (!info.base_image.is_empty()).then(|| info.base_image.clone()),
+            dirty_flag: !header.clean_shutdown,
+        });
+        return Ok(EXIT_OK);
+    }
     say!("image: {}", image.display());
     say!("file format: fvd");
     say!("virtual size: {} ({} bytes)", human_size(l.virtual_size), l.virtual_size);

@@ -499,3 +499,58 @@ fn the_format_benchmark_measures_both_drivers_on_the_same_writes() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the benchmark leaves no files behind");
 }
+
+#[test]
+fn our_map_and_info_json_agree_with_qemu_img_on_qemu_made_images() {
+    if !qemu_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fvdsim = env!("CARGO_BIN_EXE_fvdsim");
+    let json = |command: &mut Command| -> serde_json::Value { serde_json::from_str(&run(command)).unwrap() };
+    // A raw backing file full of data (QEMU reports holes in it as zeros; ours has none).
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![0x11u8; 8 << 20]).unwrap();
+    let cases = [
+        ("qed", "a.qed", vec!["-o", "cluster_size=65536"]),
+        ("qed", "b.qed", vec!["-o", "cluster_size=4096", "-b", "base.raw", "-F", "raw"]),
+        ("parallels", "c.prl", vec!["-o", "cluster_size=65536"]),
+    ];
+    for (format, name, options) in cases {
+        let image = dir.path().join(name);
+        run(Command::new("qemu-img")
+            .current_dir(dir.path())
+            .args(["create", "-q", "-f", format])
+            .args(&options)
+            .arg(name)
+            .arg("8M"));
+        let script = dir.path().join("script");
+        std::fs::write(&script, "write -q -P 0x22 0 4k\nwrite -q -P 0x33 1M 200k\nwrite -q -P 0x44 6M 64k\nflush\n")
+            .unwrap();
+        qemu_io(format, &image, &script);
+        if format == "qed" {
+            let zero = dir.path().join("zero");
+            std::fs::write(&zero, "write -q -z 3M 64k\n").unwrap();
+            qemu_io(format, &image, &zero);
+        }
+        let theirs = json(Command::new("qemu-img").args(["map", "-f", format, "--output=json"]).arg(&image));
+        let ours = json(Command::new(fvdsim).args(["img", "map", "--output", "json"]).arg(&image));
+        assert_eq!(ours, theirs, "{name}: map");
+        let theirs = json(Command::new("qemu-img").args(["info", "-f", format, "--output=json"]).arg(&image));
+        let ours = json(Command::new(fvdsim).args(["img", "info", "--output", "json"]).arg(&image));
+        // Every key of ours that QEMU also prints has QEMU's value (QEMU has no cluster size for
+        // Parallels).
+        for key in ["virtual-size", "cluster-size", "dirty-flag", "backing-filename", "format", "actual-size"] {
+            if let Some(value) = theirs.get(key) {
+                assert_eq!(ours.get(key), Some(value), "{name}: info key {key}");
+            }
+        }
+        assert!(theirs.get("virtual-size").is_some(), "{name}: {theirs}");
+        let theirs = json(Command::new("qemu-img").args(["check", "-f", format, "--output=json"]).arg(&image));
+        let ours = json(Command::new(fvdsim).args(["img", "check", "--output", "json"]).arg(&image));
+        for key in ["corruptions", "leaks", "check-errors", "image-end-offset"] {
+            let zero = serde_json::Value::from(0);
+            assert_eq!(ours.get(key).unwrap_or(&zero), theirs.get(key).unwrap_or(&zero), "{name}: check key {key}");
+        }
+    }
+}

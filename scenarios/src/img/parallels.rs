@@ -13,6 +13,7 @@ use fvd_engine::BlockDevice;
 use fvd_parallels::format::{HEADER_BYTES, MAGIC_EXT, MAGIC_OLD};
 use fvd_parallels::{ParallelsError, ParallelsHeader, ParallelsImage};
 
+use super::json::{self, CheckJson, InfoJson, MapEntry, Output};
 use super::{
     CreateArgs, EXIT_FOUND, EXIT_OK, IO_CHUNK_BYTES, ImgError, RangeArgs, TempFiles, allocated_bytes, check_alignment,
     check_range, file_error, human_size,
@@ -56,8 +57,20 @@ fn open(executor: &HostExecutor, path: &Path, writable: bool) -> Result<Parallel
     Ok(opened?)
 }
 
-pub(super) fn info(path: &Path) -> Result<u8, ImgError> {
+pub(super) fn info(path: &Path, output: Output) -> Result<u8, ImgError> {
     let header = read_header(path)?;
+    if output == Output::Json {
+        json::print(&InfoJson {
+            filename: path.display().to_string(),
+            format: "parallels",
+            virtual_size: header.disk_bytes(),
+            actual_size: allocated_bytes(path).unwrap_or(0),
+            cluster_size: Some(header.cluster_bytes()),
+            backing_filename: None,
+            dirty_flag: header.in_use(),
+        });
+        return Ok(EXIT_OK);
+    }
     say!("image: {}", path.display());
     say!("file format: parallels");
     say!("virtual size: {} ({} bytes)", human_size(header.disk_bytes()), header.disk_bytes());
@@ -73,13 +86,27 @@ pub(super) fn info(path: &Path) -> Result<u8, ImgError> {
     Ok(EXIT_OK)
 }
 
-pub(super) fn check(executor: &HostExecutor, path: &Path, repair: bool) -> Result<u8, ImgError> {
+pub(super) fn check(executor: &HostExecutor, path: &Path, repair: bool, output: Output) -> Result<u8, ImgError> {
     let image = open(executor, path, repair)?;
     let report = executor.block_on(async move {
         let report = image.check(repair).await;
         let closed = image.close().await;
         report.and_then(|r| closed.map(|()| r))
     })?;
+    if output == Output::Json {
+        json::print(&CheckJson {
+            filename: path.display().to_string(),
+            format: "parallels",
+            check_errors: 0,
+            corruptions: report.corruptions - report.corruptions_fixed,
+            leaks: report.leaks - report.leaks_fixed,
+            corruptions_fixed: report.corruptions_fixed,
+            leaks_fixed: report.leaks_fixed,
+            allocated_clusters: Some(report.allocated_clusters),
+            image_end_offset: Some(report.image_end_offset),
+        });
+        return Ok(if report.is_consistent() { EXIT_OK } else { EXIT_FOUND });
+    }
     for line in &report.messages {
         say!("ERROR {line}");
     }
@@ -149,7 +176,7 @@ pub(super) fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, Img
     Ok(EXIT_OK)
 }
 
-pub(super) fn map(executor: &HostExecutor, path: &Path) -> Result<u8, ImgError> {
+pub(super) fn map(executor: &HostExecutor, path: &Path, output: Output) -> Result<u8, ImgError> {
     let image = open(executor, path, false)?;
     let header = image.header();
     let cluster = header.cluster_bytes();
@@ -170,6 +197,17 @@ pub(super) fn map(executor: &HostExecutor, path: &Path) -> Result<u8, ImgError> 
             _ => extents.push((at, len, host)),
         }
         at += len;
+    }
+    if output == Output::Json {
+        let entries: Vec<MapEntry> = extents
+            .iter()
+            .map(|&(offset, len, host)| match host {
+                Some(host) => MapEntry::image(offset, len, host),
+                None => MapEntry::zeros(offset, len, false),
+            })
+            .collect();
+        json::print(&entries);
+        return Ok(EXIT_OK);
     }
     say!("{:>16} {:>16} {:>16}  where", "offset", "length", "data offset");
     for (offset, len, host) in extents {

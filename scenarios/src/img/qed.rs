@@ -13,6 +13,7 @@ use fvd_engine::BlockDevice;
 use fvd_qed::format::{F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_BYTES};
 use fvd_qed::{ClusterState, QedCreateOptions, QedError, QedHeader, QedImage};
 
+use super::json::{self, CheckJson, InfoJson, MapEntry, Output};
 use super::{
     CreateArgs, EXIT_FOUND, EXIT_OK, IO_CHUNK_BYTES, ImgError, RangeArgs, TempFiles, absolute, allocated_bytes, beside,
     check_alignment, check_range, file_error, header_name, human_size,
@@ -88,8 +89,20 @@ fn feature_names(features: u64) -> String {
     if names.is_empty() { "none".into() } else { names.join(", ") }
 }
 
-pub(super) fn info(path: &Path) -> Result<u8, ImgError> {
+pub(super) fn info(path: &Path, output: Output) -> Result<u8, ImgError> {
     let (header, backing) = read_header(path)?;
+    if output == Output::Json {
+        json::print(&InfoJson {
+            filename: path.display().to_string(),
+            format: "qed",
+            virtual_size: header.image_bytes,
+            actual_size: allocated_bytes(path).unwrap_or(0),
+            cluster_size: Some(header.cluster_bytes),
+            backing_filename: backing.map(|b| b.display().to_string()),
+            dirty_flag: header.needs_check(),
+        });
+        return Ok(EXIT_OK);
+    }
     say!("image: {}", path.display());
     say!("file format: qed");
     say!("virtual size: {} ({} bytes)", human_size(header.image_bytes), header.image_bytes);
@@ -103,13 +116,27 @@ pub(super) fn info(path: &Path) -> Result<u8, ImgError> {
     Ok(EXIT_OK)
 }
 
-pub(super) fn check(executor: &HostExecutor, path: &Path, repair: bool) -> Result<u8, ImgError> {
+pub(super) fn check(executor: &HostExecutor, path: &Path, repair: bool, output: Output) -> Result<u8, ImgError> {
     let qed = open(executor, path, repair)?;
     let report = executor.block_on(async move {
         let report = qed.check(repair).await;
         let closed = qed.close().await;
         report.and_then(|r| closed.map(|()| r))
     })?;
+    if output == Output::Json {
+        json::print(&CheckJson {
+            filename: path.display().to_string(),
+            format: "qed",
+            check_errors: 0,
+            corruptions: report.corruptions - report.corruptions_fixed,
+            leaks: report.leaks,
+            corruptions_fixed: report.corruptions_fixed,
+            leaks_fixed: 0,
+            allocated_clusters: Some(report.allocated_clusters),
+            image_end_offset: None,
+        });
+        return Ok(if report.is_consistent() { EXIT_OK } else { EXIT_FOUND });
+    }
     for line in &report.messages {
         say!("ERROR {line}");
     }
@@ -182,7 +209,7 @@ pub(super) fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, Img
     Ok(EXIT_OK)
 }
 
-pub(super) fn map(executor: &HostExecutor, path: &Path) -> Result<u8, ImgError> {
+pub(super) fn map(executor: &HostExecutor, path: &Path, output: Output) -> Result<u8, ImgError> {
     let qed = open(executor, path, false)?;
     let header = qed.header();
     let has_backing = header.has_backing_file();
@@ -208,6 +235,19 @@ pub(super) fn map(executor: &HostExecutor, path: &Path) -> Result<u8, ImgError> 
         }
         Ok::<_, QedError>(extents)
     })?;
+    if output == Output::Json {
+        let entries: Vec<MapEntry> = extents
+            .iter()
+            .map(|&(offset, len, state)| match state {
+                ClusterState::Data(host) => MapEntry::image(offset, len, host),
+                ClusterState::Zero => MapEntry::zeros(offset, len, true),
+                ClusterState::Unallocated if has_backing => MapEntry::backing(offset, len),
+                ClusterState::Unallocated => MapEntry::zeros(offset, len, false),
+            })
+            .collect();
+        json::print(&entries);
+        return Ok(EXIT_OK);
+    }
     say!("{:>16} {:>16} {:>16}  where", "offset", "length", "data offset");
     for (offset, len, state) in extents {
         let (mapped, place) = match state {
