@@ -227,15 +227,21 @@ impl QedImage {
             write.await.map_err(io("write new L2"))?;
             // The table must be durable before the L1 entry points at it.
             self.image.flush().await.map_err(io("flush L2 before L1"))?;
-            self.l1.borrow_mut()[l1_index as usize] = l2_offset;
+            // The L1 sector with the new entry; memory takes the entry only once the write has
+            // succeeded. Found by the swarm (`fvdsim run --swarm-seed 0x309619aa82b4790c`, an
+            // injected media error on the L1 write): with memory updated first, a failed L1
+            // write left later allocations in a table no on-disk L1 entry reached, and a crash
+            // lost flushed writes.
             let sector = l1_index * 8 / 512 * 512;
-            let bytes: Vec<u8> = self.l1.borrow()[(sector / 8) as usize..(sector / 8 + 64) as usize]
-                .iter()
-                .flat_map(|e| e.to_le_bytes())
-                .collect();
+            let first_entry = (sector / 8) as usize;
+            let mut entries = self.l1.borrow()[first_entry..first_entry + 64].to_vec();
+            entries[l1_index as usize - first_entry] = l2_offset;
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
             let update = self.image.write_at(header.l1_offset + sector, &bytes, WriteFlags::NONE);
             self.progress(ProgressPoint::L1UpdateSubmitted, l1_index);
             update.await.map_err(io("update L1"))?;
+            assert_eq!(self.l1.borrow()[l1_index as usize], 0, "L1 entries change only under the allocation lock");
+            self.l1.borrow_mut()[l1_index as usize] = l2_offset;
             l2_offset
         };
         self.cache_l2(l2_offset, Rc::new(table));
