@@ -20,6 +20,7 @@ pub mod host;
 pub mod img;
 pub mod oracle;
 pub mod qemu;
+pub mod qemu_crash;
 pub mod rig;
 pub mod stamp;
 pub mod trace;

@@ -65,6 +65,9 @@ enum Command {
     },
     /// List the named scenarios.
     Scenarios,
+    /// Crash-test QEMU's own image drivers: a seeded qemu-io script under blklogwrites, every
+    /// crash state of its write log checked by qemu-img and judged sector by sector.
+    Qemu(QemuArgs),
     /// Redraw the charts and index of a run or study directory from its saved JSON (no rerun).
     Redraw {
         /// A run directory (report.json) or a study directory (study.json).
@@ -273,6 +276,44 @@ struct StudyArgs {
     /// Use the AIMD policy with this guest mean-latency target, µs.
     #[arg(long)]
     aimd_target_us: Option<u64>,
+}
+
+/// Options of `fvdsim qemu`.
+#[derive(clap::Args, Debug)]
+struct QemuArgs {
+    /// QEMU image format: qcow2, qed, parallels, vdi, vmdk or vhdx.
+    #[arg(long, short = 'f')]
+    format: String,
+    /// Seed of the script and of the sampled crash states.
+    #[arg(long, default_value = "1")]
+    seed: Seed,
+    /// Guest operations in the script.
+    #[arg(long, default_value_t = 40)]
+    ops: u64,
+    /// A raw backing file with non-zero content (qcow2, qed, vmdk).
+    #[arg(long)]
+    backing: bool,
+    /// Virtual disk size (K, M, G suffixes).
+    #[arg(long, default_value = "16M", value_parser = fvd_scenarios::img::parse_size)]
+    size: u64,
+    /// Cluster size (K, M suffixes); QEMU's default for the format when left out.
+    #[arg(long, value_parser = fvd_scenarios::img::parse_size)]
+    cluster_size: Option<u64>,
+    /// Most crash states to judge (spread over the log).
+    #[arg(long, default_value_t = 2_000)]
+    max_states: u64,
+    /// Worker threads judging crash states.
+    #[arg(long, default_value_t = 2)]
+    jobs: u64,
+    /// Output directory: script, payloads, write log, report.json, the states of findings.
+    #[arg(long, default_value = "fvdsim-qemu")]
+    out: PathBuf,
+    /// Judge only crash state K (as numbered in the report), keeping its image and raw read.
+    #[arg(long)]
+    state: Option<u64>,
+    /// Self-test: break the write log before drawing crash states (the judge must report it).
+    #[arg(long, value_enum, hide = true)]
+    mutate: Option<fvd_scenarios::qemu_crash::LogMutation>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -1022,6 +1063,64 @@ fn main() -> ExitCode {
                 }
                 Err(error) => usage(format!("redraw: {error:#}")),
             }
+        }
+        Command::Qemu(args) => {
+            let options = fvd_scenarios::qemu_crash::QemuOptions {
+                format: args.format.clone(),
+                seed: args.seed,
+                ops: args.ops,
+                backing: args.backing,
+                disk_bytes: args.size,
+                cluster_bytes: args.cluster_size,
+                max_states: args.max_states,
+                jobs: args.jobs.clamp(1, 64) as usize,
+                out: args.out.clone(),
+                only_state: args.state,
+                mutation: args.mutate,
+            };
+            if args.size < 1 << 20 || !args.size.is_multiple_of(512) {
+                return usage(format!("--size {}: at least 1 MiB, a multiple of 512", args.size));
+            }
+            let started = std::time::Instant::now();
+            let mut last = std::time::Instant::now();
+            let report = match fvd_scenarios::qemu_crash::run(&options, |done, total| {
+                if last.elapsed().as_secs() >= 5 {
+                    eprintln!("fvdsim qemu: {done}/{total} crash states judged");
+                    last = std::time::Instant::now();
+                }
+            }) {
+                Ok(report) => report,
+                Err(error) => return usage(format!("qemu: {error:#}")),
+            };
+            say!("fvdsim qemu {} seed {} ({})", report.format, report.seed, report.qemu_version);
+            say!(
+                "  script              {} operations{}; write log: {} entries, {} flushes",
+                report.ops,
+                if report.backing { " over a raw backing file" } else { "" },
+                report.log_entries,
+                report.log_flushes
+            );
+            say!(
+                "  crash states        {} judged in {:.1} s ({:.0}/s, {} jobs)",
+                report.crash_states,
+                report.judge_seconds,
+                report.states_per_second,
+                options.jobs
+            );
+            let codes: Vec<String> = report.check_exit_codes.iter().map(|(c, n)| format!("{n} × {c}")).collect();
+            say!("  qemu-img check      exit codes {}", codes.join(", "));
+            let classes: Vec<String> = report.findings_by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+            say!("  findings            {}", if classes.is_empty() { "none".into() } else { classes.join(", ") });
+            for finding in report.findings.iter().take(5) {
+                say!("  state {}: {:?}: {}", finding.state, finding.class, finding.message);
+                say!("    reproduce with: {}", finding.repro_command);
+            }
+            say!(
+                "  wall time           {:.1} s; report {}",
+                started.elapsed().as_secs_f64(),
+                options.out.join("report.json").display()
+            );
+            if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Command::Scenarios => {
             let width = SCENARIOS.iter().map(|s| s.name.len()).max().unwrap_or(0);

@@ -112,12 +112,14 @@ impl QemuImg {
         let exit_code = output.status.code();
         let parsed: Option<serde_json::Value> = serde_json::from_slice(&output.stdout).ok();
         let Some(report) = parsed else {
-            if exit_code.is_none() || exit_code == Some(134) {
+            // Aborted, or the check could not complete (exit 1: it names why on stderr, such as
+            // an entry pointing beyond the end of the file, or a log to replay first).
+            if exit_code.is_none() || exit_code == Some(134) || exit_code == Some(1) {
                 return Ok(QemuCheck {
                     exit_code,
                     corruptions: 0,
                     leaks: 0,
-                    check_errors: 0,
+                    check_errors: u64::from(exit_code == Some(1)),
                     corruptions_fixed: 0,
                     leaks_fixed: 0,
                     stderr,

@@ -118,6 +118,17 @@ fn campaigns() -> Result<()> {
                 ]),
             )?;
         }
+        // QEMU's own drivers crash-tested from their blklogwrites logs (`fvdsim qemu`), ~10 s each.
+        for (format, backing) in [("qcow2", false), ("qed", false), ("qed", true)] {
+            let mut command = cargo();
+            command.args(["run", "--release", "--quiet", "--bin", "fvdsim", "--", "qemu", "--format", format]);
+            command.args(["--ops", "40", "--max-states", "600", "--jobs", "2"]);
+            command.args(["--out", &format!("target/ci-qemu/{format}{}", if backing { "-backing" } else { "" })]);
+            if backing {
+                command.arg("--backing");
+            }
+            run(&format!("fvdsim qemu {format}{}", if backing { " with a backing file" } else { "" }), &mut command)?;
+        }
     } else {
         eprintln!("xtask: NOTICE: qemu-img is not installed: the QEMU-judged campaigns are skipped");
     }
