@@ -291,6 +291,20 @@ fn build_image(initial: &[u8], log: &WriteLog, state: &CrashState) -> Vec<u8> {
     image
 }
 
+/// Writes `bytes` to `path`, leaving all-zero 64 KiB runs as holes (QEMU's Parallels driver
+/// preallocates 128 MiB of zeros, which its log holds as data).
+fn write_sparse(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::File::create(path)?;
+    for (index, chunk) in bytes.chunks(64 << 10).enumerate() {
+        if chunk.iter().any(|b| *b != 0) {
+            file.seek(SeekFrom::Start(index as u64 * (64 << 10)))?;
+            file.write_all(chunk)?;
+        }
+    }
+    file.set_len(bytes.len() as u64)
+}
+
 /// What judging one state gave: QEMU's check before any repair, and the findings (none when the
 /// state is legal).
 struct StateVerdict {
@@ -313,7 +327,7 @@ fn judge_state(
 ) -> Result<StateVerdict> {
     let format = options.format.as_str();
     let image = dir.join(format!("state-{number}.{format}"));
-    std::fs::write(&image, build_image(initial, log, state))?;
+    write_sparse(&image, &build_image(initial, log, state))?;
     let mut findings = Vec::new();
     let check = qemu.check(format, &image, false)?;
     // VHDX refuses a read-only open while its log needs replaying: a read-write open (the

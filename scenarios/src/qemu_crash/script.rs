@@ -150,17 +150,30 @@ impl Script {
         Ok(())
     }
 
-    /// Per written sector, its values in operation order (operation index, value).
+    /// Per written sector, its values in operation order (operation index, value). A discard
+    /// adds several values under one index: zeros, the backing file's data (qcow2 drops the
+    /// cluster) and the values before it (a discard that does not cover a whole cluster changes
+    /// nothing).
     fn histories(&self) -> BTreeMap<u64, Vec<(usize, Value)>> {
         let mut histories: BTreeMap<u64, Vec<(usize, Value)>> = BTreeMap::new();
         for (index, op) in self.ops.iter().enumerate() {
-            let (first, count, value) = match *op {
-                Op::Write { id, first, count } => (first, count, Value::Write(id)),
-                Op::Zero { first, count } | Op::Discard { first, count } => (first, count, Value::Zero),
+            let (first, count, value, discard) = match *op {
+                Op::Write { id, first, count } => (first, count, Value::Write(id), false),
+                Op::Zero { first, count } => (first, count, Value::Zero, false),
+                Op::Discard { first, count } => (first, count, Value::Zero, true),
                 Op::Flush { .. } => continue,
             };
             for sector in first..first + count {
-                histories.entry(sector).or_default().push((index, value));
+                let history = histories.entry(sector).or_default();
+                if discard {
+                    let before: Vec<Value> = match history.last() {
+                        Some(&(last, _)) => history.iter().filter(|(i, _)| *i == last).map(|(_, v)| *v).collect(),
+                        None => vec![Value::Original],
+                    };
+                    history.push((index, Value::Original));
+                    history.extend(before.into_iter().map(|v| (index, v)));
+                }
+                history.push((index, value));
             }
         }
         histories
@@ -198,15 +211,17 @@ impl Script {
                     ));
                 }
             };
-            let required = match cutoff {
-                Some(cut) => history.iter().rev().find(|(i, _)| *i < cut).map_or(Value::Original, |(_, v)| *v),
-                None => Value::Original,
+            // The values of the last operation before the last completed flush (several for a
+            // discard), or the original content.
+            let last_before = cutoff.and_then(|cut| history.iter().rev().find(|(i, _)| *i < cut).map(|(i, _)| *i));
+            let required: Vec<Value> = match last_before {
+                Some(op) => history.iter().filter(|(i, _)| *i == op).map(|(_, v)| *v).collect(),
+                None => vec![Value::Original],
             };
             let later: Vec<Value> =
                 history.iter().filter(|(i, _)| cutoff.is_none_or(|cut| *i > cut)).map(|(_, v)| *v).collect();
             let norm = |v: Value| if v == Value::Original && self.base.is_none() { Value::Zero } else { v };
-            // A discard may leave the old value: Zero after a discard allows what was before.
-            let allowed = |v: Value| norm(v) == norm(required) || later.iter().any(|l| norm(*l) == norm(v));
+            let allowed = |v: Value| required.iter().chain(&later).any(|r| norm(*r) == norm(v));
             if !allowed(found) {
                 let earlier =
                     history.iter().any(|(_, v)| norm(*v) == norm(found)) || norm(found) == norm(Value::Original);
@@ -214,7 +229,7 @@ impl Script {
                 return Some((
                     class,
                     format!(
-                        "sector {sector} holds {found:?} after {} completed guest flush(es); it must hold {required:?}{}",
+                        "sector {sector} holds {found:?} after {} completed guest flush(es); it must hold one of {required:?}{}",
                         cutoff.map_or(0, |c| self.ops[..=c].iter().filter(|o| matches!(o, Op::Flush { .. })).count()),
                         if later.is_empty() { String::new() } else { format!(" or one of {later:?}") }
                     ),
@@ -237,5 +252,76 @@ pub fn dirty_flag(format: &str, image: &[u8]) -> bool {
             image.len() >= 80 && u64::from_le_bytes(image[72..80].try_into().expect("8 bytes")).swap_bytes() & 1 != 0
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(ops: Vec<Op>, backing: bool) -> Script {
+        Script { seed: 7, disk_sectors: 64, base: backing.then_some(ProceduralContent { seed: 9 }), ops }
+    }
+
+    fn disk(script: &Script, fill: impl Fn(u64, &mut [u8])) -> Vec<u8> {
+        let mut bytes = vec![0u8; (script.disk_sectors * SECTOR) as usize];
+        for (sector, chunk) in bytes.chunks_mut(SECTOR as usize).enumerate() {
+            fill(sector as u64, chunk);
+        }
+        bytes
+    }
+
+    #[test]
+    fn flushed_writes_must_survive_and_a_discard_may_leave_old_data_zeros_or_the_backing_file() {
+        let ops = vec![
+            Op::Write { id: 1, first: 0, count: 8 },
+            Op::Discard { first: 4, count: 4 },
+            Op::Flush { marker: MARKER_BASE + 1 },
+            Op::Write { id: 2, first: 0, count: 2 },
+        ];
+        for backing in [false, true] {
+            let s = script(ops.clone(), backing);
+            let base = s.base;
+            let original = |sector: u64, out: &mut [u8]| match &base {
+                Some(b) => out.copy_from_slice(&b.sector(sector)),
+                None => out.fill(0),
+            };
+            // Write 1 everywhere it went (the discard left it): legal after the flush.
+            let all_write_1 = disk(&s, |sector, out| {
+                if sector < 8 {
+                    let mut w = vec![0u8; 8 * 512];
+                    stamp(7, 1, 0, &mut w);
+                    out.copy_from_slice(&w[(sector * 512) as usize..((sector + 1) * 512) as usize]);
+                } else {
+                    original(sector, out)
+                }
+            });
+            assert_eq!(s.judge(&all_write_1, 1), None, "backing {backing}: the discard may change nothing");
+            // Sectors 4..8 read zeros (or the backing file): legal, the discard dropped them.
+            let discarded = disk(&s, |sector, out| {
+                let mut w = vec![0u8; 8 * 512];
+                stamp(7, 1, 0, &mut w);
+                match sector {
+                    0..4 => out.copy_from_slice(&w[(sector * 512) as usize..((sector + 1) * 512) as usize]),
+                    4..8 => out.fill(0),
+                    _ => original(sector, out),
+                }
+            });
+            assert_eq!(s.judge(&discarded, 1), None, "backing {backing}: zeros after a discard");
+            // Sector 1 back to its original content after the flush: write 1 was lost.
+            let lost = disk(&s, |sector, out| {
+                let mut w = vec![0u8; 8 * 512];
+                stamp(7, 1, 0, &mut w);
+                match sector {
+                    1 => original(sector, out),
+                    0..8 => out.copy_from_slice(&w[(sector * 512) as usize..((sector + 1) * 512) as usize]),
+                    _ => original(sector, out),
+                }
+            });
+            let finding = s.judge(&lost, 1).expect("a flushed write lost");
+            assert_eq!(finding.0, FindingClass::DataLoss, "{finding:?}");
+            // Before the flush completed, the same disk is legal.
+            assert_eq!(s.judge(&lost, 0), None);
+        }
     }
 }
