@@ -32,6 +32,7 @@ pub mod json;
 mod parallels;
 mod qed;
 
+use crate::campaign::guest::{GuestImage, ImageError};
 use json::{CheckJson, InfoJson, MapEntry, Output};
 
 /// Exit code of a successful command.
@@ -232,6 +233,83 @@ pub struct RangeArgs {
 
 /// Bytes a read or write moves per engine request: buffers stay this small whatever the range.
 pub const IO_CHUNK_BYTES: u64 = 1 << 20;
+
+/// Reads `[offset, offset + len)` of `image` (QED or Parallels through the format seam) in
+/// [`IO_CHUNK_BYTES`] pieces and prints the verdict as `qemu-io` does: with `pattern`, the first
+/// byte that differs (exit 1).
+fn read_range(
+    executor: &HostExecutor,
+    image: GuestImage,
+    offset: u64,
+    len: u64,
+    pattern: Option<u8>,
+) -> Result<u8, ImgError> {
+    let mismatch = executor.block_on(async move {
+        let mut buf = vec![0u8; len.min(IO_CHUNK_BYTES) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(IO_CHUNK_BYTES) as usize;
+            image.read(at, &mut buf[..n]).await?;
+            if let Some(pattern) = pattern
+                && let Some(bad) = buf[..n].iter().position(|b| *b != pattern)
+            {
+                return Ok(Some((at + bad as u64, buf[bad], pattern)));
+            }
+            at += n as u64;
+        }
+        Ok::<_, ImageError>(None)
+    })?;
+    if let Some((at, found, expected)) = mismatch {
+        say!("Pattern verification failed at offset {at}: found {found:#04x}, expected {expected:#04x}");
+        return Ok(EXIT_FOUND);
+    }
+    say!("read {len}/{len} bytes at offset {offset}");
+    Ok(EXIT_OK)
+}
+
+/// Writes `pattern` over `[offset, offset + len)` of `image` in [`IO_CHUNK_BYTES`] pieces, then
+/// closes it on every path (QED clears NEED_CHECK, Parallels clears `in_use` and truncates).
+fn write_range(executor: &HostExecutor, image: GuestImage, offset: u64, len: u64, pattern: u8) -> Result<u8, ImgError> {
+    executor.block_on(async move {
+        let buf = vec![pattern; len.min(IO_CHUNK_BYTES) as usize];
+        let mut result = Ok(());
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(IO_CHUNK_BYTES) as usize;
+            if let Err(error) = image.write(at, &buf[..n]).await {
+                result = Err(error);
+                break;
+            }
+            at += n as u64;
+        }
+        let closed = image.close().await;
+        result.and(closed)
+    })?;
+    say!("wrote {len}/{len} bytes at offset {offset}");
+    Ok(EXIT_OK)
+}
+
+/// Joins per-cluster places `(guest offset, length, place)` into extents: a cluster joins the
+/// extent before it when `continues(previous place, bytes since the extent's start, place)`.
+fn merge_extents<P: Copy>(
+    clusters: impl IntoIterator<Item = (u64, u64, P)>,
+    continues: impl Fn(P, u64, P) -> bool,
+) -> Vec<(u64, u64, P)> {
+    let mut extents: Vec<(u64, u64, P)> = Vec::new();
+    for (at, len, place) in clusters {
+        match extents.last_mut() {
+            Some((start, length, last)) if continues(*last, at - *start, place) => *length += len,
+            _ => extents.push((at, len, place)),
+        }
+    }
+    extents
+}
+
+impl From<ImageError> for ImgError {
+    fn from(error: ImageError) -> ImgError {
+        ImgError::input(error.0)
+    }
+}
 
 fn file_error(what: &str, path: &Path, error: &std::io::Error) -> ImgError {
     ImgError::input(format!("{what} {}: {error}", path.display()))

@@ -182,3 +182,35 @@ fn qed_images_are_recognised_by_their_magic_and_handled_like_fvd_ones() {
     assert!(text(&output).contains("table_size = 3"), "{}", text(&output));
     assert_eq!(std::fs::read(d.join("c.qed")).unwrap(), bytes);
 }
+
+#[test]
+fn parallels_images_are_recognised_by_their_magic_and_handled_like_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    expect_code(&fvdsim(d, &["create", "-f", "parallels", "--size", "64M", "--cluster-size", "64K", "a.prl"]), 0);
+    expect_code(&fvdsim(d, &["write", "--pattern", "0xab", "a.prl", "1M", "128K"]), 0);
+    expect_code(&fvdsim(d, &["write", "--pattern", "0xcd", "a.prl", "0", "4K"]), 0);
+    expect_code(&fvdsim(d, &["read", "--pattern", "0xab", "a.prl", "1M", "128K"]), 0);
+    expect_code(&fvdsim(d, &["read", "--pattern", "0xab", "a.prl", "0", "4K"]), 1);
+    let info = text(&fvdsim(d, &["info", "a.prl"]));
+    assert!(info.contains("file format: parallels") && info.contains("dirty flag: false"), "{info}");
+    // Data from the first cluster after the BAT, in write order: 1M's two clusters, then 0.
+    let map = text(&fvdsim(d, &["map", "a.prl"]));
+    assert!(map.contains("0x10000  image") && map.contains("0x30000  image"), "{map}");
+    let check: serde_json::Value =
+        serde_json::from_str(&text(&fvdsim(d, &["check", "--output", "json", "a.prl"]))).unwrap();
+    assert_eq!(check["corruptions"], 0, "{check}");
+    assert_eq!(check["allocated-clusters"], 3, "{check}");
+    // Options it has no use for are refused before anything is created.
+    let output = fvdsim(d, &["create", "-f", "parallels", "--base", "x.raw", "--size", "1M", "b.prl"]);
+    expect_code(&output, 3);
+    assert!(!d.join("b.prl").exists());
+    // A corrupt header is named, and the file is left as it was.
+    let mut bytes = std::fs::read(d.join("a.prl")).unwrap();
+    bytes[28..32].copy_from_slice(&0u32.to_le_bytes());
+    std::fs::write(d.join("c.prl"), &bytes).unwrap();
+    let output = fvdsim(d, &["write", "c.prl", "0", "4K"]);
+    expect_code(&output, 3);
+    assert!(text(&output).contains("tracks = 0"), "{}", text(&output));
+    assert_eq!(std::fs::read(d.join("c.prl")).unwrap(), bytes);
+}

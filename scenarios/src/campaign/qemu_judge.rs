@@ -158,14 +158,18 @@ impl QemuJudge {
         Ok(QemuJudge { qemu, dir, format, base, rng, summary })
     }
 
+    /// The image file at `path` and the exported base, read-only.
+    fn open_files(&self, path: &Path) -> Result<fvd_engine::Devices, String> {
+        let open = |p: &Path| FileDevice::open(p, false).map(|d| Rc::new(d) as Rc<dyn BlockDevice>);
+        let image = open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = self.base.as_deref().map(open).transpose().map_err(|e| format!("the base image: {e}"))?;
+        Ok(fvd_engine::Devices { image, data: None, base })
+    }
+
     /// Our engine's check of the image file at `path` (no repair).
     fn our_check(&self, path: &Path) -> Result<OurCheck, String> {
-        let image: Rc<dyn BlockDevice> = Rc::new(FileDevice::open(path, false).map_err(|e| e.to_string())?);
+        let fvd_engine::Devices { image, base, .. } = self.open_files(path)?;
         let file_bytes = image.len_bytes();
-        let base = match &self.base {
-            Some(p) => Some(Rc::new(FileDevice::open(p, false).map_err(|e| e.to_string())?) as Rc<dyn BlockDevice>),
-            None => None,
-        };
         let format = self.format;
         HostExecutor::new().block_on(async move {
             match format {
@@ -380,11 +384,7 @@ impl QemuJudge {
 
     /// Reads `sectors` (ascending) of the image file at `path` with our engine, read-only.
     fn read_ours(&self, path: &Path, sectors: &[u64]) -> Result<Vec<u8>, String> {
-        let image: Rc<dyn BlockDevice> = Rc::new(FileDevice::open(path, false).map_err(|e| e.to_string())?);
-        let base = match &self.base {
-            Some(p) => Some(Rc::new(FileDevice::open(p, false).map_err(|e| e.to_string())?) as Rc<dyn BlockDevice>),
-            None => None,
-        };
+        let fvd_engine::Devices { image, base, .. } = self.open_files(path)?;
         let format = self.format;
         let sectors = sectors.to_vec();
         HostExecutor::new().block_on(async move {

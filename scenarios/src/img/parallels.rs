@@ -15,9 +15,10 @@ use fvd_parallels::{ParallelsError, ParallelsHeader, ParallelsImage};
 
 use super::json::{self, CheckJson, InfoJson, MapEntry, Output};
 use super::{
-    CreateArgs, EXIT_FOUND, EXIT_OK, IO_CHUNK_BYTES, ImgError, RangeArgs, TempFiles, allocated_bytes, check_alignment,
-    check_range, file_error, human_size,
+    CreateArgs, EXIT_FOUND, EXIT_OK, ImgError, RangeArgs, TempFiles, allocated_bytes, check_alignment, check_range,
+    file_error, human_size, merge_extents, read_range, write_range,
 };
+use crate::campaign::guest::GuestImage;
 use crate::host::{FileDevice, HostExecutor};
 
 /// QEMU's default cluster size for Parallels images (`qemu-img create -f parallels`).
@@ -127,28 +128,7 @@ pub(super) fn read(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, ImgE
     check_alignment("read", offset, len)?;
     check_range("read", offset, len, read_header(&args.image)?.disk_bytes())?;
     let image = open(executor, &args.image, false)?;
-    let pattern = args.pattern;
-    let mismatch = executor.block_on(async move {
-        let mut buf = vec![0u8; len.min(IO_CHUNK_BYTES) as usize];
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(IO_CHUNK_BYTES) as usize;
-            image.read(at, &mut buf[..n]).await?;
-            if let Some(pattern) = pattern
-                && let Some(bad) = buf[..n].iter().position(|b| *b != pattern)
-            {
-                return Ok(Some((at + bad as u64, buf[bad], pattern)));
-            }
-            at += n as u64;
-        }
-        Ok::<_, ParallelsError>(None)
-    })?;
-    if let Some((at, found, expected)) = mismatch {
-        say!("Pattern verification failed at offset {at}: found {found:#04x}, expected {expected:#04x}");
-        return Ok(EXIT_FOUND);
-    }
-    say!("read {len}/{len} bytes at offset {offset}");
-    Ok(EXIT_OK)
+    read_range(executor, GuestImage::Parallels(Rc::new(image)), offset, len, args.pattern)
 }
 
 pub(super) fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, ImgError> {
@@ -156,48 +136,22 @@ pub(super) fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, Img
     check_alignment("write", offset, len)?;
     check_range("write", offset, len, read_header(&args.image)?.disk_bytes())?;
     let image = open(executor, &args.image, true)?;
-    executor.block_on(async move {
-        let buf = vec![pattern; len.min(IO_CHUNK_BYTES) as usize];
-        let mut result = Ok(());
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(IO_CHUNK_BYTES) as usize;
-            if let Err(error) = image.write(at, &buf[..n]).await {
-                result = Err(error);
-                break;
-            }
-            at += n as u64;
-        }
-        // Every path closes the image: `in_use` cleared, the BAT written, the file truncated.
-        let closed = image.close().await;
-        result.and(closed)
-    })?;
-    say!("wrote {len}/{len} bytes at offset {offset}");
-    Ok(EXIT_OK)
+    write_range(executor, GuestImage::Parallels(Rc::new(image)), offset, len, pattern)
 }
 
 pub(super) fn map(executor: &HostExecutor, path: &Path, output: Output) -> Result<u8, ImgError> {
     let image = open(executor, path, false)?;
     let header = image.header();
     let cluster = header.cluster_bytes();
-    let mut extents: Vec<(u64, u64, Option<u64>)> = Vec::new();
-    let mut at = 0u64;
-    while at < header.disk_bytes() {
-        let host = image.cluster_offset(at / cluster);
-        let len = cluster.min(header.disk_bytes() - at);
-        match extents.last_mut() {
-            Some((start, length, last))
-                if match (*last, host) {
-                    (Some(a), Some(b)) => a + (at - *start) == b,
-                    (a, b) => a == b,
-                } =>
-            {
-                *length += len
-            }
-            _ => extents.push((at, len, host)),
-        }
-        at += len;
-    }
+    let disk = header.disk_bytes();
+    let clusters = (0..disk.div_ceil(cluster)).map(|index| {
+        let at = index * cluster;
+        (at, cluster.min(disk - at), image.cluster_offset(index))
+    });
+    let extents = merge_extents(clusters, |last, since, host| match (last, host) {
+        (Some(a), Some(b)) => a + since == b,
+        (a, b) => a == b,
+    });
     if output == Output::Json {
         let entries: Vec<MapEntry> = extents
             .iter()

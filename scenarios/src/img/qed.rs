@@ -15,9 +15,10 @@ use fvd_qed::{ClusterState, QedCreateOptions, QedError, QedHeader, QedImage};
 
 use super::json::{self, CheckJson, InfoJson, MapEntry, Output};
 use super::{
-    CreateArgs, EXIT_FOUND, EXIT_OK, IO_CHUNK_BYTES, ImgError, RangeArgs, TempFiles, absolute, allocated_bytes, beside,
-    check_alignment, check_range, file_error, header_name, human_size,
+    CreateArgs, EXIT_FOUND, EXIT_OK, ImgError, RangeArgs, TempFiles, absolute, allocated_bytes, beside,
+    check_alignment, check_range, file_error, header_name, human_size, merge_extents, read_range, write_range,
 };
+use crate::campaign::guest::GuestImage;
 use crate::host::{FileDevice, HostExecutor};
 
 impl From<QedError> for ImgError {
@@ -159,28 +160,7 @@ pub(super) fn read(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, ImgE
     let (header, _) = read_header(&args.image)?;
     check_range("read", offset, len, header.image_bytes)?;
     let qed = open(executor, &args.image, false)?;
-    let pattern = args.pattern;
-    let mismatch = executor.block_on(async move {
-        let mut buf = vec![0u8; len.min(IO_CHUNK_BYTES) as usize];
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(IO_CHUNK_BYTES) as usize;
-            qed.read(at, &mut buf[..n]).await?;
-            if let Some(pattern) = pattern
-                && let Some(bad) = buf[..n].iter().position(|b| *b != pattern)
-            {
-                return Ok(Some((at + bad as u64, buf[bad], pattern)));
-            }
-            at += n as u64;
-        }
-        Ok::<_, QedError>(None)
-    })?;
-    if let Some((at, found, expected)) = mismatch {
-        say!("Pattern verification failed at offset {at}: found {found:#04x}, expected {expected:#04x}");
-        return Ok(EXIT_FOUND);
-    }
-    say!("read {len}/{len} bytes at offset {offset}");
-    Ok(EXIT_OK)
+    read_range(executor, GuestImage::Qed(Rc::new(qed)), offset, len, args.pattern)
 }
 
 pub(super) fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, ImgError> {
@@ -189,52 +169,28 @@ pub(super) fn write(executor: &HostExecutor, args: &RangeArgs) -> Result<u8, Img
     let (header, _) = read_header(&args.image)?;
     check_range("write", offset, len, header.image_bytes)?;
     let qed = open(executor, &args.image, true)?;
-    executor.block_on(async move {
-        let buf = vec![pattern; len.min(IO_CHUNK_BYTES) as usize];
-        let mut result = Ok(());
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(IO_CHUNK_BYTES) as usize;
-            if let Err(error) = qed.write(at, &buf[..n]).await {
-                result = Err(error);
-                break;
-            }
-            at += n as u64;
-        }
-        // Every path closes the image, so a failed write never leaves NEED_CHECK set for nothing.
-        let closed = qed.close().await;
-        result.and(closed)
-    })?;
-    say!("wrote {len}/{len} bytes at offset {offset}");
-    Ok(EXIT_OK)
+    write_range(executor, GuestImage::Qed(Rc::new(qed)), offset, len, pattern)
 }
 
 pub(super) fn map(executor: &HostExecutor, path: &Path, output: Output) -> Result<u8, ImgError> {
     let qed = open(executor, path, false)?;
     let header = qed.header();
     let has_backing = header.has_backing_file();
-    let extents = executor.block_on(async move {
+    let clusters = executor.block_on(async move {
         let cluster = header.cluster_bytes;
-        let mut extents: Vec<(u64, u64, ClusterState)> = Vec::new();
+        let mut clusters = Vec::new();
         let mut at = 0u64;
         while at < header.image_bytes {
-            let state = qed.cluster_state(at).await?;
             let len = cluster.min(header.image_bytes - at);
-            match extents.last_mut() {
-                Some((start, length, last))
-                    if match (*last, state) {
-                        (ClusterState::Data(a), ClusterState::Data(b)) => a + (at - *start) == b,
-                        (a, b) => a == b,
-                    } =>
-                {
-                    *length += len
-                }
-                _ => extents.push((at, len, state)),
-            }
+            clusters.push((at, len, qed.cluster_state(at).await?));
             at += len;
         }
-        Ok::<_, QedError>(extents)
+        Ok::<_, QedError>(clusters)
     })?;
+    let extents = merge_extents(clusters, |last, since, state| match (last, state) {
+        (ClusterState::Data(a), ClusterState::Data(b)) => a + since == b,
+        (a, b) => a == b,
+    });
     if output == Output::Json {
         let entries: Vec<MapEntry> = extents
             .iter()
