@@ -154,35 +154,19 @@ fn run_fvd(
             Workload::Allocating { flush_every } => flush_every,
         };
         let journal_before = image.stats().journal_writes;
+        let image_for_lanes = image.clone();
         let total = if workload == Workload::Rewrite { writes * REWRITE_PASSES } else { writes };
-        let next = Rc::new(Cell::new(0u64));
         let started = Instant::now();
-        let lanes: Vec<_> = (0..queue_depth)
-            .map(|_| {
-                let (image, next) = (image.clone(), Rc::clone(&next));
-                fvd_engine::Env::spawn(
-                    &*spawner,
-                    "lane",
-                    Box::pin(async move {
-                        let data = [0xa5u8; 4096];
-                        loop {
-                            let i = next.get();
-                            if i >= total {
-                                break;
-                            }
-                            next.set(i + 1);
-                            image.write(i % writes * block, &data).await.expect("benchmark write");
-                            if flush_every > 0 && (i + 1).is_multiple_of(flush_every) {
-                                image.flush().await.expect("benchmark flush");
-                            }
-                        }
-                    }),
-                )
+        run_lanes(&*spawner, queue_depth, total, move |i| {
+            let image = image_for_lanes.clone();
+            Box::pin(async move {
+                image.write(i % writes * block, &[0xa5u8; 4096]).await.expect("benchmark write");
+                if flush_every > 0 && (i + 1).is_multiple_of(flush_every) {
+                    image.flush().await.expect("benchmark flush");
+                }
             })
-            .collect();
-        for lane in lanes {
-            lane.await;
-        }
+        })
+        .await;
         let seconds = started.elapsed().as_secs_f64();
         let journal = image.stats().journal_writes - journal_before;
         image.close().await?;
@@ -190,6 +174,38 @@ fn run_fvd(
     });
     let _ = std::fs::remove_file(&image_path);
     result.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs `total` requests on `queue_depth` lanes spawned through `env`: each lane takes the next
+/// index and awaits `request(index)` until none is left.
+pub(crate) async fn run_lanes(
+    env: &dyn fvd_engine::Env,
+    queue_depth: u32,
+    total: u64,
+    request: impl Fn(u64) -> fvd_engine::LocalFuture<'static, ()> + Clone + 'static,
+) {
+    let next = Rc::new(Cell::new(0u64));
+    let lanes: Vec<_> = (0..queue_depth)
+        .map(|_| {
+            let (next, request) = (Rc::clone(&next), request.clone());
+            env.spawn(
+                "lane",
+                Box::pin(async move {
+                    loop {
+                        let i = next.get();
+                        if i >= total {
+                            break;
+                        }
+                        next.set(i + 1);
+                        request(i).await;
+                    }
+                }),
+            )
+        })
+        .collect();
+    for lane in lanes {
+        lane.await;
+    }
 }
 
 /// Raw-file ceiling: the same pwrites on a preallocated raw file, no metadata, no flush.

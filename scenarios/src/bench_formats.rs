@@ -5,7 +5,6 @@
 //! file. Rows: allocating writes and rewrites of the allocated clusters, at queue depth 1 and 16.
 //! The ratio is our IOPS over QEMU's.
 
-use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
@@ -110,31 +109,13 @@ fn run_ours(
             image.flush().await.map_err(|e| e.to_string())?;
         }
         let total = if workload == FormatWorkload::Rewrite { writes * REWRITE_PASSES } else { writes };
-        let next = Rc::new(Cell::new(0u64));
         let started = Instant::now();
-        let lanes: Vec<_> = (0..queue_depth)
-            .map(|_| {
-                let (image, next) = (image.clone(), Rc::clone(&next));
-                fvd_engine::Env::spawn(
-                    &*env,
-                    "lane",
-                    Box::pin(async move {
-                        let data = [0xa5u8; 4096];
-                        loop {
-                            let i = next.get();
-                            if i >= total {
-                                break;
-                            }
-                            next.set(i + 1);
-                            image.write(i % writes * cluster, &data).await.expect("benchmark write");
-                        }
-                    }),
-                )
-            })
-            .collect();
-        for lane in lanes {
-            lane.await;
-        }
+        let lanes_image = image.clone();
+        crate::bench_engine::run_lanes(&*env, queue_depth, total, move |i| {
+            let image = lanes_image.clone();
+            Box::pin(async move { image.write(i % writes * cluster, &[0xa5u8; 4096]).await.expect("benchmark write") })
+        })
+        .await;
         let seconds = started.elapsed().as_secs_f64();
         image.close().await.map_err(|e| e.to_string())?;
         Ok(total as f64 / seconds)
