@@ -311,6 +311,9 @@ struct QemuArgs {
     /// Judge only crash state K (as numbered in the report), keeping its image and raw read.
     #[arg(long)]
     state: Option<u64>,
+    /// The device's atomic unit, bytes: 512 or 4096 (a torn write keeps or loses whole units).
+    #[arg(long, default_value_t = 512)]
+    atomic_unit: u64,
     /// Self-test: break the write log before drawing crash states (the judge must report it).
     #[arg(long, value_enum, hide = true)]
     mutate: Option<fvd_scenarios::qemu_crash::LogMutation>,
@@ -1077,6 +1080,7 @@ fn main() -> ExitCode {
                 out: args.out.clone(),
                 only_state: args.state,
                 mutation: args.mutate,
+                atomic_unit_bytes: args.atomic_unit,
             };
             if args.size < 1 << 20 || !args.size.is_multiple_of(512) {
                 return usage(format!("--size {}: at least 1 MiB, a multiple of 512", args.size));

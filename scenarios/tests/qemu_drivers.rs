@@ -28,6 +28,7 @@ fn options(format: &str, dir: &std::path::Path) -> QemuOptions {
         out: dir.to_path_buf(),
         only_state: None,
         mutation: None,
+        atomic_unit_bytes: 512,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct QemuOptions {
     pub out: PathBuf,
     /// Judge only this crash state (its number in the report), keeping its files.
     pub only_state: Option<u64>,
+    /// The atomic unit of the device, bytes (512 or 4096): a torn pending write keeps or loses
+    /// whole units, aligned in the image file.
+    pub atomic_unit_bytes: u64,
     /// A deliberate break of the log before crash states are drawn, to prove the judge catches
     /// what it should (a self-test; `None` in real campaigns).
     pub mutation: Option<LogMutation>,
@@ -89,8 +92,9 @@ pub struct CrashState {
     /// The crash comes after this many log entries.
     pub position: usize,
     /// Per pending write (log entry index after the last FLUSH before `position`): `None` lost,
-    /// `Some(u64::MAX)` kept whole, `Some(mask)` kept in the 512-byte units whose bit is set
-    /// (of the first 64 units; the rest lost).
+    /// `Some(u64::MAX)` kept whole, `Some(mask)` kept in the atomic units (512 B or 4 KiB,
+    /// aligned in the file; counted from the write's first) whose bit is set (of the first 64
+    /// units; the rest lost).
     pub kept: Vec<(usize, Option<u64>)>,
 }
 
@@ -245,18 +249,20 @@ fn crash_states(log: &WriteLog, rng: &mut SimRng, max: u64) -> Vec<CrashState> {
 }
 
 /// The image file of `state`: the fresh image, every write before the last FLUSH, the kept
-/// pending writes (whole or by 512-byte unit).
-fn build_image(initial: &[u8], log: &WriteLog, state: &CrashState) -> Vec<u8> {
+/// pending writes (whole or by atomic unit of `unit_bytes`).
+fn build_image(initial: &[u8], log: &WriteLog, state: &CrashState, unit_bytes: u64) -> Vec<u8> {
+    assert!(unit_bytes >= SECTOR && unit_bytes.is_multiple_of(SECTOR), "atomic units are whole sectors");
     let mut image = initial.to_vec();
     let apply = |image: &mut Vec<u8>, offset: u64, data: &[u8], mask: u64| {
         let end = offset as usize + data.len();
         if image.len() < end {
             image.resize(end, 0);
         }
-        for (unit, chunk) in data.chunks(SECTOR as usize).enumerate() {
+        for (index, chunk) in data.chunks(SECTOR as usize).enumerate() {
+            let at = offset + index as u64 * SECTOR;
+            let unit = at / unit_bytes - offset / unit_bytes;
             if mask == u64::MAX || (unit < 64 && mask & (1 << unit) != 0) {
-                let at = offset as usize + unit * SECTOR as usize;
-                image[at..at + chunk.len()].copy_from_slice(chunk);
+                image[at as usize..at as usize + chunk.len()].copy_from_slice(chunk);
             }
         }
     };
@@ -327,7 +333,7 @@ fn judge_state(
 ) -> Result<StateVerdict> {
     let format = options.format.as_str();
     let image = dir.join(format!("state-{number}.{format}"));
-    write_sparse(&image, &build_image(initial, log, state))?;
+    write_sparse(&image, &build_image(initial, log, state, options.atomic_unit_bytes))?;
     let mut findings = Vec::new();
     let check = qemu.check(format, &image, false)?;
     // VHDX refuses a read-only open while its log needs replaying: a read-write open (the
@@ -387,11 +393,15 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     if !FORMATS.contains(&options.format.as_str()) {
         bail!("--format {}: one of {}", options.format, FORMATS.join(", "));
     }
+    if options.atomic_unit_bytes != 512 && options.atomic_unit_bytes != 4096 {
+        bail!("--atomic-unit {}: 512 or 4096", options.atomic_unit_bytes);
+    }
     if options.backing && !matches!(options.format.as_str(), "qcow2" | "qed" | "vmdk") {
         bail!("--backing: {} takes no backing file here (qcow2, qed, vmdk do)", options.format);
     }
     let qemu = QemuImg::find()?;
-    let out = &options.out;
+    // Absolute: qemu-io runs in the output directory (the script names its payloads relatively).
+    let out = &std::path::absolute(&options.out).with_context(|| format!("{}", options.out.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let script = Script::generate(options);
     script.write_files(out)?;
@@ -542,6 +552,9 @@ pub fn repro_command(options: &QemuOptions, number: u64) -> String {
     if options.backing {
         command += " --backing";
     }
+    if options.atomic_unit_bytes != 512 {
+        command += &format!(" --atomic-unit {}", options.atomic_unit_bytes);
+    }
     command + &format!(" --state {number}")
 }
 
@@ -591,10 +604,25 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_write_keeps_whole_aligned_atomic_units() {
+        // A 12 KiB write starting 1 KiB into a 4 KiB unit touches units 0..=3 of the file.
+        let log = WriteLog {
+            sector_bytes: 512,
+            entries: vec![LogEntry::Write { offset_bytes: 1024, data: vec![9u8; 12 << 10], fua: false }],
+        };
+        let state = CrashState { position: 1, kept: vec![(0, Some(0b0101))] };
+        let image = build_image(&[], &log, &state, 4096);
+        assert_eq!(&image[1024..4096], &[9u8; 3072][..], "unit 0 kept (from the write's start)");
+        assert_eq!(&image[4096..8192], &[0u8; 4096][..], "unit 1 lost whole");
+        assert_eq!(&image[8192..12288], &[9u8; 4096][..], "unit 2 kept whole");
+        assert_eq!(&image[12288..13312], &[0u8; 1024][..], "unit 3 lost");
+    }
+
+    #[test]
     fn a_state_keeps_the_flushed_writes_and_only_the_chosen_pending_ones() {
         let log = WriteLog { sector_bytes: 512, entries: vec![write(0, 1), LogEntry::Flush, write(2, 2), write(4, 3)] };
         let state = CrashState { position: 4, kept: vec![(2, None), (3, Some(0b10))] };
-        let image = build_image(&[], &log, &state);
+        let image = build_image(&[], &log, &state, 512);
         assert_eq!(&image[..1024], &[1u8; 1024][..], "the write before the flush survives");
         assert_eq!(&image[1024..2048], &[0u8; 1024][..], "the dropped write left nothing");
         assert_eq!(&image[2048..2560], &[0u8; 512][..], "unit 0 of the torn write lost");
