@@ -1104,6 +1104,13 @@ fn main() -> ExitCode {
                 report.log_entries,
                 report.log_flushes
             );
+            if report.padded_to_final_length {
+                say!(
+                    "  note                the driver grows its file with truncates, which blklogwrites does not log \
+                     ({} bytes beyond the last logged write): states are padded to the file's final length",
+                    report.unlogged_growth_bytes
+                );
+            }
             say!(
                 "  crash states        {} judged in {:.1} s ({:.0}/s, {} jobs)",
                 report.crash_states,

@@ -132,6 +132,15 @@ pub struct QemuReport {
     pub log_entries: u64,
     /// Log FLUSH entries.
     pub log_flushes: u64,
+    /// Bytes the driver grew the image file by without a logged write (a truncate, which
+    /// blklogwrites does not log): when not 0, every state is padded to the file's final length,
+    /// as if that growth had reached the disk (the log cannot say when it happened).
+    #[serde(default)]
+    pub unlogged_growth_bytes: u64,
+    /// States were padded to the image file's final length (unlogged growth, or a format known to
+    /// grow its file by truncating: VHDX).
+    #[serde(default)]
+    pub padded_to_final_length: bool,
     /// Crash states judged.
     pub crash_states: u64,
     /// Wall seconds judging them.
@@ -330,10 +339,17 @@ fn judge_state(
     number: u64,
     state: &CrashState,
     dir: &Path,
+    pad_to: Option<u64>,
 ) -> Result<StateVerdict> {
     let format = options.format.as_str();
     let image = dir.join(format!("state-{number}.{format}"));
-    write_sparse(&image, &build_image(initial, log, state, options.atomic_unit_bytes))?;
+    let mut bytes = build_image(initial, log, state, options.atomic_unit_bytes);
+    if let Some(len) = pad_to
+        && (bytes.len() as u64) < len
+    {
+        bytes.resize(len as usize, 0);
+    }
+    write_sparse(&image, &bytes)?;
     let mut findings = Vec::new();
     let check = qemu.check(format, &image, false)?;
     // VHDX refuses a read-only open while its log needs replaying: a read-write open (the
@@ -424,6 +440,19 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     qemu_img(&["create", "-q", "-f", "raw", "write.log", "0"], out)?;
     qemu_io(format, &image, &log_path, &out.join("script.qemu-io"))?;
     let mut log = log::parse(&std::fs::read(&log_path)?)?;
+    let logged_end = log
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            LogEntry::Write { offset_bytes, data, .. } => Some(offset_bytes + data.len() as u64),
+            _ => None,
+        })
+        .fold(initial.len() as u64, u64::max);
+    // blklogwrites logs no truncate: a driver that grows its file that way (VHDX allocates blocks
+    // with a truncate) would leave every reconstructed state shorter than the file was. Such
+    // states are padded to the file's final length, as if the growth had reached the disk.
+    let final_len = std::fs::metadata(&image)?.len();
+    let pad_to = (final_len > logged_end || format == "vhdx").then_some(final_len);
     // Marker positions come from the true log: the mutation breaks only the crash model's view.
     let flushes = flush_positions(&log, &script);
     if options.mutation == Some(LogMutation::DropFlushes) {
@@ -460,7 +489,8 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
                 }
                 loop {
                     let Some((number, state)) = work.lock().expect("no worker panics").next() else { break };
-                    let judged = judge_state(qemu, options, script, flushes, initial, log, *number, state, &dir)?;
+                    let judged =
+                        judge_state(qemu, options, script, flushes, initial, log, *number, state, &dir, pad_to)?;
                     results.lock().expect("no worker panics").push((*number, judged));
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -495,6 +525,8 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
         backing: options.backing,
         log_entries: log.entries.len() as u64,
         log_flushes: log.entries.iter().filter(|e| matches!(e, LogEntry::Flush)).count() as u64,
+        unlogged_growth_bytes: pad_to.map_or(0, |len| len.saturating_sub(logged_end)),
+        padded_to_final_length: pad_to.is_some(),
         crash_states: results.len() as u64,
         judge_seconds,
         states_per_second: results.len() as f64 / judge_seconds.max(1e-9),
