@@ -414,7 +414,7 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
 fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
     let s = &outcome.summary;
     let c = &outcome.config;
-    say!("fvdsim {} seed {} ({} profile)", c.name(), c.seed, format!("{:?}", c.profile).to_lowercase());
+    say!("fvdsim {} seed {} ({} profile)", c.name(), c.seed, c.profile);
     if let Some(line) = c.workload_line() {
         say!("  workload            {line}");
     }

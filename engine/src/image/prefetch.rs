@@ -101,6 +101,18 @@ pub enum PrefetchPhase {
     Disabled,
 }
 
+impl std::fmt::Display for PrefetchPhase {
+    /// The lower-case name (`waiting`, `running`, `finished`, `disabled`), as reports print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PrefetchPhase::Waiting => "waiting",
+            PrefetchPhase::Running => "running",
+            PrefetchPhase::Finished => "finished",
+            PrefetchPhase::Disabled => "disabled",
+        })
+    }
+}
+
 /// One telemetry record: a measurement window closed, a pause, or a rate change.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PrefetchSample {

@@ -19,6 +19,16 @@ pub enum ProfileName {
     V1,
 }
 
+impl std::fmt::Display for ProfileName {
+    /// The name as on the command line and in configs (`hardened`, `v1`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProfileName::Hardened => "hardened",
+            ProfileName::V1 => "v1",
+        })
+    }
+}
+
 impl From<ProfileName> for fvd_engine::Profile {
     fn from(name: ProfileName) -> fvd_engine::Profile {
         match name {

@@ -105,7 +105,7 @@ impl PrefetchReport {
     /// From the engine's telemetry.
     pub fn from_telemetry(t: &fvd_engine::PrefetchTelemetry) -> PrefetchReport {
         PrefetchReport {
-            phase: format!("{:?}", t.phase).to_lowercase(),
+            phase: t.phase.to_string(),
             started_s: t.started_ns.map(|n| n as f64 / 1e9),
             finished_s: t.finished_ns.map(|n| n as f64 / 1e9),
             pauses: t.pauses.iter().map(|(a, b)| (*a as f64 / 1e9, *b as f64 / 1e9)).collect(),
@@ -529,7 +529,7 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
         ("scenario".into(), report.config.scenario.clone()),
         ("workload".into(), report.config.workload_line().unwrap_or_else(|| "random testers".into())),
         ("seed".into(), report.config.seed.to_string()),
-        ("profile".into(), format!("{:?}", report.config.profile).to_lowercase()),
+        ("profile".into(), report.config.profile.to_string()),
         ("git commit".into(), report.git_commit.clone()),
         (
             "requests".into(),
@@ -731,7 +731,7 @@ pub fn latency_chart(report: &Report) -> LineChart {
             "Guest latency, {} seed {} ({} profile)",
             report.config.scenario,
             report.config.seed,
-            format!("{:?}", report.config.profile).to_lowercase()
+            report.config.profile.to_string()
         ),
         x_label: "simulated time (s)".into(),
         y_label: "latency per 1 s window (log scale)".into(),
