@@ -80,7 +80,7 @@ pub fn run_part(name: &str) -> Result<ScalePart> {
                 format!(
                     "CloudPhysics trace at --time-scale 1 ({:.0} s simulated), prefetch {} ({:.1} GiB copied over {} opens)",
                     outcome.summary.simulated_seconds,
-                    prefetch.phase.to_string(),
+                    prefetch.phase,
                     prefetch.bytes_copied as f64 / GIB,
                     outcome.crashes.len() + 1
                 ),

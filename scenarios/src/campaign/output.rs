@@ -729,9 +729,7 @@ pub fn latency_chart(report: &Report) -> LineChart {
     LineChart {
         title: format!(
             "Guest latency, {} seed {} ({} profile)",
-            report.config.scenario,
-            report.config.seed,
-            report.config.profile.to_string()
+            report.config.scenario, report.config.seed, report.config.profile
         ),
         x_label: "simulated time (s)".into(),
         y_label: "latency per 1 s window (log scale)".into(),
