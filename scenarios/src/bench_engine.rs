@@ -229,12 +229,10 @@ fn run_raw(options: &EngineBenchOptions, dir: &Path) -> Result<f64> {
     Ok((writes * REWRITE_PASSES) as f64 / seconds)
 }
 
-fn qemu_img_version() -> Option<String> {
-    let output = std::process::Command::new("qemu-img").arg("--version").output().ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or("").to_string())
-}
-
-fn qemu(args: &[&str]) -> Result<String> {
+/// Runs `qemu-img ARGS`; its standard output.
+///
+/// Errors: qemu-img missing, or failing (its standard error).
+pub(crate) fn qemu(args: &[&str]) -> Result<String> {
     let output = std::process::Command::new("qemu-img").args(args).output().context("running qemu-img")?;
     anyhow::ensure!(
         output.status.success(),
@@ -243,6 +241,21 @@ fn qemu(args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `qemu-img bench ARGS` of `requests` requests: requests per second, from the time it
+/// prints ("Run completed in S seconds").
+///
+/// Errors: as [`qemu`], or no time in its output.
+pub(crate) fn qemu_bench_iops(args: &[&str], requests: u64) -> Result<f64> {
+    let out = qemu(args)?;
+    let seconds: f64 = out
+        .split("Run completed in ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("qemu-img bench printed no time: {out}"))?;
+    Ok(requests as f64 / seconds)
 }
 
 /// `qemu-img bench` on a fresh qcow2 over the base: IOPS of `workload` at `queue_depth`.
@@ -268,14 +281,7 @@ fn run_qcow2(
             args.push(&flush_arg);
         }
         args.extend(["-f", "qcow2", &image_s]);
-        let out = qemu(&args)?;
-        let seconds: f64 = out
-            .split("Run completed in ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("qemu-img bench printed no time: {out}"))?;
-        Ok(writes.parse::<f64>().expect("a count") / seconds)
+        qemu_bench_iops(&args, writes.parse().expect("a count"))
     };
     let iops = match workload {
         Workload::Allocating { flush_every: 0 } => bench(None)?,
@@ -295,7 +301,7 @@ pub fn run_engine_bench(options: &EngineBenchOptions, mut each: impl FnMut(&Engi
     std::fs::create_dir_all(&dir)?;
     let base_path = dir.join("base.raw");
     FileDevice::create(&base_path, options.base_bytes)?;
-    let qemu_version = qemu_img_version();
+    let qemu_version = crate::qemu::QemuImg::find().ok().map(|q| q.version().to_string());
     let raw = run_raw(options, &dir)?;
     let mut rows = Vec::new();
     for queue_depth in [1u32, 16] {

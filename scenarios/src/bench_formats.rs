@@ -9,11 +9,11 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fvd_engine::BlockDevice;
 use serde::Serialize;
 
-use crate::bench_engine::{EngineBenchOptions, REWRITE_PASSES};
+use crate::bench_engine::{EngineBenchOptions, REWRITE_PASSES, qemu, qemu_bench_iops};
 use crate::campaign::guest::{FormatName, GuestImage};
 use crate::host::{FileDevice, HostEnv, HostExecutor};
 
@@ -124,17 +124,6 @@ fn run_ours(
     result.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn qemu_img(args: &[&str]) -> Result<String> {
-    let output = std::process::Command::new("qemu-img").args(args).output().context("running qemu-img")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "qemu-img {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// `qemu-img bench` on a fresh image of `format` (`None`: a sparse raw file, QEMU's I/O path
 /// without a format): IOPS of `workload` at `queue_depth`.
 fn run_qemu(
@@ -152,9 +141,9 @@ fn run_qemu(
     match format {
         Some(_) => {
             let cluster = format!("cluster_size={}", options.block_bytes);
-            qemu_img(&["create", "-q", "-f", fmt, "-o", &cluster, &image_s, &size])?
+            qemu(&["create", "-q", "-f", fmt, "-o", &cluster, &image_s, &size])?
         }
-        None => qemu_img(&["create", "-q", "-f", "raw", &image_s, &size])?,
+        None => qemu(&["create", "-q", "-f", "raw", &image_s, &size])?,
     };
     let writes = options.base_bytes / options.block_bytes;
     let (depth, stride) = (queue_depth.to_string(), options.block_bytes.to_string());
@@ -177,14 +166,7 @@ fn run_qemu(
             fmt,
             &image_s,
         ];
-        let out = qemu_img(&args)?;
-        let seconds: f64 = out
-            .split("Run completed in ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("qemu-img bench printed no time: {out}"))?;
-        Ok(count as f64 / seconds)
+        qemu_bench_iops(&args, count)
     };
     let iops = match workload {
         FormatWorkload::Allocating => bench(writes)?,

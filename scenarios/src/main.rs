@@ -1174,12 +1174,8 @@ fn main() -> ExitCode {
             use fvd_scenarios::bench_engine::{EngineBenchOptions, header, row_line, run_engine_bench};
             let options = EngineBenchOptions::default();
             if !json {
-                let version = std::process::Command::new("qemu-img")
-                    .arg("--version")
-                    .output()
-                    .ok()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string());
-                say!("{}", header(&options, version.as_deref()));
+                let qemu = fvd_scenarios::qemu::QemuImg::find().ok();
+                say!("{}", header(&options, qemu.as_ref().map(|q| q.version())));
             }
             match run_engine_bench(&options, |row| {
                 if !json {
