@@ -32,6 +32,17 @@ pub struct FailureRow {
     pub repro_command: String,
 }
 
+/// A table of figures under its own heading (one row per run of a `fvdsim qemu` campaign, say).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// Heading above the table.
+    pub heading: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows of cells, as many as `columns`; a cell naming a file (`*.json`, `*.html`) is linked.
+    pub rows: Vec<Vec<String>>,
+}
+
 /// What the page shows.
 #[derive(Debug, Clone, Default)]
 pub struct CampaignPage {
@@ -39,7 +50,9 @@ pub struct CampaignPage {
     pub title: String,
     /// `(name, value)` rows of the summary table.
     pub summary: Vec<(String, String)>,
-    /// Every coverage path, in report order.
+    /// Tables after the summary (none for a swarm).
+    pub tables: Vec<Table>,
+    /// Every coverage path, in report order (the section is left out when there are none).
     pub coverage: Vec<CoverageRow>,
     /// Distinct failures.
     pub failures: Vec<FailureRow>,
@@ -76,9 +89,12 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
         let _ = writeln!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(name), escape(value));
     }
     html.push_str("</table>\n");
+    for table in &page.tables {
+        push_table(&mut html, table);
+    }
     html.push_str("<h2>Failures</h2>\n");
     if page.failures.is_empty() {
-        html.push_str("<p>None: every seed passed.</p>\n");
+        html.push_str("<p>None: every run passed.</p>\n");
     } else {
         html.push_str(
             "<table>\n<tr><th>failure</th><th>runs</th><th>first seed</th><th>seen</th><th>replay</th></tr>\n",
@@ -97,15 +113,48 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
         }
         html.push_str("</table>\n");
     }
-    let reached = page.coverage.iter().filter(|r| r.count > 0).count();
+    if !page.coverage.is_empty() {
+        push_coverage(&mut html, &page.coverage);
+    }
+    push_files(&mut html, &page.files);
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn push_table(html: &mut String, table: &Table) {
+    let _ = writeln!(html, "<h2>{}</h2>\n<table>", escape(&table.heading));
+    html.push_str("<tr>");
+    for column in &table.columns {
+        let _ = write!(html, "<th>{}</th>", escape(column));
+    }
+    html.push_str("</tr>\n");
+    for row in &table.rows {
+        html.push_str("<tr>");
+        for cell in row {
+            let linked = !cell.contains(' ') && (cell.ends_with(".json") || cell.ends_with(".html"));
+            if linked {
+                let _ = write!(html, "<td><a href=\"{0}\">{0}</a></td>", escape(cell));
+            } else if cell.parse::<f64>().is_ok() {
+                let _ = write!(html, "<td class=\"count\">{}</td>", escape(cell));
+            } else {
+                let _ = write!(html, "<td>{}</td>", escape(cell));
+            }
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</table>\n");
+}
+
+fn push_coverage(html: &mut String, coverage: &[CoverageRow]) {
+    let reached = coverage.iter().filter(|r| r.count > 0).count();
     let _ = writeln!(
         html,
         "<h2>Coverage: {reached} of {} paths reached</h2>\n<p>Bars are logarithmic in the times each path was reached over the campaign; a path never reached is named in red.</p>\n<table class=\"cov\">",
-        page.coverage.len()
+        coverage.len()
     );
-    let max = page.coverage.iter().map(|r| r.count).max().unwrap_or(0);
+    let max = coverage.iter().map(|r| r.count).max().unwrap_or(0);
     let mut group = "";
-    for row in &page.coverage {
+    for row in coverage {
         let this_group = row.path.split(':').next().unwrap_or("");
         if this_group != group {
             group = this_group;
@@ -129,9 +178,6 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
         }
     }
     html.push_str("</table>\n");
-    push_files(&mut html, &page.files);
-    html.push_str("</body></html>\n");
-    html
 }
 
 #[cfg(test)]
@@ -157,6 +203,7 @@ mod tests {
                 repro_command: "fvdsim repro a.json".into(),
             }],
             files: Vec::new(),
+            ..CampaignPage::default()
         };
         let html = render_campaign_page(&page);
         assert!(html.contains("swarm &lt;1&gt;"));
@@ -167,5 +214,24 @@ mod tests {
         assert!(bar_percent(3, 1_000_000) > 5.0 && bar_percent(3, 1_000_000) < 20.0);
         assert_eq!(bar_percent(0, 10), 0.0);
         assert_eq!(bar_percent(10, 10), 100.0);
+    }
+
+    #[test]
+    fn tables_link_files_and_a_page_without_coverage_has_no_coverage_section() {
+        let page = CampaignPage {
+            title: "qemu".into(),
+            tables: vec![Table {
+                heading: "Runs".into(),
+                columns: vec!["format".into(), "states".into(), "report".into()],
+                rows: vec![vec!["qcow2".into(), "319".into(), "qcow2-1/report.json".into()]],
+            }],
+            ..CampaignPage::default()
+        };
+        let html = render_campaign_page(&page);
+        assert!(html.contains("<h2>Runs</h2>"));
+        assert!(html.contains("<td class=\"count\">319</td>"));
+        assert!(html.contains("<a href=\"qcow2-1/report.json\">qcow2-1/report.json</a>"));
+        assert!(!html.contains("Coverage"));
+        assert!(html.contains("None: every run passed."));
     }
 }

@@ -52,9 +52,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         log_events: usize,
     },
-    /// Cut a failure down while the same failure class still occurs; writes FILE.min.json.
+    /// Cut a failure down while the same failure class still occurs; writes FILE.min.json. Takes a
+    /// run's failure file or a `fvdsim qemu` finding file (its script is cut to the fewest, shortest
+    /// operations that still fail; the run is left in FILE.min/).
     Shrink {
-        /// The failure file.
+        /// The failure file (`failure-….json`) or finding file (`finding-state-K.json`).
         file: PathBuf,
         /// Where to write the smaller case (default: FILE with .min.json).
         #[arg(long)]
@@ -281,9 +283,17 @@ struct StudyArgs {
 /// Options of `fvdsim qemu`.
 #[derive(clap::Args, Debug)]
 struct QemuArgs {
-    /// QEMU image format: qcow2, qed, parallels, vdi, vmdk or vhdx.
-    #[arg(long, short = 'f')]
-    format: String,
+    /// QEMU image formats, comma-separated: qcow2, qed, parallels, vdi, vmdk, vhdx, or all.
+    #[arg(long, short = 'f', value_delimiter = ',', required_unless_present = "from")]
+    format: Vec<String>,
+    /// Runs per format, seeds S, S+1, …; with more than one, each run draws its cluster size
+    /// from the format's sizes (unless --cluster-size is given).
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// Run a finding file's script again (its operations written out, as `fvdsim shrink`
+    /// leaves them) and judge its state (or --state K).
+    #[arg(long, conflicts_with_all = ["format", "runs", "seed", "ops", "backing", "size", "cluster_size"])]
+    from: Option<PathBuf>,
     /// Seed of the script and of the sampled crash states.
     #[arg(long, default_value = "1")]
     seed: Seed,
@@ -296,7 +306,8 @@ struct QemuArgs {
     /// Virtual disk size (K, M, G suffixes).
     #[arg(long, default_value = "16M", value_parser = fvd_scenarios::img::parse_size)]
     size: u64,
-    /// Cluster size (K, M suffixes); QEMU's default for the format when left out.
+    /// Cluster size (K, M suffixes; VHDX: its block size); QEMU's default for the format when
+    /// left out (one run) or drawn per run (several).
     #[arg(long, value_parser = fvd_scenarios::img::parse_size)]
     cluster_size: Option<u64>,
     /// Most crash states to judge (spread over the log).
@@ -966,6 +977,7 @@ fn main() -> ExitCode {
             }
             Err(error) => usage(format!("{error:#}")),
         },
+        Command::Shrink { file, out, max_runs } if is_qemu_finding(&file) => shrink_qemu_finding(&file, out, max_runs),
         Command::Shrink { file, out, max_runs } => {
             let failure = match read_failure_file(&file) {
                 Ok(f) => f,
@@ -1067,72 +1079,7 @@ fn main() -> ExitCode {
                 Err(error) => usage(format!("redraw: {error:#}")),
             }
         }
-        Command::Qemu(args) => {
-            let options = fvd_scenarios::qemu_crash::QemuOptions {
-                format: args.format.clone(),
-                seed: args.seed,
-                ops: args.ops,
-                backing: args.backing,
-                disk_bytes: args.size,
-                cluster_bytes: args.cluster_size,
-                max_states: args.max_states,
-                jobs: args.jobs.clamp(1, 64) as usize,
-                out: args.out.clone(),
-                only_state: args.state,
-                mutation: args.mutate,
-                atomic_unit_bytes: args.atomic_unit,
-            };
-            if args.size < 1 << 20 || !args.size.is_multiple_of(512) {
-                return usage(format!("--size {}: at least 1 MiB, a multiple of 512", args.size));
-            }
-            let started = std::time::Instant::now();
-            let mut last = std::time::Instant::now();
-            let report = match fvd_scenarios::qemu_crash::run(&options, |done, total| {
-                if last.elapsed().as_secs() >= 5 {
-                    eprintln!("fvdsim qemu: {done}/{total} crash states judged");
-                    last = std::time::Instant::now();
-                }
-            }) {
-                Ok(report) => report,
-                Err(error) => return usage(format!("qemu: {error:#}")),
-            };
-            say!("fvdsim qemu {} seed {} ({})", report.format, report.seed, report.qemu_version);
-            say!(
-                "  script              {} operations{}; write log: {} entries, {} flushes",
-                report.ops,
-                if report.backing { " over a raw backing file" } else { "" },
-                report.log_entries,
-                report.log_flushes
-            );
-            if report.padded_to_final_length {
-                say!(
-                    "  note                the driver grows its file with truncates, which blklogwrites does not log \
-                     ({} bytes beyond the last logged write): states are padded to the file's final length",
-                    report.unlogged_growth_bytes
-                );
-            }
-            say!(
-                "  crash states        {} judged in {:.1} s ({:.0}/s, {} jobs)",
-                report.crash_states,
-                report.judge_seconds,
-                report.states_per_second,
-                options.jobs
-            );
-            let codes: Vec<String> = report.check_exit_codes.iter().map(|(c, n)| format!("{n} × {c}")).collect();
-            say!("  qemu-img check      exit codes {}", codes.join(", "));
-            let classes: Vec<String> = report.findings_by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
-            say!("  findings            {}", if classes.is_empty() { "none".into() } else { classes.join(", ") });
-            for finding in report.findings.iter().take(5) {
-                say!("  state {}: {:?}: {}", finding.state, finding.class, finding.message);
-                say!("    reproduce with: {}", finding.repro_command);
-            }
-            say!(
-                "  wall time           {:.1} s; report {}",
-                started.elapsed().as_secs_f64(),
-                options.out.join("report.json").display()
-            );
-            if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }
+        Command::Qemu(args) => qemu_command(&args),
         Command::Scenarios => {
             let width = SCENARIOS.iter().map(|s| s.name.len()).max().unwrap_or(0);
             for s in SCENARIOS {
@@ -1268,4 +1215,143 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// True if `file` is a `fvdsim qemu` finding file (by its `kind`).
+fn is_qemu_finding(file: &std::path::Path) -> bool {
+    let kind = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|value| value.get("kind").and_then(|k| k.as_str()).map(String::from));
+    kind.as_deref() == Some(fvd_scenarios::qemu_crash::FINDING_KIND)
+}
+
+/// `fvdsim shrink finding-state-K.json`.
+fn shrink_qemu_finding(file: &std::path::Path, out: Option<PathBuf>, max_runs: u32) -> ExitCode {
+    use fvd_scenarios::qemu_crash::{FindingFile, shrink::shrink};
+    let finding = match FindingFile::read(file) {
+        Ok(finding) => finding,
+        Err(error) => return usage(format!("{error:#}")),
+    };
+    let out = out.unwrap_or_else(|| file.with_extension("min.json"));
+    let dir = out.with_extension("");
+    say!(
+        "shrinking {} ({} {:?}, {} operations): {}",
+        file.display(),
+        finding.run.format,
+        finding.finding.class,
+        finding.ops.len(),
+        finding.finding.message
+    );
+    match shrink(&finding, &dir, max_runs, |line| say!("  {line}")) {
+        Ok(shrunk) => {
+            if let Err(error) = std::fs::copy(&shrunk.path, &out) {
+                return usage(format!("writing {}: {error}", out.display()));
+            }
+            say!(
+                "shrunk in {} runs from {} to {} operations: {}",
+                shrunk.runs,
+                shrunk.ops_before,
+                shrunk.file.ops.len(),
+                shrunk.file.finding.message
+            );
+            say!("  the run is in {}", dir.display());
+            say!("reproduce with: fvdsim qemu --from {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => usage(format!("shrink: {error:#}")),
+    }
+}
+
+/// `fvdsim qemu`: one run, a campaign of several, or a finding file's script again.
+fn qemu_command(args: &QemuArgs) -> ExitCode {
+    use fvd_scenarios::qemu_crash::campaign::{CampaignOptions, CampaignRun, run_campaign};
+    use fvd_scenarios::qemu_crash::{FORMATS, FindingFile, QemuOptions};
+    let started = std::time::Instant::now();
+    let mut template = QemuOptions {
+        seed: args.seed,
+        ops: args.ops,
+        backing: args.backing,
+        disk_bytes: args.size,
+        cluster_bytes: args.cluster_size,
+        max_states: args.max_states,
+        jobs: args.jobs.clamp(1, 64) as usize,
+        only_state: args.state,
+        mutation: args.mutate,
+        atomic_unit_bytes: args.atomic_unit,
+        ..QemuOptions::new("", &args.out)
+    };
+    let mut formats: Vec<String> = args.format.iter().map(|f| f.trim().to_ascii_lowercase()).collect();
+    if formats.iter().any(|f| f == "all") {
+        formats = FORMATS.iter().map(|f| f.to_string()).collect();
+    }
+    if let Some(from) = &args.from {
+        let finding = match FindingFile::read(from).and_then(|f| Ok((f.options(&args.out)?, f))) {
+            Ok(found) => found,
+            Err(error) => return usage(format!("qemu: {error:#}")),
+        };
+        template = QemuOptions { jobs: template.jobs, only_state: args.state.or(finding.0.only_state), ..finding.0 };
+        formats = vec![finding.1.run.format.clone()];
+        say!(
+            "judging state {} of {} again: {}",
+            template.only_state.unwrap_or(0),
+            from.display(),
+            finding.1.finding.message
+        );
+    }
+    let campaign = CampaignOptions { formats, runs: args.runs, template };
+    let mut last = std::time::Instant::now();
+    let report = match run_campaign(&campaign, |run, runs, done, total| {
+        if last.elapsed().as_secs() >= 5 {
+            eprintln!("fvdsim qemu: run {}/{runs}: {done}/{total} crash states judged", run + 1);
+            last = std::time::Instant::now();
+        }
+    }) {
+        Ok(report) => report,
+        Err(error) => return usage(format!("qemu: {error:#}")),
+    };
+    for CampaignRun { dir, report } in &report.runs {
+        say!("fvdsim qemu {} seed {} ({})", report.format, report.seed, report.qemu_version);
+        say!(
+            "  script              {} operations{}{}; write log: {} entries, {} flushes",
+            report.ops,
+            report.cluster_bytes.map_or_else(String::new, |c| format!(", cluster size {c}")),
+            if report.backing { " over a raw backing file" } else { "" },
+            report.log_entries,
+            report.log_flushes
+        );
+        if report.padded_to_final_length {
+            say!(
+                "  note                the driver grows its file with truncates, which blklogwrites does not log \
+                 ({} bytes beyond the last logged write): states are padded to the file's final length",
+                report.unlogged_growth_bytes
+            );
+        }
+        say!(
+            "  crash states        {} judged in {:.1} s ({:.0}/s, {} jobs)",
+            report.crash_states,
+            report.judge_seconds,
+            report.states_per_second,
+            campaign.template.jobs
+        );
+        let codes: Vec<String> = report.check_exit_codes.iter().map(|(c, n)| format!("{n} × {c}")).collect();
+        say!("  qemu-img check      exit codes {}", codes.join(", "));
+        let classes: Vec<String> = report.findings_by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+        say!("  findings            {}", if classes.is_empty() { "none".into() } else { classes.join(", ") });
+        for finding in report.findings.iter().take(if report.findings.len() > 3 { 3 } else { 5 }) {
+            say!("  state {}: {:?}: {}", finding.state, finding.class, finding.message);
+            say!("    reproduce with: {}", finding.repro_command);
+        }
+        let dir = if dir == "." { campaign.template.out.clone() } else { campaign.template.out.join(dir) };
+        say!("  report              {}", dir.join("report.json").display());
+    }
+    say!(
+        "campaign: {} run(s), {} crash states, {} finding(s), {:.1} s; page {}",
+        report.runs.len(),
+        report.crash_states,
+        report.findings,
+        started.elapsed().as_secs_f64(),
+        campaign.template.out.join("index.html").display()
+    );
+    if report.findings == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -433,6 +433,7 @@ impl SwarmSummary {
                 ("the campaign's totals and coverage".into(), "swarm.json".into()),
                 ("the failing-seed database".into(), "failures.json".into()),
             ],
+            tables: Vec::new(),
         }
     }
     /// Adds one run that verified `crash_states` crash states.

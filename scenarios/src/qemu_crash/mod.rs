@@ -12,8 +12,10 @@
 //! writes one sector whose stamp is unique to that flush, so the first log entry holding that
 //! stamp is issued after the flush completed (`qemu-io` runs its commands one at a time).
 
+pub mod campaign;
 pub mod log;
 mod script;
+pub mod shrink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -60,10 +62,53 @@ pub struct QemuOptions {
     /// A deliberate break of the log before crash states are drawn, to prove the judge catches
     /// what it should (a self-test; `None` in real campaigns).
     pub mutation: Option<LogMutation>,
+    /// The script's operations given outright (a shrunk script, or one replayed from a finding
+    /// file) instead of drawn from the seed; the seed still stamps the payloads.
+    pub script_ops: Option<Vec<Op>>,
+    /// Stop judging once a state shows a finding of this class (`fvdsim shrink` asks only
+    /// whether the failure is still there).
+    pub stop_at: Option<FindingClass>,
+}
+
+impl QemuOptions {
+    /// A campaign of one run on `format` with the command line's defaults: seed 1, 40
+    /// operations, a 16 MiB disk, QEMU's default cluster size, 2,000 states at most, 2 jobs,
+    /// 512-byte atomic units, no backing file.
+    pub fn new(format: &str, out: &Path) -> QemuOptions {
+        QemuOptions {
+            format: format.into(),
+            seed: Seed(1),
+            ops: 40,
+            backing: false,
+            disk_bytes: 16 << 20,
+            cluster_bytes: None,
+            max_states: 2_000,
+            jobs: 2,
+            out: out.to_path_buf(),
+            only_state: None,
+            atomic_unit_bytes: 512,
+            mutation: None,
+            script_ops: None,
+            stop_at: None,
+        }
+    }
+}
+
+/// The `qemu-img create -o` option that sets `format`'s allocation unit and the sizes a
+/// campaign of several runs draws from (`None`: the format has no such option: VDI's 1 MiB
+/// blocks and VMDK's 64 KiB grains are fixed in QEMU).
+pub fn cluster_option(format: &str) -> Option<(&'static str, &'static [u64])> {
+    match format {
+        "qcow2" => Some(("cluster_size", &[4 << 10, 16 << 10, 64 << 10, 256 << 10, 2 << 20])),
+        "qed" => Some(("cluster_size", &[4 << 10, 64 << 10, 1 << 20])),
+        "parallels" => Some(("cluster_size", &[64 << 10, 256 << 10, 1 << 20])),
+        "vhdx" => Some(("block_size", &[1 << 20, 8 << 20, 32 << 20])),
+        _ => None,
+    }
 }
 
 /// Deliberate breaks of the write log (self-tests of the judge).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum LogMutation {
     /// Remove every FLUSH entry: crash states may then lose writes a completed guest flush made
     /// durable, which the judge must report as data loss.
@@ -128,6 +173,9 @@ pub struct QemuReport {
     pub ops: u64,
     /// With a backing file.
     pub backing: bool,
+    /// The cluster (VHDX: block) size the image was created with; `None`: QEMU's default.
+    #[serde(default)]
+    pub cluster_bytes: Option<u64>,
     /// Log entries (writes, flushes, discards).
     pub log_entries: u64,
     /// Log FLUSH entries.
@@ -327,6 +375,44 @@ struct StateVerdict {
     findings: Vec<(FindingClass, String)>,
 }
 
+/// What `qemu-img check` says of a crash state's image file before any repair, as findings: an
+/// abort (QEMU 10.0.2's Parallels check asserts on a BAT entry beyond the end of the file) is a
+/// check crash; a check that cannot complete (exit 1, such as Parallels' "Device or resource
+/// busy" on duplicate BAT entries, or a VMDK grain table entry beyond the end of the file) is
+/// corruption, except a VHDX log waiting to be replayed; corruption in an image that says it is
+/// clean is corruption (QED's NEED_CHECK, Parallels' `in_use`, qcow2's dirty bit, a VHDX log to
+/// replay say it may not be).
+///
+/// Errors: `qemu-img` cannot run or gives output that cannot be read; the image cannot be read.
+pub fn check_findings(qemu: &QemuImg, format: &str, image: &Path) -> Result<(QemuCheck, Vec<(FindingClass, String)>)> {
+    let mut findings = Vec::new();
+    let check = qemu.check(format, image, false)?;
+    // VHDX refuses a read-only open while its log needs replaying: a read-write open (the
+    // repair step of judging) replays it.
+    let log_to_replay = check.stderr.contains("needs to be replayed");
+    let mut header = Vec::with_capacity(512);
+    {
+        use std::io::Read;
+        let file = std::fs::File::open(image).with_context(|| format!("{}", image.display()))?;
+        file.take(512).read_to_end(&mut header)?;
+    }
+    let dirty = log_to_replay || script::dirty_flag(format, &header);
+    if check.aborted() {
+        findings.push((FindingClass::CheckCrash, format!("qemu-img check aborted: {}", check.stderr)));
+    } else if check.check_errors > 0 && !log_to_replay {
+        findings.push((FindingClass::Corruption, format!("qemu-img check could not complete: {}", check.stderr)));
+    } else if check.corruptions > 0 && !dirty {
+        findings.push((
+            FindingClass::Corruption,
+            format!(
+                "qemu-img check finds {} corruption(s) in an image that says it is clean: {}",
+                check.corruptions, check.stderr
+            ),
+        ));
+    }
+    Ok((check, findings))
+}
+
 /// Judges one state in `dir`.
 #[allow(clippy::too_many_arguments)]
 fn judge_state(
@@ -350,25 +436,7 @@ fn judge_state(
         bytes.resize(len as usize, 0);
     }
     write_sparse(&image, &bytes)?;
-    let mut findings = Vec::new();
-    let check = qemu.check(format, &image, false)?;
-    // VHDX refuses a read-only open while its log needs replaying: a read-write open (the
-    // repair step below) replays it.
-    let log_to_replay = check.stderr.contains("needs to be replayed");
-    let dirty = log_to_replay || script::dirty_flag(format, &std::fs::read(&image)?);
-    if check.aborted() {
-        findings.push((FindingClass::CheckCrash, format!("qemu-img check aborted: {}", check.stderr)));
-    } else if check.check_errors > 0 && !log_to_replay {
-        findings.push((FindingClass::Corruption, format!("qemu-img check could not complete: {}", check.stderr)));
-    } else if check.corruptions > 0 && !dirty {
-        findings.push((
-            FindingClass::Corruption,
-            format!(
-                "qemu-img check finds {} corruption(s) in an image that says it is clean: {}",
-                check.corruptions, check.stderr
-            ),
-        ));
-    }
+    let (check, mut findings) = check_findings(qemu, format, &image)?;
     // As a read-write open would: QED and Parallels repair a dirty image, VHDX replays its log.
     if matches!(format, "qed" | "parallels" | "vhdx") {
         let fixed = qemu.check(format, &image, true)?;
@@ -412,8 +480,18 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     if options.atomic_unit_bytes != 512 && options.atomic_unit_bytes != 4096 {
         bail!("--atomic-unit {}: 512 or 4096", options.atomic_unit_bytes);
     }
-    if options.backing && !matches!(options.format.as_str(), "qcow2" | "qed" | "vmdk") {
+    if options.backing && !takes_backing(&options.format) {
         bail!("--backing: {} takes no backing file here (qcow2, qed, vmdk do)", options.format);
+    }
+    if options.disk_bytes < 1 << 20 || options.disk_bytes > 4 << 30 || !options.disk_bytes.is_multiple_of(SECTOR) {
+        // The backing file and every crash state are built in memory.
+        bail!("--size {}: from 1 MiB to 4 GiB, a multiple of 512", options.disk_bytes);
+    }
+    if options.cluster_bytes.is_some() && cluster_option(&options.format).is_none() {
+        bail!("--cluster-size: QEMU's {} driver has no cluster size to choose", options.format);
+    }
+    if let Some(ops) = &options.script_ops {
+        script::validate(ops, options.disk_bytes)?;
     }
     let qemu = QemuImg::find()?;
     // Absolute: qemu-io runs in the output directory (the script names its payloads relatively).
@@ -426,8 +504,8 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     let _ = std::fs::remove_file(&image);
     let size = options.disk_bytes.to_string();
     let mut create: Vec<String> = vec!["create".into(), "-q".into(), "-f".into(), format.into()];
-    if let Some(cluster) = options.cluster_bytes {
-        create.extend(["-o".into(), format!("cluster_size={cluster}")]);
+    if let (Some(cluster), Some((option, _))) = (options.cluster_bytes, cluster_option(format)) {
+        create.extend(["-o".into(), format!("{option}={cluster}")]);
     }
     if options.backing {
         create.extend(["-b".into(), "base.raw".into(), "-F".into(), "raw".into()]);
@@ -474,11 +552,12 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     let work = std::sync::Mutex::new(chosen.iter());
     let results = std::sync::Mutex::new(Vec::new());
     let done = std::sync::atomic::AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::new();
         for worker in 0..jobs {
-            let (work, results, done, qemu, script, flushes, initial, log) =
-                (&work, &results, &done, &qemu, &script, &flushes, &initial, &log);
+            let (work, results, done, stop, qemu, script, flushes, initial, log) =
+                (&work, &results, &done, &stop, &qemu, &script, &flushes, &initial, &log);
             let dir = out.join(format!("judge-{worker}"));
             handles.push(scope.spawn(move || -> Result<()> {
                 std::fs::create_dir_all(&dir)?;
@@ -487,10 +566,13 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
                     let _ = std::fs::remove_file(dir.join("base.raw"));
                     std::os::unix::fs::symlink(std::path::absolute(out.join("base.raw"))?, dir.join("base.raw"))?;
                 }
-                loop {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let Some((number, state)) = work.lock().expect("no worker panics").next() else { break };
                     let judged =
                         judge_state(qemu, options, script, flushes, initial, log, *number, state, &dir, pad_to)?;
+                    if judged.findings.iter().any(|(class, _)| Some(*class) == options.stop_at) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     results.lock().expect("no worker panics").push((*number, judged));
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -521,8 +603,9 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
         qemu_version: qemu.version().to_string(),
         format: format.into(),
         seed: options.seed.to_string(),
-        ops: options.ops,
+        ops: script.ops.len() as u64,
         backing: options.backing,
+        cluster_bytes: options.cluster_bytes,
         log_entries: log.entries.len() as u64,
         log_flushes: log.entries.iter().filter(|e| matches!(e, LogEntry::Flush)).count() as u64,
         unlogged_growth_bytes: pad_to.map_or(0, |len| len.saturating_sub(logged_end)),
@@ -547,7 +630,7 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
                     state: number,
                     crash_state: states_by_number[&number].clone(),
                     message,
-                    repro_command: repro_command(options, number),
+                    repro_command: repro_command(options, number, out),
                 });
             }
         }
@@ -556,27 +639,140 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     // One file per finding: what it is, the state, how to judge it again (the script and the
     // log it came from are beside it).
     for finding in &report.findings {
-        let file = serde_json::json!({
-            "format": report.format,
-            "qemu_version": report.qemu_version,
-            "seed": report.seed,
-            "script": "script.qemu-io",
-            "write_log": "write.log",
-            "finding": finding,
-        });
-        std::fs::write(
-            out.join(format!("finding-state-{}.json", finding.state)),
-            serde_json::to_string_pretty(&file)?,
-        )?;
+        let file = FindingFile {
+            kind: FINDING_KIND.into(),
+            qemu_version: report.qemu_version.clone(),
+            run: RunSpec::of(options),
+            ops: script.ops.clone(),
+            script: "script.qemu-io".into(),
+            write_log: "write.log".into(),
+            finding: finding.clone(),
+        };
+        std::fs::write(finding_path(out, finding.state), serde_json::to_string_pretty(&file)?)?;
     }
     Ok(report)
 }
 
-/// The command that judges state `number` again (keeping its files).
-pub fn repro_command(options: &QemuOptions, number: u64) -> String {
+/// The `kind` of a finding file.
+pub const FINDING_KIND: &str = "fvdsim-qemu-finding";
+
+/// Formats whose QEMU driver takes a backing file here.
+pub fn takes_backing(format: &str) -> bool {
+    matches!(format, "qcow2" | "qed" | "vmdk")
+}
+
+/// Where the finding of state `number` is written.
+pub fn finding_path(out: &Path, number: u64) -> PathBuf {
+    out.join(format!("finding-state-{number}.json"))
+}
+
+/// What a run was, as a finding file records it (everything but where it ran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// [`QemuOptions::format`].
+    pub format: String,
+    /// [`QemuOptions::seed`], as `0x…`.
+    pub seed: String,
+    /// [`QemuOptions::ops`].
+    pub ops: u64,
+    /// [`QemuOptions::backing`].
+    pub backing: bool,
+    /// [`QemuOptions::disk_bytes`].
+    pub disk_bytes: u64,
+    /// [`QemuOptions::cluster_bytes`].
+    pub cluster_bytes: Option<u64>,
+    /// [`QemuOptions::max_states`].
+    pub max_states: u64,
+    /// [`QemuOptions::atomic_unit_bytes`].
+    pub atomic_unit_bytes: u64,
+    /// [`QemuOptions::mutation`].
+    pub mutation: Option<LogMutation>,
+    /// The operations were given outright (the finding file's `ops`), not drawn from the seed.
+    pub explicit_ops: bool,
+}
+
+impl RunSpec {
+    /// The spec of `options`.
+    pub fn of(options: &QemuOptions) -> RunSpec {
+        RunSpec {
+            format: options.format.clone(),
+            seed: options.seed.to_string(),
+            ops: options.ops,
+            backing: options.backing,
+            disk_bytes: options.disk_bytes,
+            cluster_bytes: options.cluster_bytes,
+            max_states: options.max_states,
+            atomic_unit_bytes: options.atomic_unit_bytes,
+            mutation: options.mutation,
+            explicit_ops: options.script_ops.is_some(),
+        }
+    }
+}
+
+/// A finding file (`finding-state-K.json`): everything needed to judge the state again without
+/// the seed's generator (the operations are written out), and what was found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FindingFile {
+    /// [`FINDING_KIND`].
+    pub kind: String,
+    /// `qemu-img --version`, first line.
+    pub qemu_version: String,
+    /// The run.
+    pub run: RunSpec,
+    /// The script's operations.
+    pub ops: Vec<Op>,
+    /// The script file beside it.
+    pub script: String,
+    /// The write log beside it.
+    pub write_log: String,
+    /// The finding.
+    pub finding: Finding,
+}
+
+impl FindingFile {
+    /// Reads a finding file.
+    ///
+    /// Errors: the file cannot be read, is not JSON of this shape, or is of another kind.
+    pub fn read(path: &Path) -> Result<FindingFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: FindingFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a `fvdsim qemu` finding file", path.display()))?;
+        if file.kind != FINDING_KIND {
+            bail!("{}: kind {:?}, not {FINDING_KIND:?}", path.display(), file.kind);
+        }
+        Ok(file)
+    }
+
+    /// The options that run the finding's script again into `out`, judging only its state.
+    ///
+    /// Errors: a seed that does not parse.
+    pub fn options(&self, out: &Path) -> Result<QemuOptions> {
+        let run = &self.run;
+        Ok(QemuOptions {
+            seed: run.seed.parse().with_context(|| format!("seed {:?}", run.seed))?,
+            ops: self.ops.len() as u64,
+            backing: run.backing,
+            disk_bytes: run.disk_bytes,
+            cluster_bytes: run.cluster_bytes,
+            max_states: run.max_states,
+            only_state: Some(self.finding.state),
+            atomic_unit_bytes: run.atomic_unit_bytes,
+            mutation: run.mutation,
+            script_ops: Some(self.ops.clone()),
+            ..QemuOptions::new(&run.format, out)
+        })
+    }
+}
+
+/// The command that judges state `number` of a run writing into `out` again (keeping its
+/// files): the seed's command line, or, for a script given outright, `--from` its finding file.
+pub fn repro_command(options: &QemuOptions, number: u64, out: &Path) -> String {
+    if options.script_ops.is_some() {
+        return format!("fvdsim qemu --from {}", finding_path(out, number).display());
+    }
     let mut command = format!(
-        "fvdsim qemu --format {} --seed {} --ops {} --size {} --max-states {}",
-        options.format, options.seed, options.ops, options.disk_bytes, options.max_states
+        "fvdsim qemu --format {} --seed {:#x} --ops {} --size {} --max-states {}",
+        options.format, options.seed.0, options.ops, options.disk_bytes, options.max_states
     );
     if let Some(cluster) = options.cluster_bytes {
         command += &format!(" --cluster-size {cluster}");

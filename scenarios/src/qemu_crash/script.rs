@@ -3,15 +3,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use fvd_sim::SimRng;
 use fvd_sim::disk::content::ProceduralContent;
+use serde::{Deserialize, Serialize};
 
 use super::{FindingClass, QemuOptions};
 use crate::stamp::{SECTOR, SectorValue, decode, stamp};
 
 /// Stamp ids of flush markers start here (data writes count from 1).
 const MARKER_BASE: u64 = 1 << 40;
+
+/// The most sectors one operation of a script given outright may cover (32 MiB; generated
+/// operations cover at most 256).
+const MAX_OP_SECTORS: u64 = 1 << 16;
 
 /// What a sector may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,8 +29,8 @@ pub enum Value {
     Zero,
 }
 
-/// One guest operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One guest operation (as a finding file records it: `{"Write": {"id": 3, "first": 8, "count": 2}}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// A stamped write of `count` sectors at `first` (payload file `w{id}.bin`).
     Write {
@@ -69,10 +74,15 @@ pub struct Script {
 
 impl Script {
     /// Draws `options.ops` operations from the seed: stamped writes (half of them near the
-    /// previous one, so they overlap), zero writes, discards (qcow2 honours them), flushes.
+    /// previous one, so they overlap), zero writes, discards (qcow2 honours them), flushes. Takes
+    /// `options.script_ops` as they are when given (checked by [`validate`] first).
     pub fn generate(options: &QemuOptions) -> Script {
-        let mut rng = SimRng::stream(options.seed, "qemu-script");
         let disk_sectors = options.disk_bytes / SECTOR;
+        let base = options.backing.then_some(ProceduralContent { seed: options.seed.0 ^ 0xba5e });
+        if let Some(ops) = &options.script_ops {
+            return Script { seed: options.seed.0, disk_sectors, base, ops: ops.clone() };
+        }
+        let mut rng = SimRng::stream(options.seed, "qemu-script");
         let usable = disk_sectors - 1; // the last sector takes the flush markers
         let mut ops = Vec::new();
         let (mut next_id, mut next_marker, mut last) = (1u64, MARKER_BASE, 0u64);
@@ -100,7 +110,6 @@ impl Script {
             }
             ops.push(op);
         }
-        let base = options.backing.then_some(ProceduralContent { seed: options.seed.0 ^ 0xba5e });
         Script { seed: options.seed.0, disk_sectors, base, ops }
     }
 
@@ -238,6 +247,33 @@ impl Script {
         }
         None
     }
+}
+
+/// Checks operations given outright (a finding file's, which a person may have edited): every
+/// range inside the disk and before its last sector (the flush markers' sector), write stamp ids
+/// unique and below the markers', marker ids unique and from the markers' range.
+///
+/// Errors: the first operation that breaks a rule, by index.
+pub fn validate(ops: &[Op], disk_bytes: u64) -> Result<()> {
+    let usable = (disk_bytes / SECTOR).saturating_sub(1);
+    let mut ids = std::collections::BTreeSet::new();
+    for (index, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Write { first, count, .. } | Op::Zero { first, count } | Op::Discard { first, count }
+                if count == 0 || count > MAX_OP_SECTORS || first.checked_add(count).is_none_or(|end| end > usable) =>
+            {
+                bail!("operation {index} ({op:?}): 1 to {MAX_OP_SECTORS} sectors inside the disk's first {usable}");
+            }
+            Op::Write { id, .. } if id == 0 || id >= MARKER_BASE || !ids.insert(id) => {
+                bail!("operation {index} ({op:?}): write ids are unique, from 1 to {}", MARKER_BASE - 1);
+            }
+            Op::Flush { marker } if marker <= MARKER_BASE || !ids.insert(marker) => {
+                bail!("operation {index} ({op:?}): flush markers are unique and above {MARKER_BASE}");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// True if the image says it may be inconsistent, so its check may find corruption by design:
