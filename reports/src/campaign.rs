@@ -121,20 +121,53 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;t
     html
 }
 
-fn push_table(html: &mut String, table: &Table) {
-    let _ = writeln!(html, "<h2>{}</h2>\n<table>", escape(&table.heading));
+/// Sorts a table by the clicked column (numbers as numbers), ascending then descending.
+const SORT_SCRIPT: &str = "<script>function fvdsimSort(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),\
+d=th.dataset.d=th.dataset.d==='a'?'d':'a',rows=[...t.querySelectorAll('tr')].slice(1),\
+v=r=>{const c=r.children[i].innerText,n=parseFloat(c.replace(/[^0-9.+-]/g,''));return isNaN(n)?c:n};\
+rows.sort((a,b)=>{const x=v(a),y=v(b);const o=typeof x==='number'&&typeof y==='number'?x-y:String(x).localeCompare(String(y));return d==='a'?o:-o});\
+rows.forEach(r=>t.appendChild(r))}</script>";
+
+/// A table under its heading; cells naming a `.json`, `.html` or `.svg` file are links, numbers
+/// align right, and a click on a column's name sorts by it.
+pub(crate) fn push_table(html: &mut String, table: &Table) {
+    if !html.contains("function fvdsimSort") {
+        html.push_str(SORT_SCRIPT);
+    }
+    let _ = writeln!(html, "<h2>{}</h2>\n<table class=\"sortable\">", escape(&table.heading));
     html.push_str("<tr>");
     for column in &table.columns {
-        let _ = write!(html, "<th>{}</th>", escape(column));
+        let _ = write!(
+            html,
+            "<th onclick=\"fvdsimSort(this)\" style=\"cursor:pointer\" title=\"sort\">{}</th>",
+            escape(column)
+        );
     }
     html.push_str("</tr>\n");
     for row in &table.rows {
         html.push_str("<tr>");
         for cell in row {
-            let linked = !cell.contains(' ') && (cell.ends_with(".json") || cell.ends_with(".html"));
-            if linked {
+            let linked = !cell.contains(' ') && [".json", ".html", ".svg"].iter().any(|e| cell.ends_with(e));
+            if cell.starts_with('[') && cell.ends_with(')') && cell.contains("](") {
+                // `[text](file) [text](file)`: links under short names.
+                html.push_str("<td>");
+                for link in cell.split(") ") {
+                    let (text, file) = link.trim_start_matches('[').split_once("](").unwrap_or((link, ""));
+                    let _ = write!(html, "<a href=\"{}\">{}</a> ", escape(file.trim_end_matches(')')), escape(text));
+                }
+                html.push_str("</td>");
+            } else if cell.contains('\n') {
+                // Lines that must not wrap (command-line flags).
+                let lines: Vec<String> = cell.lines().map(escape).collect();
+                let _ = write!(html, "<td style=\"white-space:nowrap\">{}</td>", lines.join("<br>"));
+            } else if linked {
                 let _ = write!(html, "<td><a href=\"{0}\">{0}</a></td>", escape(cell));
-            } else if cell.parse::<f64>().is_ok() {
+            } else if cell
+                .trim_start_matches(['+', '-'])
+                .split([' ', '%', '×'])
+                .next()
+                .is_some_and(|n| n.parse::<f64>().is_ok())
+            {
                 let _ = write!(html, "<td class=\"count\">{}</td>", escape(cell));
             } else {
                 let _ = write!(html, "<td>{}</td>", escape(cell));
@@ -230,8 +263,13 @@ mod tests {
         let html = render_campaign_page(&page);
         assert!(html.contains("<h2>Runs</h2>"));
         assert!(html.contains("<td class=\"count\">319</td>"));
+        assert!(html.contains("fvdsimSort(this)"), "columns sort");
         assert!(html.contains("<a href=\"qcow2-1/report.json\">qcow2-1/report.json</a>"));
         assert!(!html.contains("Coverage"));
         assert!(html.contains("None: every run passed."));
+        let links = Table { rows: vec![vec!["[prefetch](a.svg) [latency](b.svg)".into()]], ..Table::default() };
+        let mut html = String::new();
+        push_table(&mut html, &links);
+        assert!(html.contains("<a href=\"a.svg\">prefetch</a> <a href=\"b.svg\">latency</a>"), "{html}");
     }
 }

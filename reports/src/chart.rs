@@ -112,6 +112,8 @@ pub struct LineChart {
     pub markers: Vec<Marker>,
     /// Lines of text under the legend: what a floor, a gap or a unit means.
     pub notes: Vec<String>,
+    /// The x axis's range; `None`: from the data (charts that belong together share one).
+    pub x_range: Option<(f64, f64)>,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -168,6 +170,10 @@ fn bounds(chart: &LineChart) -> (f64, f64, f64, f64) {
     }
     if let Some(ceiling) = chart.y_max {
         y1 = y1.min(ceiling);
+    }
+    if let Some((from, to)) = chart.x_range {
+        x0 = from;
+        x1 = to;
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
@@ -480,6 +486,161 @@ pub struct LabelledPoint {
     pub label: String,
 }
 
+/// One point of a trade-off chart.
+#[derive(Debug, Clone)]
+pub struct TradeoffPoint {
+    /// X value.
+    pub x: f64,
+    /// Y value.
+    pub y: f64,
+    /// Vertical spread (low, high) drawn as a whisker, if any (over seeds, say).
+    pub y_spread: Option<(f64, f64)>,
+    /// Short label drawn beside the point (a number a table explains).
+    pub label: String,
+    /// Group (colour and legend entry), e.g. a policy.
+    pub group: String,
+}
+
+/// A trade-off chart where lower-left is better on both axes: points coloured by group with
+/// short labels, whiskers for their spread, the Pareto front (points no other beats on both
+/// axes) joined by a line, and a goal region (`x ≤ goal.0`, `y ≤ goal.1`) shaded.
+#[derive(Debug, Clone, Default)]
+pub struct TradeoffChart {
+    /// Title.
+    pub title: String,
+    /// X axis label with unit.
+    pub x_label: String,
+    /// Y axis label with unit.
+    pub y_label: String,
+    /// The points.
+    pub points: Vec<TradeoffPoint>,
+    /// The goal region's corner, with its legend label.
+    pub goal: Option<(f64, f64, String)>,
+}
+
+/// Indices of the points on the Pareto front of `points` (minimising x and y), by x.
+pub fn pareto_front(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut order: Vec<usize> =
+        (0..points.len()).filter(|&i| points[i].0.is_finite() && points[i].1.is_finite()).collect();
+    order.sort_by(|&a, &b| points[a].0.total_cmp(&points[b].0).then(points[a].1.total_cmp(&points[b].1)));
+    let mut front = Vec::new();
+    let mut best_y = f64::INFINITY;
+    for i in order {
+        if points[i].1 < best_y {
+            best_y = points[i].1;
+            front.push(i);
+        }
+    }
+    front
+}
+
+/// Renders a [`TradeoffChart`].
+///
+/// Errors: the file cannot be written.
+pub fn render_tradeoff(chart: &TradeoffChart, path: &Path) -> Result<()> {
+    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    root.fill(&WHITE).context("chart background")?;
+    let xy: Vec<(f64, f64)> = chart.points.iter().map(|p| (p.x, p.y)).collect();
+    // Outliers would squash the corner that matters: with a goal, the axes stop at 4× its x and
+    // 10× its y, and points beyond are drawn hollow at the edge and named in the legend.
+    let limit = chart.goal.as_ref().map(|(gx, gy, _)| (gx * 4.0, gy * 10.0));
+    let clip = |(x, y): (f64, f64)| limit.map_or((x, y), |(lx, ly)| (x.min(lx), y.min(ly)));
+    let beyond: Vec<&TradeoffPoint> =
+        chart.points.iter().filter(|p| limit.is_some_and(|(lx, ly)| p.x > lx || p.y > ly)).collect();
+    let mut ys: Vec<f64> = chart
+        .points
+        .iter()
+        .flat_map(|p| [p.y, p.y_spread.map_or(p.y, |s| s.0), p.y_spread.map_or(p.y, |s| s.1)])
+        .map(|y| clip((0.0, y)).1)
+        .collect();
+    let mut xs: Vec<f64> = xy.iter().map(|p| clip(*p).0).collect();
+    if let Some((gx, gy, _)) = &chart.goal {
+        xs.push(*gx);
+        ys.push(*gy);
+    }
+    xs.push(0.0);
+    ys.push(0.0);
+    let (x0, x1) = xs.iter().filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (y0, y1) = ys.iter().filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let (xpad, ypad) = (((x1 - x0) * 0.03).max(0.05), ((y1 - y0) * 0.05).max(0.5));
+    let (x0, y0) = (x0.max(0.0) + xpad, y0 + ypad);
+    let mut ctx = ChartBuilder::on(&root)
+        .caption(&chart.title, ("sans-serif", 22))
+        .margin(20)
+        .x_label_area_size(56)
+        .y_label_area_size(80)
+        .build_cartesian_2d((x0 - xpad)..(x1 + xpad * 2.0), (y0 - ypad)..(y1 + ypad))
+        .context("chart axes")?;
+    ctx.configure_mesh()
+        .x_desc(chart.x_label.as_str())
+        .y_desc(chart.y_label.as_str())
+        .axis_desc_style(("sans-serif", 17))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .context("chart mesh")?;
+    if let Some((gx, gy, label)) = &chart.goal {
+        ctx.draw_series(std::iter::once(Rectangle::new(
+            [(x0 - xpad, y0 - ypad), (*gx, *gy)],
+            RGBColor(60, 170, 90).mix(0.15).filled(),
+        )))
+        .context("goal region")?
+        .label(label.as_str())
+        .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], RGBColor(60, 170, 90).mix(0.3).filled()));
+    }
+    let front: Vec<(f64, f64)> = pareto_front(&xy).into_iter().map(|i| clip(xy[i])).collect();
+    if front.len() > 1 {
+        ctx.draw_series(LineSeries::new(front.clone(), ShapeStyle::from(&BLACK.mix(0.6)).stroke_width(2)))
+            .context("front")?
+            .label("Pareto front (no other setting is better on both axes)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6).stroke_width(2)));
+    }
+    let mut groups: Vec<&str> = chart.points.iter().map(|p| p.group.as_str()).collect();
+    groups.dedup();
+    let mut seen = std::collections::BTreeSet::new();
+    groups.retain(|g| seen.insert(*g));
+    for (index, group) in groups.iter().enumerate() {
+        let colour = COLORS[index % COLORS.len()];
+        let members: Vec<&TradeoffPoint> = chart.points.iter().filter(|p| p.group == *group).collect();
+        ctx.draw_series(members.iter().filter_map(|p| {
+            p.y_spread.map(|(low, high)| {
+                PathElement::new(vec![clip((p.x, low)), clip((p.x, high))], colour.mix(0.5).stroke_width(2))
+            })
+        }))
+        .context("whiskers")?;
+        ctx.draw_series(members.iter().map(|p| {
+            let inside = clip((p.x, p.y)) == (p.x, p.y);
+            let style = if inside { colour.filled() } else { colour.stroke_width(2) };
+            Circle::new(clip((p.x, p.y)), 6, style)
+        }))
+        .context("points")?
+        .label(*group)
+        .legend(move |(x, y)| Circle::new((x + 8, y), 6, colour.filled()));
+        // Labels take turns around their point so neighbours in a cluster stay legible.
+        const OFFSETS: [(i32, i32); 4] = [(9, -20), (9, 4), (-22, -20), (-22, 4)];
+        ctx.draw_series(members.iter().enumerate().map(|(i, p)| {
+            EmptyElement::at(clip((p.x, p.y)))
+                + Text::new(p.label.clone(), OFFSETS[i % OFFSETS.len()], ("sans-serif", 15).into_font())
+        }))
+        .context("labels")?;
+    }
+    if !beyond.is_empty() {
+        let names: Vec<String> = beyond.iter().map(|p| format!("{} ({:.1}, {:.0})", p.label, p.x, p.y)).collect();
+        ctx.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+            .context("outliers")?
+            .label(format!("hollow: beyond the axes, drawn at the edge: {}", names.join(", ")))
+            .legend(|(x, y)| Circle::new((x + 8, y), 6, BLACK.stroke_width(2)));
+    }
+    ctx.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 15))
+        .draw()
+        .context("legend")?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// Renders a scatter chart with one labelled point per setting.
 pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[LabelledPoint], path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (960, 620)).into_drawing_area();
@@ -520,6 +681,13 @@ pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[Label
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pareto_front_keeps_only_points_no_other_beats_on_both_axes() {
+        let points = [(1.0, 50.0), (2.0, 10.0), (3.0, 20.0), (1.5, 60.0), (4.0, 5.0), (f64::NAN, 0.0)];
+        assert_eq!(pareto_front(&points), vec![0, 1, 4]);
+        assert!(pareto_front(&[]).is_empty());
+    }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("fvd-chart-{name}-{}", std::process::id()));
@@ -583,6 +751,7 @@ mod tests {
                 dashed: false,
             }],
             notes: vec!["a note under the legend".into()],
+            x_range: None,
         };
         render_line_chart(&chart, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();

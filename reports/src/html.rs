@@ -40,6 +40,8 @@ pub struct Index {
     pub title: String,
     /// `(name, value)` rows of the summary table.
     pub summary: Vec<(String, String)>,
+    /// Tables after the summary (sortable by a click on a column's name).
+    pub tables: Vec<crate::campaign::Table>,
     /// `(caption, file)` of each chart (relative paths).
     pub charts: Vec<(String, String)>,
     /// This run's failure, in full.
@@ -116,6 +118,9 @@ pub fn render_index(index: &Index) -> String {
         let _ = writeln!(html, "<tr><th>{}</th><td>{}</td></tr>", escape(name), escape(value));
     }
     html.push_str("</table>\n");
+    for table in &index.tables {
+        crate::campaign::push_table(&mut html, table);
+    }
     html.push_str("<h2>Failure files</h2>\n");
     if index.failures.is_empty() {
         html.push_str("<p>None: every check passed.</p>\n");
@@ -173,6 +178,7 @@ mod tests {
             failures: vec![("wrong data".into(), "failure-1.json".into())],
             files: vec![("report".into(), "report.json".into())],
             failure: None,
+            tables: Vec::new(),
         };
         let html = render_index(&index);
         assert!(html.contains("run &lt;1&gt;"));

@@ -50,7 +50,19 @@ pub struct LatencyRecorder {
     closed: Vec<LatencyWindow>,
     newest_closed: Option<u64>,
     late: u64,
+    /// `(end_ns, latency_ns)` of every record of [`SAMPLED_KIND`], up to [`MAX_SAMPLES`]: the
+    /// percentiles of any interval, exactly (a prefetch study compares a setting with its baseline
+    /// over the same interval).
+    samples: Vec<(u64, u64)>,
+    samples_dropped: bool,
 }
+
+/// The request kind whose records are kept one by one (the guest's foreground requests).
+pub const SAMPLED_KIND: &str = "guest";
+
+/// The most records of [`SAMPLED_KIND`] kept one by one (16 bytes each: 16 MiB); past it,
+/// [`LatencyRecorder::percentiles_between`] answers `None`.
+pub const MAX_SAMPLES: usize = 1 << 20;
 
 impl std::fmt::Debug for LatencyRecorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +88,8 @@ impl LatencyRecorder {
             closed: Vec::new(),
             newest_closed: None,
             late: 0,
+            samples: Vec::new(),
+            samples_dropped: false,
         }
     }
 
@@ -102,6 +116,13 @@ impl LatencyRecorder {
     /// Records a request of `kind` that completed at `end_ns` after `latency_ns`.
     pub fn record(&mut self, kind: &str, end_ns: u64, latency_ns: u64) {
         let value = latency_ns.max(1);
+        if kind == SAMPLED_KIND {
+            if self.samples.len() < MAX_SAMPLES {
+                self.samples.push((end_ns, value));
+            } else {
+                self.samples_dropped = true;
+            }
+        }
         if let Some(h) = self.whole.get_mut(kind) {
             h.saturating_record(value);
         } else {
@@ -127,6 +148,23 @@ impl LatencyRecorder {
             Some(h) => h.saturating_record(value),
             None => window.entry(kind.to_string()).or_insert_with(histogram).saturating_record(value),
         }
+    }
+
+    /// `(count, p50_us, p99_us)` of the [`SAMPLED_KIND`] requests that completed in
+    /// `[from_ns, to_ns)`, exactly; `None` past [`MAX_SAMPLES`] records, `Some((0, 0, 0))` for
+    /// an interval without records.
+    pub fn percentiles_between(&self, from_ns: u64, to_ns: u64) -> Option<(u64, f64, f64)> {
+        if self.samples_dropped {
+            return None;
+        }
+        let mut h = histogram();
+        for &(_, latency) in self.samples.iter().filter(|(end, _)| *end >= from_ns && *end < to_ns) {
+            h.saturating_record(latency);
+        }
+        if h.is_empty() {
+            return Some((0, 0.0, 0.0));
+        }
+        Some((h.len(), h.value_at_quantile(0.5) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3))
     }
 
     /// Whole-run percentiles per kind.
@@ -175,6 +213,20 @@ mod tests {
         let windows = recorder.windows();
         assert_eq!(windows.len(), 3);
         assert_eq!(windows[2].kinds["write"].0, 1);
+    }
+
+    #[test]
+    fn percentiles_of_an_interval_count_only_its_guest_requests() {
+        let mut recorder = LatencyRecorder::new(1_000_000_000);
+        for i in 1..=100u64 {
+            // Guest requests of i µs completing at i ms; a slow non-guest kind beside them.
+            recorder.record(SAMPLED_KIND, i * 1_000_000, i * 1_000);
+            recorder.record("copy", i * 1_000_000, 9_000_000);
+        }
+        let (count, p50, p99) = recorder.percentiles_between(51_000_000, 101_000_000).unwrap();
+        assert_eq!(count, 50, "requests 51..=100");
+        assert!((p50 - 75.0).abs() < 1.0 && (p99 - 100.0).abs() < 1.0, "{p50} {p99}");
+        assert_eq!(recorder.percentiles_between(200_000_000, 300_000_000), Some((0, 0.0, 0.0)));
     }
 
     #[test]

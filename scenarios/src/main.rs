@@ -278,6 +278,22 @@ struct StudyArgs {
     /// Use the AIMD policy with this guest mean-latency target, µs.
     #[arg(long)]
     aimd_target_us: Option<u64>,
+    /// AIMD: the highest rate it may reach, KB/s.
+    #[arg(long, default_value_t = 64 << 10)]
+    aimd_max_kb_s: u64,
+    /// Seeds per setting (seed, seed+1, …), each against its own no-prefetch baseline: the
+    /// inflation is reported as a mean with its spread.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Device profile of the image (nvme, ssd, hdd, nfs, …).
+    #[arg(long, default_value = "nvme")]
+    image_device: String,
+    /// Device profile of the base image.
+    #[arg(long, default_value = "nfs")]
+    base_device: String,
+    /// When the engine makes metadata durable.
+    #[arg(long, value_enum, default_value = "group")]
+    commit: fvd_scenarios::campaign::config::CommitName,
 }
 
 /// Options of `fvdsim qemu`.
@@ -1012,48 +1028,80 @@ fn main() -> ExitCode {
         }
         Command::PrefetchStudy(args) => {
             use fvd_scenarios::campaign::config::PrefetchSpec;
-            use fvd_scenarios::campaign::study::{StudySetting, default_sweep, run_study};
+            use fvd_scenarios::campaign::study::{StudyOptions, StudySetting, default_sweep, run_study, study_v1};
+            if args.seeds == 0 || args.seeds > 1_000 {
+                return usage(format!("--seeds {}: from 1 to 1000", args.seeds));
+            }
             let settings = if args.sweep {
                 default_sweep()
             } else {
-                let spec = PrefetchSpec {
-                    start_delay_ms: 500,
+                vec![StudySetting::new(PrefetchSpec {
                     slots: args.slots,
                     bytes_per_prefetch: args.bytes_per_prefetch,
                     alpha_percent: args.alpha.min(100),
                     min_kb_s: args.min_kb_s,
                     throttle_ms: args.throttle_ms,
                     aimd_target_us: args.aimd_target_us,
-                    aimd_max_kb_s: 64 << 10,
-                    ..PrefetchSpec::v1_defaults()
-                };
-                vec![StudySetting { label: "setting".into(), spec }]
+                    aimd_max_kb_s: args.aimd_max_kb_s,
+                    ..study_v1()
+                })]
             };
+            let options = StudyOptions {
+                seeds: args.seeds,
+                requests: args.requests,
+                image_device: args.image_device.clone(),
+                base_device: args.base_device.clone(),
+                commit: args.commit,
+                ..StudyOptions::new(args.seed)
+            };
+            let width = settings.iter().map(|s| s.label.len()).max().unwrap_or(8).max(8);
             say!(
-                "{:<18} {:>10} {:>14} {:>14} {:>10} {:>7} {:>9}",
+                "{:<width$} {:>9} {:>9} {:>8} {:>9} {:>9} {:>17} {:>7} {:>10}",
                 "setting",
                 "finish s",
-                "p99 prefetch",
-                "p99 baseline",
-                "whole p99",
+                "idle s",
+                "ratio",
+                "p50 infl",
+                "p99 infl",
+                "p99 min..max",
                 "pauses",
                 "wasted"
             );
-            let report = run_study(args.seed, &settings, args.requests, &args.out, |r| {
+            let report = run_study(&options, &settings, &args.out, |r| {
                 say!(
-                    "{:<18} {:>10} {:>11.0} µs {:>11.0} µs {:>+9.1}% {:>7} {:>6.1} MiB{}",
+                    "{:<width$} {:>9} {:>9} {:>8} {:>+8.1}% {:>+8.1}% {:>+7.1}%..{:>+6.1}% {:>7.1} {:>6.1} MiB  {}",
                     r.setting.label,
                     r.time_to_finish_s.map_or("never".into(), |t| format!("{t:.2}")),
-                    r.p99_during_prefetch_us,
-                    r.baseline_p99_during_prefetch_us,
+                    r.idle_time_to_finish_s.map_or("never".into(), |t| format!("{t:.2}")),
+                    r.finish_ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+                    r.p50_inflation_percent,
                     r.p99_inflation_percent,
+                    r.p99_inflation_range_percent.0,
+                    r.p99_inflation_range_percent.1,
                     r.pauses,
                     r.bytes_wasted as f64 / 1048576.0,
-                    r.failure.as_ref().map_or(String::new(), |f| format!("  FAILURE: {f}"))
+                    match (&r.failure, r.meets_goal) {
+                        (Some(f), _) => format!("FAILURE: {f}"),
+                        (None, true) => "meets the goal".into(),
+                        (None, false) => String::new(),
+                    }
                 );
             });
             match report {
                 Ok(report) => {
+                    if let Some(best) = report
+                        .results
+                        .iter()
+                        .filter(|r| r.failure.is_none())
+                        .min_by(|a, b| a.goal_distance().total_cmp(&b.goal_distance()))
+                    {
+                        say!(
+                            "closest to the goal (p99 inflation <= {}%, finish <= {}x idle): {}",
+                            report.goal.max_p99_inflation_percent,
+                            report.goal.max_finish_ratio,
+                            best.setting.label
+                        );
+                    }
                     say!("study written to {}", args.out.join("index.html").display());
                     if report.results.iter().any(|r| r.failure.is_some()) {
                         ExitCode::from(1)

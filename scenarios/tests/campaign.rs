@@ -263,27 +263,53 @@ fn v1_prefetch_stalls_as_a_liveness_failure() {
 
 #[test]
 fn a_prefetch_study_writes_series_charts_and_a_tradeoff() {
-    use fvd_scenarios::campaign::study::{StudySetting, default_sweep, run_study};
+    use fvd_scenarios::campaign::study::{StudyOptions, StudySetting, default_sweep, run_study};
     let dir = std::env::temp_dir().join(format!("fvdsim-study-test-{}", std::process::id()));
-    let settings: Vec<StudySetting> =
-        default_sweep().into_iter().filter(|s| s.label == "v1" || s.label.starts_with("aimd 2ms")).collect();
-    let report = run_study(Seed(1), &settings, 4_000, &dir, |_| {}).unwrap();
+    let settings: Vec<StudySetting> = default_sweep()
+        .into_iter()
+        .filter(|s| s.label == "v1 defaults" || s.label == "--aimd-target-us 2000 --aimd-max-kb-s 65536")
+        .collect();
+    assert_eq!(settings.len(), 2, "the sweep names its settings by their flags");
+    let options = StudyOptions { seeds: 2, requests: 4_000, ..StudyOptions::new(Seed(1)) };
+    let report = run_study(&options, &settings, &dir, |_| {}).unwrap();
     assert_eq!(report.results.len(), 2);
     for result in &report.results {
         assert!(result.failure.is_none(), "{result:?}");
         assert!(result.time_to_finish_s.is_some(), "{} did not finish", result.setting.label);
+        assert_eq!(result.seeds.len(), 2);
+        // The idle disk finishes first, and the interval holds foreground requests to measure.
+        let ratio = result.finish_ratio.unwrap();
+        assert!(ratio >= 1.0, "{}: {ratio}× the idle time", result.setting.label);
+        assert!(result.seeds.iter().all(|s| s.requests_during_prefetch > 0 && s.baseline_p99_us > 0.0));
+        let (low, high) = result.p99_inflation_range_percent;
+        assert!(low <= result.p99_inflation_percent && result.p99_inflation_percent <= high);
         // Blocks the foreground wrote first are never copied: most of the 512 MiB base, not all.
-        assert!(result.bytes_copied >= 256 << 20, "{} copied {}", result.setting.label, result.bytes_copied);
+        for seed in &result.seeds {
+            assert!(seed.bytes_copied >= 256 << 20, "{} copied {}", result.setting.label, seed.bytes_copied);
+        }
     }
-    for file in ["study.json", "index.html", "tradeoff.svg", "v1.json", "v1-prefetch.svg", "v1-latency.svg"] {
+    for file in [
+        "study.json",
+        "index.html",
+        "tradeoff.svg",
+        "v1_defaults.json",
+        "v1_defaults-prefetch.svg",
+        "v1_defaults-latency.svg",
+        "aimd-target-us_2000_aimd-max-kb-s_65536-latency.svg",
+    ] {
         assert!(dir.join(file).exists(), "missing {file}");
     }
+    let index = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(
+        index.contains("closest to the goal") && index.contains("fvdsimSort"),
+        "the index answers the goal in a sortable table"
+    );
     // Charts redraw from the saved JSON alone.
-    let before = std::fs::read_to_string(dir.join("v1-prefetch.svg")).unwrap();
-    std::fs::remove_file(dir.join("v1-prefetch.svg")).unwrap();
+    let before = std::fs::read_to_string(dir.join("v1_defaults-prefetch.svg")).unwrap();
+    std::fs::remove_file(dir.join("v1_defaults-prefetch.svg")).unwrap();
     std::fs::remove_file(dir.join("tradeoff.svg")).unwrap();
     fvd_scenarios::campaign::study::redraw_study(&dir).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.join("v1-prefetch.svg")).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(dir.join("v1_defaults-prefetch.svg")).unwrap(), before);
     assert!(dir.join("tradeoff.svg").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -582,6 +582,7 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     let index = Index {
         title: format!("fvdsim run: {} seed {}", report.config.name(), report.config.seed),
         summary,
+        tables: Vec::new(),
         charts,
         failure,
         failures: report
