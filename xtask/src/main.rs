@@ -124,7 +124,7 @@ fn campaigns() -> Result<()> {
         for (formats, runs, backing) in [("qcow2,qed", "2", false), ("qed", "1", true)] {
             let mut command = cargo();
             command.args(["run", "--release", "--quiet", "--bin", "fvdsim", "--", "qemu", "--format", formats]);
-            command.args(["--runs", runs, "--ops", "40", "--max-states", "600", "--jobs", "2"]);
+            command.args(["--runs", runs, "--ops", "40", "--max-states", "400", "--jobs", "2"]);
             command.args(["--out", &format!("target/ci-qemu/{formats}{}", if backing { "-backing" } else { "" })]);
             if backing {
                 command.arg("--backing");
