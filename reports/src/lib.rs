@@ -6,6 +6,3 @@ pub mod campaign;
 pub mod chart;
 pub mod html;
 pub mod latency;
-
-/// Version of `report.json`; bump on any incompatible change.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;

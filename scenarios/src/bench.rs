@@ -8,10 +8,7 @@ use std::time::Instant;
 
 use fvd_engine::{BlockDevice, WriteFlags};
 use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, DiskConfig, RunError, Seed, Sim, SimDisk};
-use serde::Serialize;
-
-/// Version of the JSON printed by `fvdsim bench --json`.
-pub const BENCH_SCHEMA_VERSION: u32 = 2;
+use serde::{Deserialize, Serialize};
 
 /// Options of the sim benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +32,7 @@ impl Default for SimBenchOptions {
 }
 
 /// The random-write figure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RandomWriteFigures {
     /// What was written.
     pub data: BenchPayload,
@@ -58,7 +55,7 @@ pub struct RandomWriteFigures {
 }
 
 /// The crash-cycle figure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CrashCycleFigures {
     /// Device size, bytes.
     pub device_bytes: u64,
@@ -74,9 +71,9 @@ pub struct CrashCycleFigures {
 }
 
 /// Everything `fvdsim bench sim` measures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimBenchReport {
-    /// [`BENCH_SCHEMA_VERSION`].
+    /// [`crate::schema::BENCH`].
     pub schema_version: u32,
     /// The master seed.
     pub seed: String,
@@ -93,7 +90,7 @@ pub struct SimBenchReport {
 /// Runs the sim benchmark.
 pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
     SimBenchReport {
-        schema_version: BENCH_SCHEMA_VERSION,
+        schema_version: crate::schema::BENCH,
         seed: options.seed.to_string(),
         random_write: random_writes(options, HEADLINE_DEVICE_BYTES, options.writes, BenchPayload::Foreign),
         random_write_by_device_size: [
@@ -114,7 +111,7 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
 const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
 
 /// What the random-write figure writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BenchPayload {
     /// Stamped sectors, as every fvdsim workload writes (held as symbols by the disk).

@@ -100,7 +100,7 @@ pub struct EngineRow {
 /// Everything `fvdsim bench engine` measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct EngineBenchReport {
-    /// [`crate::bench::BENCH_SCHEMA_VERSION`].
+    /// [`crate::schema::BENCH`].
     pub schema_version: u32,
     /// Base image size, bytes.
     pub base_bytes: u64,
@@ -340,7 +340,7 @@ pub fn run_engine_bench(options: &EngineBenchOptions, mut each: impl FnMut(&Engi
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(EngineBenchReport {
-        schema_version: crate::bench::BENCH_SCHEMA_VERSION,
+        schema_version: crate::schema::BENCH,
         base_bytes: options.base_bytes,
         block_bytes: options.block_bytes,
         writes: options.base_bytes / options.block_bytes,

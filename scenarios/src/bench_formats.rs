@@ -48,7 +48,7 @@ pub struct FormatRow {
 /// Everything `fvdsim bench engine --format` measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct FormatBenchReport {
-    /// [`crate::bench::BENCH_SCHEMA_VERSION`].
+    /// [`crate::schema::BENCH`].
     pub schema_version: u32,
     /// `qed` or `parallels`.
     pub format: String,
@@ -214,7 +214,7 @@ pub fn run_format_bench(
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(FormatBenchReport {
-        schema_version: crate::bench::BENCH_SCHEMA_VERSION,
+        schema_version: crate::schema::BENCH,
         format: qemu_name(format).into(),
         disk_bytes: options.base_bytes,
         cluster_bytes: options.block_bytes,

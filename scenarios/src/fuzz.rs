@@ -38,7 +38,7 @@ use fvd_engine::{
 };
 
 use crate::campaign::config::{CrashPoint, CrashSpec, draw_schedule};
-use crate::campaign::output::{FAILURE_SCHEMA_VERSION, FailureFile, parse_failure_file};
+use crate::campaign::output::{FailureFile, parse_failure_file};
 use crate::campaign::run::{CrashSummary, Failure, FailureClass, SectorFailure};
 use crate::host::{HostEnv, HostExecutor};
 use crate::trace::{MAX_DISK_BYTES, MAX_REQUEST_BYTES, TraceFormat};
@@ -870,7 +870,7 @@ pub fn sample_failure_file(scenario: &str, seed: u64) -> FailureFile {
         atomic_unit: fvd_sim::AtomicUnit::Sector,
     });
     FailureFile {
-        schema_version: FAILURE_SCHEMA_VERSION,
+        schema_version: crate::schema::FAILURE_FILE,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: "0123456789abcdef0123456789abcdef01234567".into(),
         repro_command: format!("fvdsim repro failure-{scenario}-{seed}.json"),

@@ -22,5 +22,6 @@ pub mod oracle;
 pub mod qemu;
 pub mod qemu_crash;
 pub mod rig;
+pub mod schema;
 pub mod stamp;
 pub mod trace;

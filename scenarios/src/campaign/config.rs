@@ -378,8 +378,10 @@ pub struct CrashSpec {
     /// `random-event`.
     pub occurrence: u64,
     /// How unflushed writes resolve.
+    #[serde(with = "crate::schema::sim::crash_strategy")]
     pub strategy: CrashStrategy,
     /// The disk's atomic unit.
+    #[serde(with = "crate::schema::sim::atomic_unit")]
     pub atomic_unit: AtomicUnit,
 }
 
@@ -391,6 +393,7 @@ pub struct CrashConfig {
     /// Points to cycle through when drawing (in order, with random occurrences).
     pub points: Vec<CrashPoint>,
     /// Atomic units to draw from.
+    #[serde(with = "crate::schema::sim::atomic_units")]
     pub atomic_units: Vec<AtomicUnit>,
     /// The explicit schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -496,7 +499,7 @@ pub struct RunConfig {
     /// Crashes.
     pub crashes: CrashConfig,
     /// Faults injected on the image disk.
-    #[serde(default)]
+    #[serde(default, with = "crate::schema::sim::fault_plan")]
     pub faults: FaultPlan,
     /// A guest flush after every this many requests (0: never).
     pub flush_every_requests: u64,

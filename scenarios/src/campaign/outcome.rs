@@ -111,6 +111,7 @@ pub struct CrashSummary {
     pub journal_sectors_replayed: u64,
     /// The crash state applied: every unflushed write of the image disk and the fate of each of
     /// its atomic units (`K` kept, `D` dropped, `T` torn).
+    #[serde(with = "crate::schema::sim::write_fates")]
     pub writes: Vec<fvd_sim::WriteFate>,
 }
 

@@ -15,13 +15,11 @@ use super::run::{CrashSummary, Failure, RunOutcome, RunSummary};
 
 /// The git commit this binary was built from (`-dirty` if the tree had changes).
 pub const GIT_COMMIT: &str = env!("FVDSIM_GIT_COMMIT");
-/// Version of failure files.
-pub const FAILURE_SCHEMA_VERSION: u32 = 1;
 
 /// A failure, with everything needed to replay it: `fvdsim repro FILE`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailureFile {
-    /// [`FAILURE_SCHEMA_VERSION`].
+    /// [`crate::schema::FAILURE_FILE`].
     pub schema_version: u32,
     /// fvdsim version.
     pub tool_version: String,
@@ -349,7 +347,7 @@ pub fn prefetch_chart_with_crashes(prefetch: &PrefetchReport, title: &str, crash
 /// `report.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    /// [`fvd_reports::REPORT_SCHEMA_VERSION`].
+    /// [`crate::schema::RUN_REPORT`].
     pub schema_version: u32,
     /// fvdsim version.
     pub tool_version: String,
@@ -407,7 +405,7 @@ pub fn repro_command(file: &Path) -> String {
 /// Builds the failure file of `outcome` (which must have failed).
 pub fn failure_file(outcome: &RunOutcome, path: &Path) -> FailureFile {
     FailureFile {
-        schema_version: FAILURE_SCHEMA_VERSION,
+        schema_version: crate::schema::FAILURE_FILE,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: GIT_COMMIT.into(),
         repro_command: repro_command(path),
@@ -441,9 +439,10 @@ pub fn parse_failure_file(text: &str, name: &str) -> Result<FailureFile> {
     let file: FailureFile = serde_json::from_value(value)
         .map_err(|e| anyhow::anyhow!("{name} looks like a failure file but does not read as one: {e} ({expected})"))?;
     anyhow::ensure!(
-        file.schema_version == FAILURE_SCHEMA_VERSION,
-        "{name}: failure file schema {} (this fvdsim reads {FAILURE_SCHEMA_VERSION})",
-        file.schema_version
+        file.schema_version == crate::schema::FAILURE_FILE,
+        "{name}: failure file schema {} (this fvdsim reads {})",
+        file.schema_version,
+        crate::schema::FAILURE_FILE
     );
     Ok(file)
 }
@@ -463,7 +462,7 @@ pub fn write_run_directory(outcome: &RunOutcome, dir: &Path, wall_seconds: f64) 
         None => None,
     };
     let report = Report {
-        schema_version: fvd_reports::REPORT_SCHEMA_VERSION,
+        schema_version: crate::schema::RUN_REPORT,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: GIT_COMMIT.into(),
         outcome: match &outcome.failure {
@@ -611,11 +610,11 @@ pub fn redraw_run(dir: &Path) -> Result<usize> {
         serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
             .with_context(|| format!("{} is not a fvdsim report", path.display()))?;
     anyhow::ensure!(
-        report.schema_version == fvd_reports::REPORT_SCHEMA_VERSION,
+        report.schema_version == crate::schema::RUN_REPORT,
         "{}: report schema {} (this fvdsim reads {})",
         path.display(),
         report.schema_version,
-        fvd_reports::REPORT_SCHEMA_VERSION
+        crate::schema::RUN_REPORT
     );
     render_report(dir, report)?;
     Ok(std::fs::read_dir(dir)?
@@ -754,7 +753,7 @@ mod tests {
 
     fn report_with(windows: Vec<LatencyWindow>) -> Report {
         Report {
-            schema_version: fvd_reports::REPORT_SCHEMA_VERSION,
+            schema_version: crate::schema::RUN_REPORT,
             tool_version: "test".into(),
             git_commit: "test".into(),
             outcome: "verified".into(),

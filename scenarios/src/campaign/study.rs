@@ -411,7 +411,7 @@ pub fn run_study(
         note(&result);
         results.push(result);
     }
-    let report = StudyReport { schema_version: 2, options: options.clone(), goal: GOAL, results };
+    let report = StudyReport { schema_version: crate::schema::STUDY, options: options.clone(), goal: GOAL, results };
     std::fs::write(out.join("study.json"), serde_json::to_string_pretty(&report)?)?;
     render_study_index(&report, out)?;
     Ok(report)
@@ -448,7 +448,8 @@ pub fn render_series_charts(series: &StudySeries, out: &Path, file: &str) -> Res
     let chart = LineChart {
         title: format!("Foreground latency with and without prefetch, setting {}", series.setting.label),
         x_label: "simulated time (s)".into(),
-        y_label: "guest latency per 1 s window (µs, log scale)".into(),
+        y_label: "guest latency per 1 s window (log scale)".into(),
+        y_ticks: fvd_reports::chart::TickFormat::LatencyUs,
         series: vec![
             Series {
                 label: "p50 with prefetch".into(),
@@ -492,6 +493,13 @@ pub fn render_series_charts(series: &StudySeries, out: &Path, file: &str) -> Res
 pub fn redraw_study(dir: &Path) -> Result<usize> {
     let text = std::fs::read_to_string(dir.join("study.json"))
         .with_context(|| format!("reading {}", dir.join("study.json").display()))?;
+    let version = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["schema_version"].as_u64());
+    anyhow::ensure!(
+        version == Some(u64::from(crate::schema::STUDY)),
+        "{}: study schema {version:?} (this fvdsim reads {}; rerun the study)",
+        dir.join("study.json").display(),
+        crate::schema::STUDY
+    );
     let report: StudyReport = serde_json::from_str(&text).context("study.json is not a fvdsim study")?;
     for result in &report.results {
         let file = file_name(&result.setting.label);

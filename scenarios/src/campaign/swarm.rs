@@ -339,7 +339,7 @@ impl FailureDb {
 
     /// Writes the database.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let db = FailureDb { schema_version: 1, failures: self.failures.clone() };
+        let db = FailureDb { schema_version: crate::schema::SWARM_FAILURE_DB, failures: self.failures.clone() };
         std::fs::write(path, serde_json::to_string_pretty(&db)?).with_context(|| format!("writing {}", path.display()))
     }
 }

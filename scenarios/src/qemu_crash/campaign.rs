@@ -140,7 +140,7 @@ pub fn run_campaign(
     let out = &options.template.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut report = CampaignReport {
-        schema_version: 1,
+        schema_version: crate::schema::QEMU_CAMPAIGN,
         qemu_version: String::new(),
         seed: options.template.seed.to_string(),
         formats: options.formats.clone(),

@@ -599,7 +599,7 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     let mut results = results.into_inner().expect("no worker panics");
     results.sort_by_key(|(n, _)| *n);
     let mut report = QemuReport {
-        schema_version: 1,
+        schema_version: crate::schema::QEMU_REPORT,
         qemu_version: qemu.version().to_string(),
         format: format.into(),
         seed: options.seed.to_string(),
@@ -641,6 +641,7 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     for finding in &report.findings {
         let file = FindingFile {
             kind: FINDING_KIND.into(),
+            schema_version: crate::schema::QEMU_FINDING,
             qemu_version: report.qemu_version.clone(),
             run: RunSpec::of(options),
             ops: script.ops.clone(),
@@ -651,6 +652,10 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
         std::fs::write(finding_path(out, finding.state), serde_json::to_string_pretty(&file)?)?;
     }
     Ok(report)
+}
+
+fn finding_version_1() -> u32 {
+    1
 }
 
 /// The `kind` of a finding file.
@@ -715,6 +720,9 @@ impl RunSpec {
 pub struct FindingFile {
     /// [`FINDING_KIND`].
     pub kind: String,
+    /// [`crate::schema::QEMU_FINDING`].
+    #[serde(default = "finding_version_1")]
+    pub schema_version: u32,
     /// `qemu-img --version`, first line.
     pub qemu_version: String,
     /// The run.
@@ -739,6 +747,14 @@ impl FindingFile {
             .with_context(|| format!("{}: not a `fvdsim qemu` finding file", path.display()))?;
         if file.kind != FINDING_KIND {
             bail!("{}: kind {:?}, not {FINDING_KIND:?}", path.display(), file.kind);
+        }
+        if file.schema_version != crate::schema::QEMU_FINDING {
+            bail!(
+                "{}: finding file schema {} (this fvdsim reads {})",
+                path.display(),
+                file.schema_version,
+                crate::schema::QEMU_FINDING
+            );
         }
         Ok(file)
     }
