@@ -16,6 +16,7 @@ pub mod image;
 pub use error::FvdError;
 pub use image::{
     BaseImage, CheckReport, CommitMode, CreateOptions, Devices, EngineStats, FvdImage, GROUP_COMMIT_DELAY_NS,
-    GROUP_COMMIT_MAX_QUEUED, ImageInfo, JournalSize, MapExtent, MapSource, OpenOptions, PrefetchConfig, PrefetchPhase,
-    PrefetchPolicy, PrefetchSample, PrefetchSettings, PrefetchTelemetry, Profile, check,
+    GROUP_COMMIT_MAX_QUEUED, ImageInfo, JournalSize, MapExtent, MapSource, OpenOptions, PrefetchConfig,
+    PrefetchMeasure, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchSettings, PrefetchTelemetry, Profile,
+    WindowSide, check,
 };

@@ -291,6 +291,24 @@ impl Layout {
         self.journal_size / SECTOR
     }
 
+    /// Sectors per bitmap block (copy-on-write and prefetch unit; `docs/format.md` §2).
+    pub fn block_sectors(&self) -> u64 {
+        debug_assert!(self.block_size.is_multiple_of(SECTOR), "a block is whole sectors");
+        self.block_size / SECTOR
+    }
+
+    /// Sectors the bitmap covers (the base image's size in sectors; 0 without a base).
+    pub fn base_sectors(&self) -> u64 {
+        debug_assert!(self.base_size.is_multiple_of(SECTOR), "the base covers whole sectors");
+        self.base_size / SECTOR
+    }
+
+    /// Sectors per chunk of a compact image.
+    pub fn chunk_sectors(&self) -> u64 {
+        debug_assert!(self.chunk_size.is_multiple_of(SECTOR), "a chunk is whole sectors");
+        self.chunk_size / SECTOR
+    }
+
     /// The block holding virtual byte `offset`.
     pub fn block_of(&self, offset: u64) -> u64 {
         offset / self.block_size

@@ -31,8 +31,8 @@ impl FvdImage {
     /// `[start, end)` rounded out to whole blocks and clipped to the base image.
     pub(crate) fn block_round(&self, start: u64, end: u64) -> (u64, u64) {
         let layout = self.inner.layout;
-        let block = layout.block_size / SECTOR;
-        let base = layout.base_size / SECTOR;
+        let block = layout.block_sectors();
+        let base = layout.base_sectors();
         let first = start / block * block;
         let last = (end.div_ceil(block) * block).min(base).max(end.min(base));
         (first, last.max(first))
@@ -43,8 +43,8 @@ impl FvdImage {
     /// write. `None` if nothing is left to copy there.
     pub(crate) fn find_region(&self, state: &State, from: u64, to: u64) -> Option<(u64, u64)> {
         let layout = self.inner.layout;
-        let block = layout.block_size / SECTOR;
-        let to = to.min(layout.base_size / SECTOR);
+        let block = layout.block_sectors();
+        let to = to.min(layout.base_sectors());
         let mut first_block = from.div_ceil(block);
         let end_block = to.div_ceil(block);
         while first_block < end_block && state.fresh.get(first_block) {
@@ -86,7 +86,7 @@ impl FvdImage {
         lock: RangeLock,
     ) -> Result<(), FvdError> {
         let inner = &self.inner;
-        let block = inner.layout.block_size / SECTOR;
+        let block = inner.layout.block_sectors();
         {
             // A copy never overwrites newer guest data.
             let state = inner.state.borrow();

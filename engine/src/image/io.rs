@@ -95,8 +95,8 @@ impl FvdImage {
     fn read_runs(&self, start: u64, end: u64) -> Vec<(Source, u64, u64)> {
         let layout = self.inner.layout;
         let state = self.inner.state.borrow();
-        let block_sectors = layout.block_size / SECTOR;
-        let base_sectors = layout.base_size / SECTOR;
+        let block_sectors = layout.block_sectors();
+        let base_sectors = layout.base_sectors();
         let mut runs: Vec<(Source, u64, u64)> = Vec::new();
         let mut at = start;
         while at < end {
@@ -205,8 +205,8 @@ impl FvdImage {
     async fn write_slow(&self, start: u64, end: u64, data: &[u8]) -> Result<(), FvdError> {
         let inner = &self.inner;
         let layout = inner.layout;
-        let block_sectors = layout.block_size / SECTOR;
-        let base_sectors = layout.base_size / SECTOR;
+        let block_sectors = layout.block_sectors();
+        let base_sectors = layout.base_sectors();
         // Wait for copies overlapping this write (dependent writes), classify, and make sure the
         // base data this write copies does not land over an in-flight guest write (a write that
         // covers a whole block takes no copy lock, so it is found through the write locks).
@@ -322,7 +322,7 @@ impl FvdImage {
         if let Some(lock) = copy_lock {
             // A copy never overwrites newer guest data: the copied blocks are still in the base.
             let state = self.inner.state.borrow();
-            let block_sectors = self.inner.layout.block_size / SECTOR;
+            let block_sectors = self.inner.layout.block_sectors();
             for block in lock.start / block_sectors..lock.end.div_ceil(block_sectors) {
                 assert!(
                     !state.fresh.get(block) || (block * block_sectors >= start && (block + 1) * block_sectors <= end),

@@ -109,7 +109,7 @@ impl FvdImage {
         // Each change packs into self-contained sector units (a bitmap record sits in the same
         // unit as the table entries its blocks need), and units are never split across sectors,
         // so any prefix or subset of the batch's sectors that survives a crash is consistent.
-        let sectors_per_chunk = layout.chunk_size / SECTOR;
+        let sectors_per_chunk = layout.chunk_sectors();
         let probe = SectorFormat::Hardened { epoch: 0 };
         let capacity = probe.capacity();
         let mut sectors: Vec<Vec<crate::format::journal::JournalRecord>> = Vec::new();
@@ -173,7 +173,7 @@ impl FvdImage {
                 .collect();
             (first as u32, entries)
         });
-        let sectors_per_chunk = layout.chunk_size / SECTOR;
+        let sectors_per_chunk = layout.chunk_sectors();
         let format_probe = if inner.hardened() { SectorFormat::Hardened { epoch: 0 } } else { SectorFormat::V1 };
         let packed = pack_sectors(
             format_probe,

@@ -20,7 +20,9 @@ use crate::env::{Env, Progress, ProgressPoint};
 use crate::format::Layout;
 
 pub use check::{CheckReport, check};
-pub use prefetch::{PrefetchConfig, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchTelemetry};
+pub use prefetch::{
+    PrefetchConfig, PrefetchMeasure, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchTelemetry, WindowSide,
+};
 pub use state::EngineStats;
 use state::{State, Until};
 

@@ -118,19 +118,52 @@ impl std::fmt::Display for PrefetchPhase {
 pub struct PrefetchSample {
     /// Virtual time, ns.
     pub at_ns: u64,
-    /// `read`, `write` (a throughput window), `pause` (a pause began; `value` its length in ms)
-    /// or `rate` (AIMD: `value` the new rate in bytes per ms).
-    pub kind: &'static str,
-    /// Throughput of the window (bytes per ms), the pause length, or the rate.
-    pub value: f64,
-    /// Moving average after the window (bytes per ms), or -1.
-    pub moving_average: f64,
-    /// The minimum threshold (bytes per ms).
-    pub threshold: f64,
+    /// What was measured.
+    pub measure: PrefetchMeasure,
     /// Bytes stored by prefetch so far.
     pub bytes_copied: u64,
     /// Bytes read from the base by prefetch so far.
     pub bytes_read: u64,
+}
+
+/// The I/O a v1 measurement window covers (`fvd-v1.md` §4.1: reads from the base, writes into
+/// the image, each measured on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSide {
+    /// Reads from the base image.
+    Read,
+    /// Writes into the image.
+    Write,
+}
+
+/// What one telemetry record measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PrefetchMeasure {
+    /// v1: a measurement window closed.
+    Window {
+        /// Which I/O.
+        side: WindowSide,
+        /// Bytes moved per ms of busy time in the window.
+        bytes_per_ms: f64,
+        /// The moving average after it, bytes per ms (-1: reset by the coin flip).
+        moving_average_bytes_per_ms: f64,
+        /// The minimum below which v1 may pause, bytes per ms.
+        threshold_bytes_per_ms: f64,
+    },
+    /// v1: a pause began.
+    Pause {
+        /// Its length, ms.
+        length_ms: f64,
+    },
+    /// AIMD: the rate limit was adjusted.
+    Rate {
+        /// The new rate limit, bytes per ms.
+        bytes_per_ms: f64,
+        /// The guest's mean latency over the adjustment window, µs.
+        guest_mean_latency_us: f64,
+        /// The target it was compared with, µs.
+        target_latency_us: f64,
+    },
 }
 
 /// What a prefetch run did (for studies and reports).
@@ -330,7 +363,7 @@ impl FvdImage {
 
     fn init_prefetch(&self) {
         let now = self.inner.env.now_ns();
-        let block_sectors = self.inner.layout.block_size / SECTOR;
+        let block_sectors = self.inner.layout.block_sectors();
         {
             let mut state = self.inner.state.borrow_mut();
             if state.header.all_data_in_fvd_img {
@@ -357,8 +390,8 @@ impl FvdImage {
         let inner = &self.inner;
         let now = inner.env.now_ns();
         let layout = inner.layout;
-        let block_sectors = layout.block_size / SECTOR;
-        let base_end = layout.base_size / SECTOR;
+        let block_sectors = layout.block_sectors();
+        let base_end = layout.base_sectors();
         let (begin, end, slot_index) = {
             let mut guard = inner.state.borrow_mut();
             let state = &mut *guard;
@@ -566,7 +599,7 @@ impl FvdImage {
     fn on_write_done(&self, slot_index: usize, region: (u64, u64), result: Result<(), FvdError>) {
         let inner = &self.inner;
         let now = inner.env.now_ns();
-        let base_end = inner.layout.base_size / SECTOR;
+        let base_end = inner.layout.base_sectors();
         let hardened = inner.hardened();
         let mut next_write = None;
         let mut call_next_read = false;
@@ -688,10 +721,12 @@ impl FvdImage {
         }
         p.telemetry.samples.push(PrefetchSample {
             at_ns: now,
-            kind: if side == Side::Read { "read" } else { "write" },
-            value: this,
-            moving_average,
-            threshold,
+            measure: PrefetchMeasure::Window {
+                side: if side == Side::Read { WindowSide::Read } else { WindowSide::Write },
+                bytes_per_ms: this,
+                moving_average_bytes_per_ms: moving_average,
+                threshold_bytes_per_ms: threshold,
+            },
             bytes_copied: p.telemetry.bytes_copied,
             bytes_read: p.telemetry.bytes_read,
         });
@@ -719,10 +754,7 @@ impl FvdImage {
             p.telemetry.pauses.push((now, now + pause_ns));
             p.telemetry.samples.push(PrefetchSample {
                 at_ns: now,
-                kind: "pause",
-                value: pause_ns as f64 / MS as f64,
-                moving_average: -1.0,
-                threshold: 0.0,
+                measure: PrefetchMeasure::Pause { length_ms: pause_ns as f64 / MS as f64 },
                 bytes_copied: p.telemetry.bytes_copied,
                 bytes_read: p.telemetry.bytes_read,
             });
@@ -780,7 +812,7 @@ impl FvdImage {
             match missing {
                 Some(block) => {
                     // Flaw 2 fixed: a lock made the scan skip this block, or its copy failed.
-                    p.cursor = block * (inner.layout.block_size / SECTOR);
+                    p.cursor = block * (inner.layout.block_sectors());
                     Some(())
                 }
                 None => {
@@ -871,10 +903,11 @@ fn adjust_rate(p: &mut Prefetcher, now: u64) {
     p.rate_bytes_per_ms = p.rate_bytes_per_ms.clamp(to_bytes_per_ms(min_kb_s), to_bytes_per_ms(max_kb_s));
     p.telemetry.samples.push(PrefetchSample {
         at_ns: now,
-        kind: "rate",
-        value: p.rate_bytes_per_ms,
-        moving_average: mean_us,
-        threshold: target_guest_latency_us as f64,
+        measure: PrefetchMeasure::Rate {
+            bytes_per_ms: p.rate_bytes_per_ms,
+            guest_mean_latency_us: mean_us,
+            target_latency_us: target_guest_latency_us as f64,
+        },
         bytes_copied: p.telemetry.bytes_copied,
         bytes_read: p.telemetry.bytes_read,
     });

@@ -55,8 +55,8 @@ pub struct HostFacts {
 pub struct PrefetchPoint {
     /// Simulated time, s.
     pub t_s: f64,
-    /// `read`, `write` (throughput windows), `pause`, or `rate` (AIMD).
-    pub kind: String,
+    /// What the record is; the other fields mean what the kind says.
+    pub kind: PrefetchPointKind,
     /// Throughput (MB/s), pause length (ms) or rate (MB/s).
     pub value: f64,
     /// Moving average (MB/s), or the guest mean latency (µs) for `rate`.
@@ -69,6 +69,22 @@ pub struct PrefetchPoint {
     /// it was recorded.
     #[serde(default)]
     pub bytes_read: u64,
+}
+
+/// What a [`PrefetchPoint`] records (written lower-case: `"read"`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefetchPointKind {
+    /// v1 window of reads from the base: `value` its throughput, `moving_average` the average
+    /// after it, `threshold` v1's minimum (MB/s).
+    Read,
+    /// v1 window of writes into the image, as `Read`.
+    Write,
+    /// v1 pause began: `value` its length (ms).
+    Pause,
+    /// AIMD rate change: `value` the new rate (MB/s), `moving_average` the guest's mean latency
+    /// (µs), `threshold` the latency target (µs).
+    Rate,
 }
 
 /// Prefetch activity of a run, for charts that redraw without a rerun.
@@ -111,17 +127,33 @@ impl PrefetchReport {
                 .samples
                 .iter()
                 .map(|s| {
-                    let throughput = matches!(s.kind, "read" | "write" | "rate");
+                    use fvd_engine::{PrefetchMeasure, WindowSide};
+                    let (kind, value, moving_average, threshold) = match s.measure {
+                        PrefetchMeasure::Window {
+                            side,
+                            bytes_per_ms,
+                            moving_average_bytes_per_ms,
+                            threshold_bytes_per_ms,
+                        } => (
+                            if side == WindowSide::Read { PrefetchPointKind::Read } else { PrefetchPointKind::Write },
+                            bytes_per_ms * BYTES_PER_MS_TO_MB_S,
+                            moving_average_bytes_per_ms * BYTES_PER_MS_TO_MB_S,
+                            threshold_bytes_per_ms * BYTES_PER_MS_TO_MB_S,
+                        ),
+                        PrefetchMeasure::Pause { length_ms } => (PrefetchPointKind::Pause, length_ms, -1.0, 0.0),
+                        PrefetchMeasure::Rate { bytes_per_ms, guest_mean_latency_us, target_latency_us } => (
+                            PrefetchPointKind::Rate,
+                            bytes_per_ms * BYTES_PER_MS_TO_MB_S,
+                            guest_mean_latency_us,
+                            target_latency_us,
+                        ),
+                    };
                     PrefetchPoint {
                         t_s: s.at_ns as f64 / 1e9,
-                        kind: s.kind.to_string(),
-                        value: if throughput { s.value * BYTES_PER_MS_TO_MB_S } else { s.value },
-                        moving_average: if s.kind == "rate" {
-                            s.moving_average
-                        } else {
-                            s.moving_average * BYTES_PER_MS_TO_MB_S
-                        },
-                        threshold: if s.kind == "rate" { s.threshold } else { s.threshold * BYTES_PER_MS_TO_MB_S },
+                        kind,
+                        value,
+                        moving_average,
+                        threshold,
                         bytes_copied: s.bytes_copied,
                         bytes_read: s.bytes_read,
                     }
@@ -195,7 +227,7 @@ pub fn prefetch_chart_with_crashes(prefetch: &PrefetchReport, title: &str, crash
     // AIMD: the rate limit holds until the next adjustment; it restarts at every open.
     let mut rate = Vec::new();
     let mut previous: Option<(f64, f64, u64)> = None;
-    for p in samples.iter().filter(|p| p.kind == "rate") {
+    for p in samples.iter().filter(|p| p.kind == PrefetchPointKind::Rate) {
         let value = p.value * MB_S_TO_MIB_S;
         if let Some((t0, v0, b0)) = previous {
             if p.bytes_copied < b0 || crashes_s.iter().any(|&c| c > t0 && c <= p.t_s) {
@@ -234,9 +266,10 @@ pub fn prefetch_chart_with_crashes(prefetch: &PrefetchReport, title: &str, crash
     // v1: what the policy measures (bytes per ms of busy time per window), its moving average
     // and the threshold below which it may pause.
     let mut threshold: Option<f64> = None;
-    for (kind, label, rgb, pale) in
-        [("read", "base read", READ, READ_PALE), ("write", "image write", WRITE, WRITE_PALE)]
-    {
+    for (kind, label, rgb, pale) in [
+        (PrefetchPointKind::Read, "base read", READ, READ_PALE),
+        (PrefetchPointKind::Write, "image write", WRITE, WRITE_PALE),
+    ] {
         let points: Vec<&PrefetchPoint> = samples.iter().filter(|p| p.kind == kind).collect();
         if points.is_empty() {
             continue;
@@ -508,7 +541,7 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
         ));
     }
     if let Some(prefetch) = &report.prefetch
-        && prefetch.samples.iter().any(|p| p.kind != "pause")
+        && prefetch.samples.iter().any(|p| p.kind != PrefetchPointKind::Pause)
     {
         let title = format!("Prefetch from the base image, {} seed {}", report.config.name(), report.config.seed);
         let crashes_s: Vec<f64> = report.crashes.iter().map(|c| c.at_ns as f64 / 1e9).collect();
@@ -825,16 +858,18 @@ mod tests {
 
     #[test]
     fn the_prefetch_chart_draws_achieved_throughput_the_threshold_in_mib_and_the_finish() {
-        use fvd_engine::{PrefetchPhase, PrefetchSample, PrefetchTelemetry};
+        use fvd_engine::{PrefetchMeasure, PrefetchPhase, PrefetchSample, PrefetchTelemetry, WindowSide};
         const MIB: u64 = 1 << 20;
         // v1's 5,120 KB/s minimum: 5,242.88 bytes per ms, exactly 5 MiB/s.
         let threshold = 5120.0 * 1024.0 / 1000.0;
-        let sample = |s: f64, kind: &'static str, value: f64, copied: u64| PrefetchSample {
+        let sample = |s: f64, side: WindowSide, value: f64, copied: u64| PrefetchSample {
             at_ns: (s * 1e9) as u64,
-            kind,
-            value,
-            moving_average: value,
-            threshold,
+            measure: PrefetchMeasure::Window {
+                side,
+                bytes_per_ms: value,
+                moving_average_bytes_per_ms: value,
+                threshold_bytes_per_ms: threshold,
+            },
             bytes_copied: copied,
             bytes_read: copied,
         };
@@ -844,12 +879,12 @@ mod tests {
             finished_ns: Some(9_000_000_000),
             pauses: vec![(2_000_000_000, 2_500_000_000)],
             samples: vec![
-                sample(1.0, "read", 8_000.0, 0),
-                sample(2.0, "read", 4_000.0, 4 * MIB),
-                sample(4.0, "read", 8_000.0, 10 * MIB),
+                sample(1.0, WindowSide::Read, 8_000.0, 0),
+                sample(2.0, WindowSide::Read, 4_000.0, 4 * MIB),
+                sample(4.0, WindowSide::Read, 8_000.0, 10 * MIB),
                 // A crash at 5 s: the reopened image counts from zero again.
-                sample(6.0, "read", 8_000.0, MIB),
-                sample(8.0, "read", 8_000.0, 9 * MIB),
+                sample(6.0, WindowSide::Read, 8_000.0, MIB),
+                sample(8.0, WindowSide::Read, 8_000.0, 9 * MIB),
             ],
             bytes_copied: 19 * MIB,
             bytes_read: 19 * MIB,
