@@ -294,6 +294,16 @@ struct StudyArgs {
     /// When the engine makes metadata durable.
     #[arg(long, value_enum, default_value = "group")]
     commit: fvd_scenarios::campaign::config::CommitName,
+    /// The engine's profile.
+    #[arg(long, value_enum, default_value = "hardened")]
+    profile: fvd_scenarios::campaign::config::ProfileName,
+    /// Tune on a real workload: replay this trace (plain or gzip; `cloudphysics` for the built-in
+    /// one) instead of the random testers, its first --requests requests.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Format of --trace.
+    #[arg(long, value_enum, default_value = "cloudphysics")]
+    trace_format: TraceFormat,
 }
 
 /// Options of `fvdsim qemu`.
@@ -1052,6 +1062,17 @@ fn main() -> ExitCode {
                 image_device: args.image_device.clone(),
                 base_device: args.base_device.clone(),
                 commit: args.commit,
+                profile: args.profile,
+                trace: match &args.trace {
+                    None => None,
+                    Some(path) if path.as_os_str() == "cloudphysics" => {
+                        Some((fvd_scenarios::trace::BUILTIN_CLOUDPHYSICS.to_string(), TraceFormat::Cloudphysics))
+                    }
+                    Some(path) => match std::fs::canonicalize(path) {
+                        Ok(path) => Some((path.display().to_string(), args.trace_format)),
+                        Err(error) => return usage(format!("--trace {}: {error}", path.display())),
+                    },
+                },
                 ..StudyOptions::new(args.seed)
             };
             let width = settings.iter().map(|s| s.label.len()).max().unwrap_or(8).max(8);

@@ -137,3 +137,31 @@ fn ctrl_c_writes_the_partial_report_and_says_so() {
     assert_eq!(report["summary"]["interrupted"], true);
     assert!(report["summary"]["issued"].as_u64().unwrap() < 113_872);
 }
+
+#[test]
+fn a_prefetch_study_tunes_on_the_built_in_trace_with_the_flags_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fvdsim(
+        dir.path(),
+        &[
+            "prefetch-study",
+            "--trace",
+            "cloudphysics",
+            "--requests",
+            "3000",
+            "--min-kb-s",
+            "80000",
+            "--profile",
+            "hardened",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("--min-kb-s 80000"), "the setting is named by its flag: {stdout}");
+    assert!(stdout.contains("closest to the goal"), "{stdout}");
+    let index = std::fs::read_to_string(dir.path().join("fvdsim-study/index.html")).unwrap();
+    assert!(index.contains("trace builtin:cloudphysics-vscsi"), "the page says what workload it tuned on");
+    let missing = fvdsim(dir.path(), &["prefetch-study", "--trace", "no-such-trace.csv"]);
+    assert_eq!(missing.status.code(), Some(3), "a usage error");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--trace no-such-trace.csv"));
+}

@@ -10,10 +10,11 @@ use fvd_sim::{AtomicUnit, CrashStrategy, FaultPlan, Seed};
 use super::guest::FormatName;
 
 /// Engine profile, as written in configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ProfileName {
     /// The hardened engine (default).
+    #[default]
     Hardened,
     /// The 2011 behaviour.
     V1,

@@ -67,6 +67,14 @@ pub struct StudyOptions {
     pub base_device: String,
     /// When metadata is made durable.
     pub commit: CommitName,
+    /// The engine's profile.
+    #[serde(default)]
+    pub profile: ProfileName,
+    /// Replay this trace (an absolute path, or [`crate::trace::BUILTIN_CLOUDPHYSICS`]) instead
+    /// of the random testers: its first `requests` requests, 100× faster than recorded, folded
+    /// onto the study's 1 GiB disk.
+    #[serde(default)]
+    pub trace: Option<(String, crate::trace::TraceFormat)>,
 }
 
 impl StudyOptions {
@@ -79,6 +87,8 @@ impl StudyOptions {
             image_device: "nvme".into(),
             base_device: "nfs".into(),
             commit: CommitName::Group,
+            profile: ProfileName::Hardened,
+            trace: None,
         }
     }
 }
@@ -236,13 +246,21 @@ pub fn study_config(options: &StudyOptions, seed: Seed, spec: Option<PrefetchSpe
     RunConfig {
         scenario: "prefetch-study".into(),
         seed,
-        profile: ProfileName::Hardened,
+        profile: options.profile,
         commit: options.commit,
-        workload: WorkloadConfig::Random {
-            testers: 8.min(requests.max(1) as u32),
-            requests,
-            max_sectors: 64,
-            read_per_mille: 600,
+        workload: match &options.trace {
+            None => WorkloadConfig::Random {
+                testers: 8.min(requests.max(1) as u32),
+                requests,
+                max_sectors: 64,
+                read_per_mille: 600,
+            },
+            Some((path, format)) => WorkloadConfig::Trace {
+                path: path.clone(),
+                format: *format,
+                mode: super::config::ReplayMode::OpenLoop { time_scale: 0.01, max_in_flight: 64 },
+                wrap: true,
+            },
         },
         image: ImageConfig {
             size_bytes: 1 << 30,
@@ -259,7 +277,7 @@ pub fn study_config(options: &StudyOptions, seed: Seed, spec: Option<PrefetchSpe
         crashes: CrashConfig { count: 0, points: Vec::new(), atomic_units: Vec::new(), schedule: Some(Vec::new()) },
         faults: Default::default(),
         flush_every_requests: 100,
-        max_requests: None,
+        max_requests: options.trace.is_some().then_some(requests),
         verify_sample_sectors: 2_000,
         copy_on_read: false,
         prefetch: spec,
@@ -622,12 +640,17 @@ fn render_study_index(report: &StudyReport, out: &Path) -> Result<()> {
         (
             "world".to_string(),
             format!(
-                "image on {}, base on {}, {} commit, 8 random testers, {} requests per run",
+                "image on {}, base on {}, {} profile, {} commit, {}, {} requests per run",
                 options.image_device,
                 options.base_device,
+                options.profile,
                 match options.commit {
                     CommitName::Group => "group",
                     CommitName::Sync => "sync",
+                },
+                match &options.trace {
+                    None => "8 random testers".to_string(),
+                    Some((path, _)) => format!("trace {path} (100× faster, folded onto 1 GiB)"),
                 },
                 options.requests
             ),
