@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use fvd_scenarios::bench::{SimBenchOptions, run_sim_bench};
 use fvd_scenarios::campaign::config::{ProfileName, ReplayMode, WorkloadConfig};
-use fvd_scenarios::campaign::output::{crash_line, read_failure_file, repro_command, write_run_directory};
+use fvd_scenarios::campaign::output::{read_failure_file, repro_command, write_run_directory};
 use fvd_scenarios::campaign::run::DEFAULT_LOG_TAIL;
 use fvd_scenarios::campaign::run::RunOutcome;
 use fvd_scenarios::campaign::{RunConfig, SCENARIOS, scenario};
@@ -449,44 +449,22 @@ fn config_for(args: &RunArgs) -> Result<RunConfig, String> {
 }
 
 fn print_table(outcome: &RunOutcome, wall_seconds: f64) {
-    let s = &outcome.summary;
+    use fvd_scenarios::campaign::output::{SummaryFacts, outcome_name, summary_rows};
     let c = &outcome.config;
     say!("fvdsim {} seed {} ({} profile)", c.name(), c.seed, c.profile);
-    if let Some(line) = c.workload_line() {
-        say!("  workload            {line}");
+    let rows = summary_rows(&SummaryFacts {
+        outcome: &outcome_name(outcome),
+        config: c,
+        summary: &outcome.summary,
+        failure: outcome.failure.as_ref(),
+        git_commit: fvd_scenarios::campaign::output::GIT_COMMIT,
+        log_hash: &format!("{:#018x}", outcome.log_hash),
+        wall_seconds,
+    });
+    // The title says what the scenario row says.
+    for (name, value) in rows.into_iter().filter(|(name, _)| name != "scenario") {
+        say!("  {name:<19} {value}");
     }
-    say!(
-        "  requests            {} issued: {} completed, {} failed (injected I/O errors), {} dropped at crashes",
-        s.issued,
-        s.completed,
-        s.failed,
-        s.dropped_at_crash
-    );
-    say!("                      {} reads, {} writes, {} guest flushes", s.reads, s.writes, s.flushes);
-    if s.folded + s.out_of_order + s.split > 0 {
-        say!(
-            "  trace               {} folded onto the disk (--wrap), {} out of time order, {} split (longer than {} KiB)",
-            s.folded,
-            s.out_of_order,
-            s.split,
-            fvd_scenarios::trace::MAX_REQUEST_BYTES >> 10
-        );
-    }
-    say!(
-        "  bytes replayed      {:.1} MiB read, {:.1} MiB written",
-        s.read_bytes as f64 / 1048576.0,
-        s.write_bytes as f64 / 1048576.0
-    );
-    say!("  crashes             {}", crash_line(s));
-    say!("  sectors verified    {}", s.sectors_verified);
-    if let Some(line) = fvd_scenarios::campaign::output::qemu_line(s) {
-        say!("  qemu judge          {line}");
-    }
-    say!("  journal             {} writes, {} recycles", s.journal_writes, s.recycles);
-    say!("  failures            {}", u8::from(outcome.failure.is_some()));
-    say!("  simulated time      {:.3} s", s.simulated_seconds);
-    say!("  wall time           {wall_seconds:.3} s");
-    say!("  event-log hash      {:#018x}", outcome.log_hash);
 }
 
 /// Checks that `out` can be a run directory before a run spends minutes: creates it and writes

@@ -498,13 +498,7 @@ pub fn write_run_directory(outcome: &RunOutcome, dir: &Path, wall_seconds: f64) 
         schema_version: crate::schema::RUN_REPORT,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         git_commit: GIT_COMMIT.into(),
-        outcome: match &outcome.failure {
-            Some(f) => {
-                serde_json::to_value(f.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-            }
-            None if outcome.summary.interrupted => "interrupted".into(),
-            None => "verified".into(),
-        },
+        outcome: outcome_name(outcome),
         exit_code: match &outcome.failure {
             Some(f) => f.class.exit_code(),
             None if outcome.summary.interrupted => 130,
@@ -555,44 +549,15 @@ pub fn render_report(dir: &Path, mut report: Report) -> Result<()> {
     }
     report.charts = charts.iter().map(|(_, f)| f.clone()).collect();
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&report)?).context("writing report.json")?;
-    let s = &report.summary;
-    let mut summary = vec![
-        ("outcome".to_string(), report.outcome.clone()),
-        ("scenario".into(), report.config.scenario.clone()),
-        ("workload".into(), report.config.workload_line().unwrap_or_else(|| "random testers".into())),
-        ("seed".into(), report.config.seed.to_string()),
-        ("profile".into(), report.config.profile.to_string()),
-        ("git commit".into(), report.git_commit.clone()),
-        (
-            "requests".into(),
-            format!(
-                "{} issued: {} completed, {} failed, {} dropped at crashes ({} reads, {} writes, {} flushes)",
-                s.issued, s.completed, s.failed, s.dropped_at_crash, s.reads, s.writes, s.flushes
-            ),
-        ),
-        (
-            "trace".into(),
-            format!("{} folded (--wrap), {} out of time order, {} split", s.folded, s.out_of_order, s.split),
-        ),
-        (
-            "bytes".into(),
-            format!(
-                "{:.1} MiB read, {:.1} MiB written",
-                s.read_bytes as f64 / 1048576.0,
-                s.write_bytes as f64 / 1048576.0
-            ),
-        ),
-        ("crashes".into(), crash_line(s)),
-        ("sectors verified".into(), s.sectors_verified.to_string()),
-        ("qemu judge".into(), qemu_line(s).unwrap_or_else(|| "not run (--qemu-judge)".into())),
-        ("journal".into(), format!("{} writes, {} recycles", s.journal_writes, s.recycles)),
-        ("simulated time".into(), format!("{:.3} s", s.simulated_seconds)),
-        ("wall time".into(), format!("{:.3} s", report.host.wall_seconds)),
-        ("event-log hash".into(), report.log_hash.clone()),
-    ];
-    if let Some(failure) = &report.failure {
-        summary.insert(1, ("failure".into(), failure.message.clone()));
-    }
+    let summary = summary_rows(&SummaryFacts {
+        outcome: &report.outcome,
+        config: &report.config,
+        summary: &report.summary,
+        failure: report.failure.as_ref(),
+        git_commit: &report.git_commit,
+        log_hash: &report.log_hash,
+        wall_seconds: report.host.wall_seconds,
+    });
     let failure = report.failure.as_ref().zip(report.failure_file.as_ref()).map(|(failure, file)| {
         let path = dir.join(file);
         FailureDetail {
@@ -657,6 +622,91 @@ pub fn redraw_run(dir: &Path) -> Result<usize> {
 }
 
 /// What the QEMU judge saw, one line (`None` when it did not run).
+/// What the summary of a run is made from (a finished run, or a saved report).
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryFacts<'a> {
+    /// `verified`, `interrupted` or the failure class.
+    pub outcome: &'a str,
+    /// The configuration.
+    pub config: &'a RunConfig,
+    /// The counters.
+    pub summary: &'a RunSummary,
+    /// The failure.
+    pub failure: Option<&'a Failure>,
+    /// The build's git commit.
+    pub git_commit: &'a str,
+    /// The event-log hash, `0x…`.
+    pub log_hash: &'a str,
+    /// Wall seconds of the run.
+    pub wall_seconds: f64,
+}
+
+/// The run's figures as `(name, value)` rows: what the terminal prints after a run and what
+/// `index.html`'s summary table shows (one formatting for both).
+pub fn summary_rows(facts: &SummaryFacts<'_>) -> Vec<(String, String)> {
+    let s = facts.summary;
+    let config = facts.config;
+    let mut rows = vec![("outcome".to_string(), facts.outcome.to_string())];
+    if let Some(failure) = facts.failure {
+        rows.push(("failure".into(), failure.message.clone()));
+    }
+    rows.extend([
+        ("scenario".to_string(), format!("{} (seed {}, {} profile)", config.name(), config.seed, config.profile)),
+        ("workload".into(), config.workload_line().unwrap_or_else(|| "random testers".into())),
+        (
+            "requests".into(),
+            format!(
+                "{} issued: {} completed, {} failed (injected I/O errors), {} dropped at crashes; {} reads, {} writes, {} guest flushes",
+                s.issued, s.completed, s.failed, s.dropped_at_crash, s.reads, s.writes, s.flushes
+            ),
+        ),
+    ]);
+    if s.folded + s.out_of_order + s.split > 0 {
+        rows.push((
+            "trace".into(),
+            format!(
+                "{} folded onto the disk (--wrap), {} out of time order, {} split (longer than {} KiB)",
+                s.folded,
+                s.out_of_order,
+                s.split,
+                crate::trace::MAX_REQUEST_BYTES >> 10
+            ),
+        ));
+    }
+    rows.extend([
+        (
+            "bytes replayed".to_string(),
+            format!(
+                "{:.1} MiB read, {:.1} MiB written",
+                s.read_bytes as f64 / 1048576.0,
+                s.write_bytes as f64 / 1048576.0
+            ),
+        ),
+        ("crashes".into(), crash_line(s)),
+        ("sectors verified".into(), s.sectors_verified.to_string()),
+    ]);
+    if let Some(line) = qemu_line(s) {
+        rows.push(("qemu judge".into(), line));
+    }
+    rows.extend([
+        ("journal".to_string(), format!("{} writes, {} recycles", s.journal_writes, s.recycles)),
+        ("simulated time".into(), format!("{:.3} s", s.simulated_seconds)),
+        ("wall time".into(), format!("{:.3} s", facts.wall_seconds)),
+        ("event-log hash".into(), facts.log_hash.to_string()),
+        ("git commit".into(), facts.git_commit.to_string()),
+    ]);
+    rows
+}
+
+/// The outcome's name: the failure class, `interrupted` or `verified`.
+pub fn outcome_name(outcome: &RunOutcome) -> String {
+    match &outcome.failure {
+        Some(f) => serde_json::to_value(f.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        None if outcome.summary.interrupted => "interrupted".into(),
+        None => "verified".into(),
+    }
+}
+
 pub fn qemu_line(summary: &RunSummary) -> Option<String> {
     let q = summary.qemu.as_ref()?;
     let findings = match q.format.as_str() {
