@@ -17,6 +17,6 @@ pub use error::FvdError;
 pub use image::{
     BaseImage, CheckReport, CommitMode, CreateOptions, Devices, EngineStats, FvdImage, GROUP_COMMIT_DELAY_NS,
     GROUP_COMMIT_MAX_QUEUED, ImageInfo, JournalSize, MapExtent, MapSource, OpenOptions, PrefetchConfig,
-    PrefetchMeasure, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchSettings, PrefetchTelemetry, Profile,
+    PrefetchMeasure, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchTelemetry, Profile,
     WindowSide, check,
 };

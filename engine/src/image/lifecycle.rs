@@ -98,8 +98,16 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     {
         return Err(invalid("data_file", name, format!("must be 1 to {} bytes", DATA_FILE_CAPACITY - 1)));
     }
-    let prefetch = options.prefetch;
-    let bytes_per_prefetch = round_up(u64::from(prefetch.bytes_per_prefetch.max(4096)), block_size);
+    // The header's units (`fvd-v1.md` §4.1): whole seconds of delay (−1: disabled), ms, KB/s.
+    let prefetch = options.prefetch.unwrap_or(super::PrefetchConfig::v1(0));
+    let header_i32 = |field: &'static str, value: u64| {
+        i32::try_from(value).map_err(|_| invalid(field, value, "must fit in 31 bits"))
+    };
+    let start_delay_s = match options.prefetch {
+        None => -1,
+        Some(config) => header_i32("prefetch start delay (s)", config.start_delay_ms.div_ceil(1000).max(1))?,
+    };
+    let bytes_per_prefetch = round_up(prefetch.bytes_per_prefetch.max(4096), block_size);
     let bitmap_offset = HEADER_REGION_BYTES;
     let table_offset = bitmap_offset + bitmap_size;
     let journal_offset = table_offset + table_size;
@@ -117,20 +125,20 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
         max_outstanding_copy_on_read_data: options.max_outstanding_copy_on_read_bytes.unwrap_or(2_000_000),
         data_file: options.data_file.clone().unwrap_or_default(),
         data_file_fmt: if options.data_file.is_some() { "raw".into() } else { String::new() },
-        prefetch_start_delay: if prefetch.start_delay_s <= 0 { -1 } else { prefetch.start_delay_s },
+        prefetch_start_delay: start_delay_s,
         prefetch_profile_offset: 0,
         prefetch_profile_entries: 0,
-        num_prefetch_slots: prefetch.slots,
+        num_prefetch_slots: header_i32("prefetch slots", u64::from(prefetch.slots))?,
         bytes_per_prefetch: i32::try_from(bytes_per_prefetch)
             .map_err(|_| invalid("bytes_per_prefetch", bytes_per_prefetch, "must fit in 31 bits"))?,
-        prefetch_read_throughput_measure_time: prefetch.measure_time_ms,
-        prefetch_write_throughput_measure_time: prefetch.measure_time_ms,
-        prefetch_perf_calc_alpha: prefetch.alpha_percent,
-        prefetch_min_read_throughput: prefetch.min_throughput_kb_s,
-        prefetch_min_write_throughput: prefetch.min_throughput_kb_s,
+        prefetch_read_throughput_measure_time: header_i32("prefetch read window (ms)", prefetch.read_measure_ms)?,
+        prefetch_write_throughput_measure_time: header_i32("prefetch write window (ms)", prefetch.write_measure_ms)?,
+        prefetch_perf_calc_alpha: header_i32("prefetch alpha (%)", u64::from(prefetch.alpha_percent))?,
+        prefetch_min_read_throughput: header_i32("prefetch minimum read throughput (KB/s)", prefetch.min_read_kb_s)?,
+        prefetch_min_write_throughput: header_i32("prefetch minimum write throughput (KB/s)", prefetch.min_write_kb_s)?,
         prefetch_max_read_throughput: 1_000_000_000,
         prefetch_max_write_throughput: 1_000_000_000,
-        prefetch_throttle_time: prefetch.throttle_time_ms,
+        prefetch_throttle_time: header_i32("prefetch throttle (ms)", prefetch.throttle_ms)?,
         compact_image: options.compact,
         table_offset,
         chunk_size: if options.compact { chunk_size } else { 0 },

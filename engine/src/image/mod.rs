@@ -63,39 +63,6 @@ pub struct BaseImage {
     pub len_bytes: u64,
 }
 
-/// Whole-image prefetch settings recorded at create (`fvd-v1.md` §4.1; used by the prefetcher).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrefetchSettings {
-    /// Seconds after open before prefetch starts; 0 or less disables it.
-    pub start_delay_s: i32,
-    /// Slots (buffers).
-    pub slots: i32,
-    /// Bytes per slot (rounded up to the block size).
-    pub bytes_per_prefetch: u32,
-    /// Throughput measurement windows, ms of accumulated latency.
-    pub measure_time_ms: i32,
-    /// Moving-average weight, percent.
-    pub alpha_percent: i32,
-    /// Minimum read and write throughput, KB/s.
-    pub min_throughput_kb_s: i32,
-    /// Longest pause, ms.
-    pub throttle_time_ms: i32,
-}
-
-impl Default for PrefetchSettings {
-    fn default() -> PrefetchSettings {
-        PrefetchSettings {
-            start_delay_s: -1,
-            slots: 2,
-            bytes_per_prefetch: 1 << 20,
-            measure_time_ms: 100,
-            alpha_percent: 80,
-            min_throughput_kb_s: 5120,
-            throttle_time_ms: 30_000,
-        }
-    }
-}
-
 /// Options of [`FvdImage::create`] (the v1 create options, `fvd-v1.md` §1.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateOptions {
@@ -118,8 +85,10 @@ pub struct CreateOptions {
     pub copy_on_read: bool,
     /// Cap on copy-on-read bytes in flight (default 2,000,000).
     pub max_outstanding_copy_on_read_bytes: Option<u64>,
-    /// Prefetch settings.
-    pub prefetch: PrefetchSettings,
+    /// Prefetch to record in the header, started at every open (`None`: recorded disabled, with
+    /// v1's numbers). The header keeps whole seconds of start delay (rounded up, at least 1) and
+    /// the v1 fields; the policy is an open's choice ([`OpenOptions::prefetch`]).
+    pub prefetch: Option<prefetch::PrefetchConfig>,
     /// Name of a separate data file (the caller passes its device).
     pub data_file: Option<String>,
     /// Journal format and behaviour.
@@ -139,7 +108,7 @@ impl CreateOptions {
             journal: JournalSize::Default,
             copy_on_read: false,
             max_outstanding_copy_on_read_bytes: None,
-            prefetch: PrefetchSettings::default(),
+            prefetch: None,
             data_file: None,
             profile: Profile::Hardened,
         }

@@ -70,11 +70,13 @@ pub struct PrefetchConfig {
     pub policy: PrefetchPolicy,
 }
 
-impl Default for PrefetchConfig {
-    /// v1's defaults, but a 1 s start delay.
-    fn default() -> PrefetchConfig {
+impl PrefetchConfig {
+    /// v1's defaults (`fvd-v1.md` §4.1: 2 slots of 1 MiB, 100 ms windows, α = 0.8, 5,120 KB/s
+    /// minimums, pauses up to 30 s, the v1 policy) after a start delay of `start_delay_ms`: the one
+    /// place these numbers are written.
+    pub const fn v1(start_delay_ms: u64) -> PrefetchConfig {
         PrefetchConfig {
-            start_delay_ms: 1_000,
+            start_delay_ms,
             slots: 2,
             bytes_per_prefetch: 1 << 20,
             read_measure_ms: 100,
@@ -85,6 +87,13 @@ impl Default for PrefetchConfig {
             throttle_ms: 30_000,
             policy: PrefetchPolicy::V1,
         }
+    }
+}
+
+impl Default for PrefetchConfig {
+    /// [`PrefetchConfig::v1`] with a 1 s start delay.
+    fn default() -> PrefetchConfig {
+        PrefetchConfig::v1(1_000)
     }
 }
 

@@ -439,18 +439,22 @@ fn aimd_max() -> u64 {
 }
 
 impl PrefetchSpec {
-    /// v1's defaults with a 200 ms start delay.
+    /// [`fvd_engine::PrefetchConfig::v1`] (where v1's numbers are written) with a 200 ms start
+    /// delay, as a run's settings.
     pub fn v1_defaults() -> PrefetchSpec {
+        let v1 = fvd_engine::PrefetchConfig::v1(200);
+        debug_assert_eq!(v1.read_measure_ms, v1.write_measure_ms, "one window for both sides");
+        debug_assert_eq!(v1.min_read_kb_s, v1.min_write_kb_s, "one minimum for both sides");
         PrefetchSpec {
-            start_delay_ms: 200,
-            slots: 2,
-            bytes_per_prefetch: 1 << 20,
-            measure_ms: 100,
-            alpha_percent: 80,
-            min_kb_s: 5120,
-            throttle_ms: 30_000,
+            start_delay_ms: v1.start_delay_ms,
+            slots: v1.slots,
+            bytes_per_prefetch: v1.bytes_per_prefetch,
+            measure_ms: v1.read_measure_ms,
+            alpha_percent: v1.alpha_percent,
+            min_kb_s: v1.min_read_kb_s,
+            throttle_ms: v1.throttle_ms,
             aimd_target_us: None,
-            aimd_max_kb_s: 1 << 20,
+            aimd_max_kb_s: aimd_max(),
             wait_for_finish: true,
         }
     }
