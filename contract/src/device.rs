@@ -30,7 +30,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// The sector size in bytes. All FVD offsets on a device are multiples of it.
-pub const SECTOR_SIZE_BYTES: u64 = 512;
+pub const SECTOR_BYTES: u64 = 512;
+
+/// [`SECTOR_BYTES`] as a `usize`, for buffer lengths.
+pub const SECTOR_BYTES_USIZE: usize = SECTOR_BYTES as usize;
 
 /// A boxed, single-threaded future returned by every [`BlockDevice`] request.
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DeviceError>> + 'a>>;

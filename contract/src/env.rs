@@ -99,11 +99,6 @@ impl ProgressPoint {
             ProgressPoint::InUseWritten => "in-use-written",
         }
     }
-
-    /// Parses a name produced by [`ProgressPoint::as_str`].
-    pub fn from_name(name: &str) -> Option<ProgressPoint> {
-        ProgressPoint::ALL.into_iter().find(|p| p.as_str() == name)
-    }
 }
 
 impl std::fmt::Display for ProgressPoint {

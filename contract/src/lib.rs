@@ -10,6 +10,6 @@ pub mod device;
 pub mod env;
 pub mod sync;
 
-pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
+pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_BYTES, SECTOR_BYTES_USIZE, WriteFlags};
 pub use env::{Env, Join, LocalFuture, Progress, ProgressPoint, ready};
 pub use sync::{AsyncLock, AsyncLockGuard};

@@ -7,7 +7,7 @@
 
 pub use fvd_contract::{device, env};
 
-pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
+pub use device::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_BYTES, SECTOR_BYTES_USIZE, WriteFlags};
 pub use env::{Env, Join, LocalFuture, Progress, ProgressPoint, ready};
 pub mod error;
 pub mod format;
@@ -17,6 +17,5 @@ pub use error::FvdError;
 pub use image::{
     BaseImage, CheckReport, CommitMode, CreateOptions, Devices, EngineStats, FvdImage, GROUP_COMMIT_DELAY_NS,
     GROUP_COMMIT_MAX_QUEUED, ImageInfo, JournalSize, MapExtent, MapSource, OpenOptions, PrefetchConfig,
-    PrefetchMeasure, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchTelemetry, Profile,
-    WindowSide, check,
+    PrefetchMeasure, PrefetchPhase, PrefetchPolicy, PrefetchSample, PrefetchTelemetry, Profile, WindowSide, check,
 };

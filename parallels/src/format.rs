@@ -10,7 +10,7 @@ pub const HEADER_BYTES: u64 = 64;
 pub const IN_USE: u32 = 0x746F_6E59;
 /// Largest cluster QEMU accepts, sectors (`tracks`); bounds every allocation by a cluster.
 pub const MAX_CLUSTER_SECTORS: u64 = 1 << 16;
-const SECTOR: u64 = 512;
+use fvd_contract::SECTOR_BYTES;
 
 /// Why an image cannot be used, naming the field, its value and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,12 +82,12 @@ pub struct ParallelsHeader {
 impl ParallelsHeader {
     /// Cluster size, bytes.
     pub fn cluster_bytes(&self) -> u64 {
-        self.cluster_sectors * SECTOR
+        self.cluster_sectors * SECTOR_BYTES
     }
 
     /// Guest disk size, bytes.
     pub fn disk_bytes(&self) -> u64 {
-        self.disk_sectors * SECTOR
+        self.disk_sectors * SECTOR_BYTES
     }
 
     /// Bytes of the BAT region (header included), as it lies before the data area.
@@ -98,18 +98,18 @@ impl ParallelsHeader {
     /// The smallest legal `data_off`, sectors (QEMU's `min_off`): the end of the BAT rounded up
     /// to a sector, and to a cluster for the Ext magic.
     pub fn min_data_off_sectors(&self) -> u64 {
-        let sectors = self.bat_end_bytes().div_ceil(SECTOR);
+        let sectors = self.bat_end_bytes().div_ceil(SECTOR_BYTES);
         if self.ext { sectors.div_ceil(self.cluster_sectors) * self.cluster_sectors } else { sectors }
     }
 
     /// The byte offset a BAT entry's value names (0 for an unallocated entry).
     pub fn entry_offset(&self, entry: u32) -> u64 {
-        u64::from(entry) * if self.ext { self.cluster_sectors } else { 1 } * SECTOR
+        u64::from(entry) * if self.ext { self.cluster_sectors } else { 1 } * SECTOR_BYTES
     }
 
     /// The BAT value of host byte offset `offset`.
     pub fn entry_value(&self, offset: u64) -> u32 {
-        (offset / SECTOR / if self.ext { self.cluster_sectors } else { 1 }) as u32
+        (offset / SECTOR_BYTES / if self.ext { self.cluster_sectors } else { 1 }) as u32
     }
 
     /// True while a writer has (or had, before a crash) the image open.

@@ -24,13 +24,13 @@ use std::io::Read as _;
 use std::rc::Rc;
 use std::sync::OnceLock;
 
+use fvd_engine::SECTOR_BYTES_USIZE;
 use fvd_engine::format::header::EXTENSION_SLOT_OFFSETS;
-use fvd_engine::format::journal::{
-    HARDENED_RECORDS_START, HARDENED_SECTOR_MAGIC, JOURNAL_SECTOR_BYTES, SectorFormat, encode_sector,
-};
+use fvd_engine::format::journal::{HARDENED_RECORDS_START, HARDENED_SECTOR_MAGIC, SectorFormat, encode_sector};
 use fvd_engine::format::table::decode_table;
 use fvd_engine::format::{
-    Bitmap, DecodedSector, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, JournalRecord, Layout, SECTOR,
+    Bitmap, DecodedSector, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, JournalRecord, Layout,
+    SECTOR_BYTES,
 };
 use fvd_engine::{
     BaseImage, BlockDevice, CheckReport, CreateOptions, DeviceError, Devices, FvdError, FvdImage, IoFuture, IoKind,
@@ -283,7 +283,7 @@ pub fn open_and_read(executor: &HostExecutor, devices: Devices, profile: Profile
         let ranges = if size <= READ_LIMIT_BYTES {
             [(0, size), (size, size)]
         } else {
-            let tail = (size - READ_LIMIT_BYTES / 2) / SECTOR * SECTOR;
+            let tail = (size - READ_LIMIT_BYTES / 2) / SECTOR_BYTES * SECTOR_BYTES;
             [(0, READ_LIMIT_BYTES / 2), (tail, size)]
         };
         let mut buf = vec![0u8; 64 << 10];
@@ -345,7 +345,7 @@ pub fn sector_format(image: &[u8]) -> SectorFormat {
 /// Gives a hardened journal sector (one starting with the hardened magic) a valid checksum, so a
 /// fuzzer's records reach the record parser.
 pub fn seal_sector(sector: &mut [u8]) {
-    if sector.len() == JOURNAL_SECTOR_BYTES && sector[0..4] == HARDENED_SECTOR_MAGIC.to_le_bytes() {
+    if sector.len() == SECTOR_BYTES_USIZE && sector[0..4] == HARDENED_SECTOR_MAGIC.to_le_bytes() {
         let crc = crc32c(&sector[8..]);
         sector[4..8].copy_from_slice(&crc.to_le_bytes());
     }
@@ -453,8 +453,8 @@ pub fn journal(data: &[u8]) {
     let storage_chunks = layout.storage_chunks(data_len);
     let mut bitmap = Bitmap::new(layout.bitmap_blocks);
     let mut table = vec![u32::MAX; layout.table_entries as usize];
-    for (s, chunk) in sectors.chunks(JOURNAL_SECTOR_BYTES).take(64).enumerate() {
-        let mut sector = [0u8; JOURNAL_SECTOR_BYTES];
+    for (s, chunk) in sectors.chunks(SECTOR_BYTES_USIZE).take(64).enumerate() {
+        let mut sector = [0u8; SECTOR_BYTES_USIZE];
         sector[..chunk.len()].copy_from_slice(chunk);
         if flags & 1 == 1 {
             seal_sector(&mut sector);
@@ -481,8 +481,8 @@ pub fn journal(data: &[u8]) {
             }
             match record {
                 JournalRecord::Bitmap { first_sector, sectors } if layout.has_base() => {
-                    let start = first_sector * SECTOR;
-                    let end = (first_sector + u64::from(*sectors)) * SECTOR;
+                    let start = first_sector * SECTOR_BYTES;
+                    let end = (first_sector + u64::from(*sectors)) * SECTOR_BYTES;
                     bitmap.set_range(start / layout.block_size, end.div_ceil(layout.block_size));
                 }
                 JournalRecord::Bitmap { .. } => {}
@@ -665,14 +665,14 @@ impl Edit {
             Edit::Forge { sector, sequence, records } => {
                 let region = &image[..(HEADER_REGION_BYTES as usize).min(len)];
                 let Ok(header) = Header::decode(region) else { return };
-                let sectors = header.journal_size / SECTOR;
+                let sectors = header.journal_size / SECTOR_BYTES;
                 if sectors == 0 {
                     return;
                 }
                 let Some(at) = (u64::from(*sector) % sectors)
-                    .checked_mul(SECTOR)
+                    .checked_mul(SECTOR_BYTES)
                     .and_then(|o| o.checked_add(header.journal_offset))
-                    .filter(|at| at.checked_add(SECTOR).is_some_and(|end| end <= len as u64))
+                    .filter(|at| at.checked_add(SECTOR_BYTES).is_some_and(|end| end <= len as u64))
                 else {
                     return;
                 };
@@ -683,10 +683,10 @@ impl Edit {
                     SectorFormat::V1 => 0,
                     SectorFormat::Hardened { .. } => HARDENED_RECORDS_START,
                 };
-                let n = records.len().min(JOURNAL_SECTOR_BYTES - start);
+                let n = records.len().min(SECTOR_BYTES_USIZE - start);
                 forged[start..start + n].copy_from_slice(&records[..n]);
                 seal_sector(&mut forged);
-                image[at..at + JOURNAL_SECTOR_BYTES].copy_from_slice(&forged);
+                image[at..at + SECTOR_BYTES_USIZE].copy_from_slice(&forged);
                 let clean = Header::CLEAN_SHUTDOWN_OFFSET;
                 image[clean..clean + 4].copy_from_slice(&0u32.to_le_bytes());
             }
@@ -784,9 +784,9 @@ fn trace(data: &[u8], format: TraceFormat) {
     match crate::trace::parse(&text, format, "fuzz") {
         Ok(trace) => {
             assert!(!trace.requests.is_empty(), "a parsed trace holds requests");
-            assert!(trace.extent_sectors <= MAX_DISK_BYTES / SECTOR, "extent beyond the largest disk");
+            assert!(trace.extent_sectors <= MAX_DISK_BYTES / SECTOR_BYTES, "extent beyond the largest disk");
             for request in &trace.requests {
-                assert!((1..=MAX_REQUEST_BYTES / SECTOR).contains(&request.len_sectors), "{request:?}");
+                assert!((1..=MAX_REQUEST_BYTES / SECTOR_BYTES).contains(&request.len_sectors), "{request:?}");
                 assert!(request.offset_sectors + request.len_sectors <= trace.extent_sectors, "{request:?}");
                 assert!(request.time_ns <= crate::trace::MAX_TIME_NS, "{request:?}");
             }

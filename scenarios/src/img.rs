@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use clap::{Args, Subcommand, ValueEnum};
-use fvd_engine::format::{HEADER_REGION_BYTES, Header, SECTOR};
+use fvd_engine::format::{HEADER_REGION_BYTES, Header, SECTOR_BYTES};
 use fvd_engine::{
     BaseImage, BlockDevice, CreateOptions, DeviceError, Devices, FvdError, FvdImage, IoFuture, IoKind, JournalSize,
     MapSource, OpenOptions, Profile, WriteFlags, check,
@@ -451,7 +451,7 @@ fn open_engine(
 
 /// Checks a range's alignment before anything is opened.
 fn check_alignment(kind: &str, offset: u64, len: u64) -> Result<(), ImgError> {
-    if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) || len == 0 {
+    if !offset.is_multiple_of(SECTOR_BYTES) || !len.is_multiple_of(SECTOR_BYTES) || len == 0 {
         return Err(ImgError::input(format!(
             "{kind} of {len} bytes at offset {offset}: offset and length must be multiples of 512, and the length \
              positive"

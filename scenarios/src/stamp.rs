@@ -8,8 +8,7 @@
 use fvd_sim::ProceduralContent;
 use fvd_sim::disk::content::BASE_SECTOR_MAGIC;
 
-/// Bytes per sector.
-pub const SECTOR: u64 = 512;
+pub use fvd_engine::SECTOR_BYTES;
 pub use fvd_sim::disk::content::STAMP_MAGIC;
 
 /// Fills `out` (a whole number of sectors) with the stamps of write `write_id` starting at
@@ -71,13 +70,13 @@ pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralCon
     if stamped {
         let write_id = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
         let meant = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        let mut intact = [0u8; SECTOR as usize];
+        let mut intact = [0u8; SECTOR_BYTES as usize];
         stamp(seed, write_id, meant, &mut intact);
         if bytes == intact {
             return SectorValue::Stamped { write_id, sector: meant };
         }
     }
-    let mut expected = [0u8; SECTOR as usize];
+    let mut expected = [0u8; SECTOR_BYTES as usize];
     original(sector, base, &mut expected);
     if bytes == expected {
         return SectorValue::Original;

@@ -22,8 +22,7 @@
 use std::io::Read as _;
 use std::path::Path;
 
-/// Bytes per sector.
-const SECTOR_BYTES: u64 = 512;
+use crate::stamp::SECTOR_BYTES;
 
 /// Longest request issued as one: longer trace requests are split into pieces of this size
 /// (4 MiB, a common `max_sectors_kb` of guest block layers).

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use fvd_engine::{CreateOptions, FvdImage, JournalSize, Profile, check};
 use fvd_scenarios::rig::{Rig, RigConfig};
-use fvd_scenarios::stamp::{SECTOR, decode, original, stamp};
+use fvd_scenarios::stamp::{SECTOR_BYTES, decode, original, stamp};
 use fvd_sim::{AtomicUnit, CrashPlan, CrashStrategy, DeviceProfile, RunError, Seed};
 use proptest::prelude::*;
 
@@ -68,17 +68,17 @@ const COMPACT_OVER_SHORT_BASE: Geometry = Geometry {
 
 impl Geometry {
     fn rig(&self, seed: u64) -> Rig {
-        let mut create = CreateOptions::new(self.size_sectors * SECTOR);
-        create.block_size = Some(self.block_sectors * SECTOR);
+        let mut create = CreateOptions::new(self.size_sectors * SECTOR_BYTES);
+        create.block_size = Some(self.block_sectors * SECTOR_BYTES);
         create.compact = self.compact;
-        create.chunk_size = Some(self.block_sectors * self.chunk_blocks * SECTOR * 4);
-        create.storage_grow_unit = Some(self.block_sectors * self.chunk_blocks * SECTOR * 16);
+        create.chunk_size = Some(self.block_sectors * self.chunk_blocks * SECTOR_BYTES * 4);
+        create.storage_grow_unit = Some(self.block_sectors * self.chunk_blocks * SECTOR_BYTES * 16);
         create.journal = JournalSize::Bytes(self.journal_bytes);
         Rig::new(
             Seed(seed),
             RigConfig {
                 create,
-                base_bytes: self.base_sectors * SECTOR,
+                base_bytes: self.base_sectors * SECTOR_BYTES,
                 image_profile: DeviceProfile::ssd(),
                 base_profile: DeviceProfile::nfs(),
                 separate_data: self.separate_data,
@@ -127,7 +127,7 @@ struct Model {
 
 impl Model {
     fn expected(&self, rig: &Rig, seed: u64, sector: u64, value: u64) -> Vec<u8> {
-        let mut bytes = vec![0u8; SECTOR as usize];
+        let mut bytes = vec![0u8; SECTOR_BYTES as usize];
         if value == 0 {
             original(sector, rig.base_for_oracle(), &mut bytes);
         } else {
@@ -157,7 +157,7 @@ fn read_all(rig: &Rig, image: &FvdImage, sectors: u64) -> Vec<u8> {
     let image = image.clone();
     rig.sim
         .run(async move {
-            let mut all = vec![0u8; (sectors * SECTOR) as usize];
+            let mut all = vec![0u8; (sectors * SECTOR_BYTES) as usize];
             image.read(0, &mut all).await.map(|()| all)
         })
         .expect("reading the whole disk cannot stall")
@@ -207,8 +207,8 @@ fn run_case_with(seed: u64, geometry: &Geometry, ops: Vec<Op>, profile: Profile)
                         .map(|(first, count)| {
                             let (image, results) = (reader_image.clone(), Rc::clone(&results));
                             handle.spawn("reader", async move {
-                                let mut buf = vec![0u8; (count * SECTOR) as usize];
-                                let result = image.read(first * SECTOR, &mut buf).await;
+                                let mut buf = vec![0u8; (count * SECTOR_BYTES) as usize];
+                                let result = image.read(first * SECTOR_BYTES, &mut buf).await;
                                 results.borrow_mut().push((first, buf, result));
                             })
                         })
@@ -224,7 +224,7 @@ fn run_case_with(seed: u64, geometry: &Geometry, ops: Vec<Op>, profile: Profile)
                 let m = model.borrow();
                 for (first, buf, result) in read_results.borrow().iter() {
                     result.as_ref().map_err(|e| format!("step {step}: read: {e}"))?;
-                    for (i, bytes) in buf.chunks_exact(SECTOR as usize).enumerate() {
+                    for (i, bytes) in buf.chunks_exact(SECTOR_BYTES as usize).enumerate() {
                         let sector = first + i as u64;
                         if bytes != m.expected(&rig, seed, sector, m.current[sector as usize]) {
                             return Err(format!(
@@ -257,7 +257,7 @@ fn run_case_with(seed: u64, geometry: &Geometry, ops: Vec<Op>, profile: Profile)
                 let all = read_all(&rig, &image, sectors);
                 let mut m = model.borrow_mut();
                 for sector in 0..sectors {
-                    let bytes = &all[(sector * SECTOR) as usize..((sector + 1) * SECTOR) as usize];
+                    let bytes = &all[(sector * SECTOR_BYTES) as usize..((sector + 1) * SECTOR_BYTES) as usize];
                     let durable = m.durable[sector as usize];
                     let found = [durable]
                         .into_iter()
@@ -307,7 +307,7 @@ fn run_case_with(seed: u64, geometry: &Geometry, ops: Vec<Op>, profile: Profile)
     let all = read_all(&rig, &image, sectors);
     let m = model.borrow();
     for sector in 0..sectors {
-        if all[(sector * SECTOR) as usize..((sector + 1) * SECTOR) as usize]
+        if all[(sector * SECTOR_BYTES) as usize..((sector + 1) * SECTOR_BYTES) as usize]
             != *m.expected(&rig, seed, sector, m.current[sector as usize])
         {
             return Err(format!("final: sector {sector} differs from the model"));
@@ -337,11 +337,11 @@ fn submit_writes(
                 }
                 id
             };
-            let mut data = vec![0u8; (count * SECTOR) as usize];
+            let mut data = vec![0u8; (count * SECTOR_BYTES) as usize];
             stamp(seed, id, first, &mut data);
             let (image, model) = (image.clone(), Rc::clone(model));
             rig.sim.spawn("writer", async move {
-                image.write(first * SECTOR, &data).await.expect("no faults are injected");
+                image.write(first * SECTOR_BYTES, &data).await.expect("no faults are injected");
                 let mut m = model.borrow_mut();
                 for sector in first..first + count {
                     m.current[sector as usize] = id;
@@ -499,15 +499,15 @@ fn copy_on_read_copies_what_was_read() {
 /// hardened engine pauses instead and finishes on every seed.
 fn stall_run(seed: u64, profile: Profile) -> Result<(), fvd_sim::RunError> {
     // The writer must fall behind the reader: a fast base (nvme) and a slow image (nfs).
-    let mut create = CreateOptions::new(1024 * SECTOR);
-    create.block_size = Some(8 * SECTOR);
+    let mut create = CreateOptions::new(1024 * SECTOR_BYTES);
+    create.block_size = Some(8 * SECTOR_BYTES);
     create.journal = JournalSize::Bytes(4096);
     create.profile = profile;
     let rig = Rig::new(
         Seed(seed),
         RigConfig {
             create,
-            base_bytes: 256 * SECTOR,
+            base_bytes: 256 * SECTOR_BYTES,
             image_profile: DeviceProfile::nfs(),
             base_profile: DeviceProfile::nvme(),
             separate_data: false,

@@ -17,7 +17,7 @@ use fvd_sim::{
 };
 use proptest::prelude::*;
 
-const SECTOR: u64 = 512;
+const SECTOR: u64 = fvd_contract::SECTOR_BYTES;
 
 /// CI runs the same cases every time; set `PROPTEST_RNG_SEED` (as the nightly job does) to explore
 /// others.

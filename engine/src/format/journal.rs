@@ -20,8 +20,7 @@ pub const BITMAP_RECORD: u32 = 0x3F2A_B8ED;
 pub const TABLE_RECORD: u32 = 0xB4E6_F7AC;
 /// Hardened sector magic, `"FVJ2"` little-endian (never a v1 record type).
 pub const HARDENED_SECTOR_MAGIC: u32 = u32::from_le_bytes(*b"FVJ2");
-/// Bytes per journal sector.
-pub const JOURNAL_SECTOR_BYTES: usize = 512;
+use fvd_contract::SECTOR_BYTES_USIZE;
 /// Where records start in a hardened sector.
 pub const HARDENED_RECORDS_START: usize = 24;
 
@@ -93,18 +92,18 @@ impl SectorFormat {
 
     /// Record bytes available per sector.
     pub fn capacity(self) -> usize {
-        JOURNAL_SECTOR_BYTES - self.records_start()
+        SECTOR_BYTES_USIZE - self.records_start()
     }
 }
 
 /// Encodes one sector holding `records` (which must fit: see [`pack_sectors`]).
-pub fn encode_sector(format: SectorFormat, sequence: u64, records: &[JournalRecord]) -> [u8; JOURNAL_SECTOR_BYTES] {
-    let mut body = Vec::with_capacity(JOURNAL_SECTOR_BYTES);
+pub fn encode_sector(format: SectorFormat, sequence: u64, records: &[JournalRecord]) -> [u8; SECTOR_BYTES_USIZE] {
+    let mut body = Vec::with_capacity(SECTOR_BYTES_USIZE);
     for record in records {
         record.encode_into(&mut body);
     }
     assert!(body.len() <= format.capacity(), "packed records overflow a journal sector");
-    let mut sector = [0u8; JOURNAL_SECTOR_BYTES];
+    let mut sector = [0u8; SECTOR_BYTES_USIZE];
     let start = format.records_start();
     sector[start..start + body.len()].copy_from_slice(&body);
     if let SectorFormat::Hardened { epoch } = format {
@@ -171,7 +170,7 @@ fn parse_records(bytes: &[u8]) -> (Vec<JournalRecord>, bool) {
 
 /// Decodes a journal sector: hardened if it starts with the hardened magic, v1 otherwise.
 pub fn decode_sector(sector: &[u8]) -> DecodedSector {
-    assert_eq!(sector.len(), JOURNAL_SECTOR_BYTES, "journal sectors are 512 bytes");
+    assert_eq!(sector.len(), SECTOR_BYTES_USIZE, "journal sectors are 512 bytes");
     if u32::from_le_bytes(sector[0..4].try_into().expect("4 bytes")) == HARDENED_SECTOR_MAGIC {
         let crc = u32::from_le_bytes(sector[4..8].try_into().expect("4 bytes"));
         if crc != crc32c::crc32c(&sector[8..]) {

@@ -4,8 +4,7 @@ use super::header::{HEADER_REGION_BYTES, Header};
 use super::journal::JournalRecord;
 use crate::error::FvdError;
 
-/// Bytes per sector.
-pub const SECTOR: u64 = 512;
+pub use fvd_contract::SECTOR_BYTES;
 /// A table entry for an unallocated chunk.
 pub const EMPTY_TABLE_ENTRY: u32 = 0xFFFF_FFFF;
 /// In memory and in v1 journal records only: allocated but not yet committed.
@@ -66,7 +65,7 @@ impl Layout {
         let corrupt =
             |field: &str, value: u64, rule: String| Err(FvdError::corrupt(format!("header.{field}"), value, rule));
         let virtual_size = header.virtual_disk_size;
-        if virtual_size == 0 || !virtual_size.is_multiple_of(SECTOR) {
+        if virtual_size == 0 || !virtual_size.is_multiple_of(SECTOR_BYTES) {
             return corrupt("virtual_disk_size", virtual_size, "must be a positive multiple of 512".into());
         }
         let has_base = !header.base_img.is_empty() || header.bitmap_size > 0;
@@ -82,7 +81,7 @@ impl Layout {
             ));
         }
         let base_size = if has_base { header.base_img_size } else { 0 };
-        if has_base && (base_size > virtual_size || !base_size.is_multiple_of(SECTOR)) {
+        if has_base && (base_size > virtual_size || !base_size.is_multiple_of(SECTOR_BYTES)) {
             return corrupt(
                 "base_img_size",
                 base_size,
@@ -90,7 +89,7 @@ impl Layout {
             );
         }
         let block_size = u64::from(header.block_size);
-        if has_base && (block_size == 0 || !block_size.is_multiple_of(SECTOR)) {
+        if has_base && (block_size == 0 || !block_size.is_multiple_of(SECTOR_BYTES)) {
             return corrupt("block_size", block_size, "must be a positive multiple of 512".into());
         }
         let bitmap_blocks = if has_base { base_size.div_ceil(block_size) } else { 0 };
@@ -114,7 +113,7 @@ impl Layout {
         let compact = header.compact_image;
         let (chunk_size, table_entries, table_size) = if compact {
             let chunk = header.chunk_size;
-            if chunk == 0 || !chunk.is_multiple_of(SECTOR) {
+            if chunk == 0 || !chunk.is_multiple_of(SECTOR_BYTES) {
                 return corrupt("chunk_size", chunk, "must be a positive multiple of 512".into());
             }
             let entries = virtual_size.div_ceil(chunk);
@@ -148,7 +147,7 @@ impl Layout {
                 format!("must follow the table at {journal_offset}"),
             );
         }
-        if !journal_size.is_multiple_of(SECTOR) {
+        if !journal_size.is_multiple_of(SECTOR_BYTES) {
             return corrupt("journal_size", journal_size, "must be a multiple of 512".into());
         }
         if journal_size > 0 && !has_base && !compact {
@@ -229,7 +228,7 @@ impl Layout {
         let field = |name: &str| format!("journal sector {sector} record {index} {name}");
         match record {
             JournalRecord::Bitmap { first_sector, sectors } => {
-                let disk_sectors = self.virtual_size / SECTOR;
+                let disk_sectors = self.virtual_size / SECTOR_BYTES;
                 if *first_sector >= disk_sectors {
                     return Err(FvdError::corrupt(
                         field("first_sector"),
@@ -288,25 +287,25 @@ impl Layout {
 
     /// Journal sectors.
     pub fn journal_sectors(&self) -> u64 {
-        self.journal_size / SECTOR
+        self.journal_size / SECTOR_BYTES
     }
 
     /// Sectors per bitmap block (copy-on-write and prefetch unit; `docs/format.md` §2).
     pub fn block_sectors(&self) -> u64 {
-        debug_assert!(self.block_size.is_multiple_of(SECTOR), "a block is whole sectors");
-        self.block_size / SECTOR
+        debug_assert!(self.block_size.is_multiple_of(SECTOR_BYTES), "a block is whole sectors");
+        self.block_size / SECTOR_BYTES
     }
 
     /// Sectors the bitmap covers (the base image's size in sectors; 0 without a base).
     pub fn base_sectors(&self) -> u64 {
-        debug_assert!(self.base_size.is_multiple_of(SECTOR), "the base covers whole sectors");
-        self.base_size / SECTOR
+        debug_assert!(self.base_size.is_multiple_of(SECTOR_BYTES), "the base covers whole sectors");
+        self.base_size / SECTOR_BYTES
     }
 
     /// Sectors per chunk of a compact image.
     pub fn chunk_sectors(&self) -> u64 {
-        debug_assert!(self.chunk_size.is_multiple_of(SECTOR), "a chunk is whole sectors");
-        self.chunk_size / SECTOR
+        debug_assert!(self.chunk_size.is_multiple_of(SECTOR_BYTES), "a chunk is whole sectors");
+        self.chunk_size / SECTOR_BYTES
     }
 
     /// The block holding virtual byte `offset`.

@@ -10,4 +10,4 @@ pub mod table;
 pub use bitmap::Bitmap;
 pub use header::{HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension};
 pub use journal::{DecodedSector, JournalRecord, SectorFormat};
-pub use layout::{DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, Layout, SECTOR, round_up};
+pub use layout::{DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, Layout, SECTOR_BYTES, round_up};

@@ -11,7 +11,7 @@ use crate::error::FvdError;
 use crate::format::journal::{DecodedSector, decode_sector};
 use crate::format::table::encode_table;
 use crate::format::{
-    Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR,
+    Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_REGION_BYTES, Header, HeaderExtension, Layout, SECTOR_BYTES,
 };
 
 /// What `check` found and did.
@@ -107,7 +107,7 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
     if layout.journal_size > 0 {
         let mut journal = vec![0u8; layout.journal_size as usize];
         image.read_at(layout.journal_offset, &mut journal).await.map_err(FvdError::io("check: read journal"))?;
-        for (index, sector) in journal.chunks_exact(SECTOR as usize).enumerate() {
+        for (index, sector) in journal.chunks_exact(SECTOR_BYTES as usize).enumerate() {
             let records = match (decode_sector(sector), extension) {
                 (DecodedSector::Hardened { epoch, records, .. }, Some(ext)) if epoch == ext.journal_epoch => records,
                 (DecodedSector::Torn, Some(_)) => {

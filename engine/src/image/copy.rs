@@ -8,7 +8,7 @@ use super::FvdImage;
 use super::state::{RangeLock, State};
 use crate::env::ProgressPoint;
 use crate::error::FvdError;
-use crate::format::SECTOR;
+use crate::format::SECTOR_BYTES;
 
 /// Who copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl FvdImage {
         inner.progress(ProgressPoint::CopyStored, start);
         let mut state = inner.state.borrow_mut();
         if result.is_ok() {
-            state.fresh.set_range(start / block, (start + data.len() as u64 / SECTOR).div_ceil(block));
+            state.fresh.set_range(start / block, (start + data.len() as u64 / SECTOR_BYTES).div_ceil(block));
             match kind {
                 CopyKind::CopyOnRead => {
                     state.stats.copy_on_read_stores += 1;
@@ -117,7 +117,7 @@ impl FvdImage {
     /// on outstanding copy-on-read bytes.
     pub(crate) fn spawn_copy_on_read(&self, start: u64, whole: Vec<u8>) {
         let image = self.clone();
-        let end = start + whole.len() as u64 / SECTOR;
+        let end = start + whole.len() as u64 / SECTOR_BYTES;
         let task = async move {
             let inner = &image.inner;
             let mut from = start;
@@ -133,16 +133,16 @@ impl FvdImage {
                         image.find_region(&state, from, end).map(|(s, e)| {
                             let lock = RangeLock { id: state.lock_id(), start: s, end: e };
                             state.copy_locks.insert(lock);
-                            state.copy_on_read_outstanding_bytes += (e - s) * SECTOR;
+                            state.copy_on_read_outstanding_bytes += (e - s) * SECTOR_BYTES;
                             (s, e, lock)
                         })
                     }
                 };
                 let Some((s, e, lock)) = picked else { break };
                 first = false;
-                let data = &whole[((s - start) * SECTOR) as usize..((e - start) * SECTOR) as usize];
+                let data = &whole[((s - start) * SECTOR_BYTES) as usize..((e - start) * SECTOR_BYTES) as usize];
                 let _ = image.store_copy(CopyKind::CopyOnRead, s, data, lock).await;
-                inner.state.borrow_mut().copy_on_read_outstanding_bytes -= (e - s) * SECTOR;
+                inner.state.borrow_mut().copy_on_read_outstanding_bytes -= (e - s) * SECTOR_BYTES;
                 from = e;
             }
             let mut state = inner.state.borrow_mut();

@@ -7,7 +7,7 @@ use super::state::RangeLock;
 use crate::device::WriteFlags;
 use crate::env::ProgressPoint;
 use crate::error::FvdError;
-use crate::format::{DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, SECTOR, round_up};
+use crate::format::{DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, SECTOR_BYTES, round_up};
 
 /// How many chunks a raise of the allocation high-water mark covers: one extension write per this
 /// many allocations, and at most this many chunks left unused after a crash.
@@ -24,7 +24,7 @@ impl FvdImage {
     fn validate(&self, kind: &'static str, offset_bytes: u64, len_bytes: u64) -> Result<(u64, u64), FvdError> {
         let disk_size_bytes = self.inner.layout.virtual_size;
         let bad = |rule| Err(FvdError::BadRequest { kind, offset_bytes, len_bytes, disk_size_bytes, rule });
-        if !offset_bytes.is_multiple_of(SECTOR) || !len_bytes.is_multiple_of(SECTOR) {
+        if !offset_bytes.is_multiple_of(SECTOR_BYTES) || !len_bytes.is_multiple_of(SECTOR_BYTES) {
             return bad("offset and length must be multiples of 512");
         }
         if len_bytes == 0 {
@@ -33,14 +33,14 @@ impl FvdImage {
         if offset_bytes.checked_add(len_bytes).is_none_or(|end| end > disk_size_bytes) {
             return bad("lies beyond the end of the virtual disk");
         }
-        Ok((offset_bytes / SECTOR, (offset_bytes + len_bytes) / SECTOR))
+        Ok((offset_bytes / SECTOR_BYTES, (offset_bytes + len_bytes) / SECTOR_BYTES))
     }
 
     /// True when no bitmap work is needed for a request starting at sector `start`.
     fn all_in_image(&self, start: u64) -> bool {
         let layout = self.inner.layout;
         let state = self.inner.state.borrow();
-        state.header.all_data_in_fvd_img || !layout.has_base() || start * SECTOR >= layout.base_size
+        state.header.all_data_in_fvd_img || !layout.has_base() || start * SECTOR_BYTES >= layout.base_size
     }
 
     /// Reads `buf.len()` bytes of the virtual disk at `offset_bytes` (both multiples of 512).
@@ -67,15 +67,16 @@ impl FvdImage {
             let copy_on_read = self.copy_on_read_enabled();
             let mut copies = Vec::new();
             for (source, run_start, run_end) in runs {
-                let out = &mut buf[((run_start - start) * SECTOR) as usize..((run_end - start) * SECTOR) as usize];
+                let out = &mut buf
+                    [((run_start - start) * SECTOR_BYTES) as usize..((run_end - start) * SECTOR_BYTES) as usize];
                 match source {
                     Source::Image => self.load_data(run_start, out).await?,
                     Source::Base if copy_on_read => {
                         // Read whole blocks from the base (clipped to its end) so they can be copied.
                         let (copy_start, copy_end) = self.block_round(run_start, run_end);
-                        let mut whole = vec![0u8; ((copy_end - copy_start) * SECTOR) as usize];
+                        let mut whole = vec![0u8; ((copy_end - copy_start) * SECTOR_BYTES) as usize];
                         self.read_base(copy_start, &mut whole).await?;
-                        let from = ((run_start - copy_start) * SECTOR) as usize;
+                        let from = ((run_start - copy_start) * SECTOR_BYTES) as usize;
                         out.copy_from_slice(&whole[from..from + out.len()]);
                         copies.push((copy_start, whole));
                     }
@@ -119,7 +120,7 @@ impl FvdImage {
     async fn read_base(&self, start: u64, out: &mut [u8]) -> Result<(), FvdError> {
         let base = self.inner.devices.base.as_ref().expect("an image with a bitmap has a base device");
         let base_len = self.inner.layout.base_size.min(base.len_bytes());
-        let offset = start * SECTOR;
+        let offset = start * SECTOR_BYTES;
         let available = base_len.saturating_sub(offset).min(out.len() as u64) as usize;
         if available > 0 {
             base.read_at(offset, &mut out[..available]).await.map_err(FvdError::io("base image read"))?;
@@ -134,13 +135,13 @@ impl FvdImage {
         let data = self.inner.devices.data();
         if !layout.compact {
             return data
-                .read_at(layout.data_offset + start * SECTOR, out)
+                .read_at(layout.data_offset + start * SECTOR_BYTES, out)
                 .await
                 .map_err(FvdError::io("image data read"));
         }
         let mut done = 0usize;
         while done < out.len() {
-            let offset = start * SECTOR + done as u64;
+            let offset = start * SECTOR_BYTES + done as u64;
             let chunk = offset / layout.chunk_size;
             let in_chunk = offset % layout.chunk_size;
             let n = ((layout.chunk_size - in_chunk) as usize).min(out.len() - done);
@@ -181,7 +182,7 @@ impl FvdImage {
             return Err(FvdError::ReadOnly);
         }
         let layout = self.inner.layout;
-        let block_sectors = layout.block_size.max(SECTOR) / SECTOR;
+        let block_sectors = layout.block_size.max(SECTOR_BYTES) / SECTOR_BYTES;
         let fast = self.all_in_image(start) || {
             let state = self.inner.state.borrow();
             state.stale.all_set(start / block_sectors, end.div_ceil(block_sectors))
@@ -286,7 +287,7 @@ impl FvdImage {
         state.stats.writes += 1;
         if copy_lock.is_some() {
             state.stats.copy_on_write_writes += 1;
-            state.stats.copy_on_write_bytes += ((start - merged_start) + (merged_end - end)) * SECTOR;
+            state.stats.copy_on_write_bytes += ((start - merged_start) + (merged_end - end)) * SECTOR_BYTES;
         }
         drop(state);
         inner.progress(ProgressPoint::GuestAck, start);
@@ -307,9 +308,9 @@ impl FvdImage {
         if merged_start == start && merged_end == end {
             return self.store_data(start, data).await;
         }
-        let mut merged = vec![0u8; ((merged_end - merged_start) * SECTOR) as usize];
-        let head = ((start - merged_start) * SECTOR) as usize;
-        let tail = ((end - merged_start) * SECTOR) as usize;
+        let mut merged = vec![0u8; ((merged_end - merged_start) * SECTOR_BYTES) as usize];
+        let head = ((start - merged_start) * SECTOR_BYTES) as usize;
+        let tail = ((end - merged_start) * SECTOR_BYTES) as usize;
         if head > 0 {
             self.read_base(merged_start, &mut merged[..head])
                 .await
@@ -342,12 +343,12 @@ impl FvdImage {
         let device = inner.devices.data();
         if !layout.compact {
             device
-                .write_at(layout.data_offset + start * SECTOR, data, WriteFlags::NONE)
+                .write_at(layout.data_offset + start * SECTOR_BYTES, data, WriteFlags::NONE)
                 .await
                 .map_err(FvdError::io("image data write"))?;
             return Ok(None);
         }
-        let offset = start * SECTOR;
+        let offset = start * SECTOR_BYTES;
         let first_chunk = offset / layout.chunk_size;
         let end_chunk = (offset + data.len() as u64).div_ceil(layout.chunk_size);
         let newly_allocated = self.allocate_chunks(first_chunk, end_chunk).await?;
@@ -442,7 +443,7 @@ impl FvdImage {
                         // Grow by whole units until the next chunk to hand out fits.
                         let units = (used_chunks + 1).saturating_sub(storage_chunks).div_ceil(grow_chunks).max(1);
                         let target_chunks = storage_chunks + grow_chunks * units;
-                        let new_len = round_up(layout.data_offset + target_chunks * layout.chunk_size, SECTOR);
+                        let new_len = round_up(layout.data_offset + target_chunks * layout.chunk_size, SECTOR_BYTES);
                         let grown = inner.devices.data().set_len(new_len).await;
                         let mut state = inner.state.borrow_mut();
                         state.growing = false;

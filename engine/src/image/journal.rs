@@ -7,7 +7,7 @@ use crate::env::ProgressPoint;
 use crate::error::FvdError;
 use crate::format::journal::{SectorFormat, encode_sector, pack_sectors};
 use crate::format::table::clean_entry;
-use crate::format::{DIRTY_TABLE_BIT, SECTOR};
+use crate::format::{DIRTY_TABLE_BIT, SECTOR_BYTES};
 
 /// The metadata change of one guest write.
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,7 +37,9 @@ impl FvdImage {
             {
                 let block = inner.layout.block_size;
                 assert!(
-                    state.fresh.all_set(first * SECTOR / block, ((first + sectors) * SECTOR).div_ceil(block)),
+                    state
+                        .fresh
+                        .all_set(first * SECTOR_BYTES / block, ((first + sectors) * SECTOR_BYTES).div_ceil(block)),
                     "a change is queued only after its data landed"
                 );
             }
@@ -209,12 +211,12 @@ impl FvdImage {
             (state.extension.map_or(0, |e| e.journal_epoch), sequence)
         };
         let format = if inner.hardened() { SectorFormat::Hardened { epoch } } else { SectorFormat::V1 };
-        let mut bytes = Vec::with_capacity((count * SECTOR) as usize);
+        let mut bytes = Vec::with_capacity((count * SECTOR_BYTES) as usize);
         for (i, records) in sectors.iter().enumerate() {
             bytes.extend_from_slice(&encode_sector(format, sequence + i as u64, records));
         }
         let flags = if inner.hardened() { WriteFlags::FUA } else { WriteFlags::NONE };
-        let write = inner.devices.image.write_at(inner.layout.journal_offset + first * SECTOR, &bytes, flags);
+        let write = inner.devices.image.write_at(inner.layout.journal_offset + first * SECTOR_BYTES, &bytes, flags);
         inner.progress(ProgressPoint::JournalWriteSubmitted, first);
         let result = write.await;
         inner.progress(ProgressPoint::JournalWriteCompleted, first);
@@ -289,8 +291,8 @@ fn apply_committed(state: &mut super::state::State, layout: &crate::format::Layo
     if let Some((first_sector, sectors)) = change.bitmap
         && layout.has_base()
     {
-        let first_block = first_sector * SECTOR / layout.block_size;
-        let end_block = ((first_sector + sectors) * SECTOR).div_ceil(layout.block_size);
+        let first_block = first_sector * SECTOR_BYTES / layout.block_size;
+        let end_block = ((first_sector + sectors) * SECTOR_BYTES).div_ceil(layout.block_size);
         assert!(state.fresh.all_set(first_block, end_block), "a block is committed only after its data landed");
         state.stale.set_range(first_block, end_block);
     }

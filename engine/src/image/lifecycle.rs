@@ -14,7 +14,7 @@ use crate::format::journal::{DecodedSector, JournalRecord};
 use crate::format::table::{decode_table, encode_table};
 use crate::format::{
     Bitmap, DIRTY_TABLE_BIT, EMPTY_TABLE_ENTRY, HEADER_BYTES, HEADER_REGION_BYTES, Header, HeaderExtension, Layout,
-    SECTOR, round_up,
+    SECTOR_BYTES, round_up,
 };
 
 /// v1's bound on the bitmap when choosing a default block size (`MODERATE_BITMAP_SIZE`).
@@ -33,7 +33,7 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     if options.size_bytes == 0 {
         return Err(invalid("size", 0, "must be positive"));
     }
-    let virtual_size = round_up(options.size_bytes, SECTOR);
+    let virtual_size = round_up(options.size_bytes, SECTOR_BYTES);
     let base = options.base.as_ref();
     if let Some(base) = base {
         if base.name.is_empty() || base.name.len() >= BASE_IMG_CAPACITY {
@@ -46,14 +46,14 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
             return Err(invalid("backing_file", &base.name, "the base image is empty"));
         }
     }
-    let base_size = base.map_or(0, |b| round_up(b.len_bytes.min(virtual_size), SECTOR));
+    let base_size = base.map_or(0, |b| round_up(b.len_bytes.min(virtual_size), SECTOR_BYTES));
     let block_size = match options.block_size {
-        Some(size) if size == 0 || !size.is_multiple_of(SECTOR) || size > u64::from(u32::MAX) => {
+        Some(size) if size == 0 || !size.is_multiple_of(SECTOR_BYTES) || size > u64::from(u32::MAX) => {
             return Err(invalid("block_size", size, "must be a positive multiple of 512 below 4 GiB"));
         }
         Some(size) => size,
         None => {
-            let mut size = SECTOR;
+            let mut size = SECTOR_BYTES;
             while base_size.div_ceil(size).div_ceil(8) > MODERATE_BITMAP_BYTES {
                 size *= 2;
             }
@@ -62,7 +62,7 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     };
     let bitmap_size = if base.is_some() { round_up(base_size.div_ceil(block_size).div_ceil(8), 4096) } else { 0 };
     let chunk_size = options.chunk_size.unwrap_or(1 << 20);
-    if options.compact && (chunk_size == 0 || !chunk_size.is_multiple_of(SECTOR)) {
+    if options.compact && (chunk_size == 0 || !chunk_size.is_multiple_of(SECTOR_BYTES)) {
         return Err(invalid("chunk_size", chunk_size, "must be a positive multiple of 512"));
     }
     if options.compact && base.is_some() && !chunk_size.is_multiple_of(block_size) {
@@ -86,7 +86,7 @@ pub(crate) fn header_for(options: &CreateOptions) -> Result<Header, FvdError> {
     let has_metadata = base.is_some() || options.compact;
     // The journal must hold the records of one write touching every chunk (v1's rule).
     let minimum_journal =
-        if options.compact { table_entries.div_ceil(ENTRIES_PER_MIXED_SECTOR) * SECTOR } else { SECTOR };
+        if options.compact { table_entries.div_ceil(ENTRIES_PER_MIXED_SECTOR) * SECTOR_BYTES } else { SECTOR_BYTES };
     let journal_size = match options.journal {
         _ if !has_metadata => 0,
         JournalSize::Disabled => 0,
@@ -300,7 +300,7 @@ impl FvdImage {
         let mut state = inner.state.borrow_mut();
         let epoch = state.extension.map(|e| e.journal_epoch);
         let mut applied = 0u64;
-        for (index, sector) in journal.chunks_exact(SECTOR as usize).enumerate() {
+        for (index, sector) in journal.chunks_exact(SECTOR_BYTES as usize).enumerate() {
             let records = match (crate::format::journal::decode_sector(sector), epoch) {
                 // A hardened image applies only checksummed sectors of its current epoch.
                 (DecodedSector::Hardened { epoch: e, records, .. }, Some(current)) if e == current => records,
@@ -627,10 +627,10 @@ pub(crate) fn replay_record(
             if layout.has_base() && *sectors > 0 {
                 // Checked above: the range lies inside the virtual disk, so nothing overflows.
                 let end_sector = first_sector + u64::from(*sectors);
-                debug_assert!(end_sector * SECTOR <= layout.virtual_size);
+                debug_assert!(end_sector * SECTOR_BYTES <= layout.virtual_size);
                 fresh.set_range(
-                    first_sector * SECTOR / layout.block_size,
-                    (end_sector * SECTOR).div_ceil(layout.block_size),
+                    first_sector * SECTOR_BYTES / layout.block_size,
+                    (end_sector * SECTOR_BYTES).div_ceil(layout.block_size),
                 );
             }
         }

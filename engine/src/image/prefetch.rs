@@ -20,7 +20,7 @@ use super::copy::CopyKind;
 use super::state::RangeLock;
 use crate::device::WriteFlags;
 use crate::error::FvdError;
-use crate::format::SECTOR;
+use crate::format::SECTOR_BYTES;
 
 const MS: u64 = 1_000_000;
 
@@ -238,7 +238,7 @@ pub(crate) struct Prefetcher {
 
 impl Prefetcher {
     fn sectors_per_prefetch(&self, block_sectors: u64) -> u64 {
-        (self.config.bytes_per_prefetch / SECTOR).div_ceil(block_sectors).max(1) * block_sectors
+        (self.config.bytes_per_prefetch / SECTOR_BYTES).div_ceil(block_sectors).max(1) * block_sectors
     }
 
     fn min_read(&self) -> f64 {
@@ -382,7 +382,7 @@ impl FvdImage {
             if p.phase != PrefetchPhase::Waiting {
                 return;
             }
-            let slot_bytes = (p.sectors_per_prefetch(block_sectors) * SECTOR) as usize;
+            let slot_bytes = (p.sectors_per_prefetch(block_sectors) * SECTOR_BYTES) as usize;
             p.slots = (0..p.config.slots.max(1))
                 .map(|_| Slot { buf: vec![0u8; slot_bytes], begin: 0, end: 0, start_ns: 0 })
                 .collect();
@@ -413,9 +413,9 @@ impl FvdImage {
             if let PrefetchPolicy::Aimd { .. } = p.config.policy {
                 adjust_rate(p, now);
                 p.tokens = (p.tokens + (now - p.last_refill_ns) as f64 / MS as f64 * p.rate_bytes_per_ms)
-                    .min(p.rate_bytes_per_ms * 1000.0 + (p.sectors_per_prefetch(block_sectors) * SECTOR) as f64);
+                    .min(p.rate_bytes_per_ms * 1000.0 + (p.sectors_per_prefetch(block_sectors) * SECTOR_BYTES) as f64);
                 p.last_refill_ns = now;
-                let need = (p.sectors_per_prefetch(block_sectors) * SECTOR) as f64;
+                let need = (p.sectors_per_prefetch(block_sectors) * SECTOR_BYTES) as f64;
                 if p.tokens < need {
                     let wait_ns = ((need - p.tokens) / p.rate_bytes_per_ms * MS as f64).ceil() as u64;
                     p.waiting_tokens = true;
@@ -481,8 +481,8 @@ impl FvdImage {
             "prefetch-read",
             Box::pin(async move {
                 let base = image.inner.devices.base.clone().expect("prefetch runs only with a base image");
-                let mut buf = vec![0u8; ((end - begin) * SECTOR) as usize];
-                let result = base.read_at(begin * SECTOR, &mut buf).await;
+                let mut buf = vec![0u8; ((end - begin) * SECTOR_BYTES) as usize];
+                let result = base.read_at(begin * SECTOR_BYTES, &mut buf).await;
                 image.on_read_done(slot_index, buf, result.is_ok());
             }),
         );
@@ -590,8 +590,8 @@ impl FvdImage {
             let p = state.prefetch.as_mut().expect("present");
             p.write_active = true;
             let slot = &p.slots[slot_index];
-            let from = ((region.0 - slot.begin) * SECTOR) as usize;
-            let to = ((region.1 - slot.begin) * SECTOR) as usize;
+            let from = ((region.0 - slot.begin) * SECTOR_BYTES) as usize;
+            let to = ((region.1 - slot.begin) * SECTOR_BYTES) as usize;
             (lock, slot.buf[from..to].to_vec())
         };
         let image = self.clone();
@@ -627,9 +627,9 @@ impl FvdImage {
                     terminate = Some(PrefetchPhase::Disabled);
                 }
             } else {
-                p.telemetry.bytes_copied += (region.1 - region.0) * SECTOR;
+                p.telemetry.bytes_copied += (region.1 - region.0) * SECTOR_BYTES;
                 p.wr_time_ns += now - p.slots[slot_index].start_ns;
-                p.wr_bytes += (region.1 - region.0) * SECTOR;
+                p.wr_bytes += (region.1 - region.0) * SECTOR_BYTES;
                 call_pause |= self.maybe_throttle(p, Side::Write, now);
                 let written_end = region.1;
                 let slot_end = p.slots[slot_index].end;
@@ -666,7 +666,7 @@ impl FvdImage {
                                     break;
                                 }
                                 None => {
-                                    p.telemetry.bytes_discarded += (e - b) * SECTOR;
+                                    p.telemetry.bytes_discarded += (e - b) * SECTOR_BYTES;
                                     p.filled -= 1;
                                 }
                             }

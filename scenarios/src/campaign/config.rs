@@ -156,8 +156,12 @@ pub struct ImageConfig {
     pub base_device: String,
 }
 
-/// Where a crash is aimed: a random event, or a named point of one format's protocol (the
-/// engine reports it through `Env::progress`; see [`CrashPoint::progress`]).
+/// Where a crash is aimed: a random event, or a named point of one format's protocol. A named
+/// crash point is the engine's [`ProgressPoint`] (what `Env::progress` reports: an event such as
+/// "journal write submitted") with, where one event serves two points, a filter on its detail
+/// (`in-use-set` and `in-use-cleared` are one event); [`CrashPoint::progress`] is the one
+/// conversion. Crash points are named for the state the disk is in (`journal-write-in-flight`),
+/// progress points for what the engine did; the crash names are the ones files and flags use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CrashPoint {

@@ -32,7 +32,7 @@ use super::verify::{check_devices, is_byte_mix, read_sectors};
 use super::workload::Shared;
 use crate::oracle::TORN;
 use crate::rig::Rig;
-use crate::stamp::SECTOR;
+use crate::stamp::SECTOR_BYTES;
 
 /// Every subset is tried up to this many unflushed writes (2^6 = 64 states).
 pub const SUBSET_LIMIT: usize = 6;
@@ -277,7 +277,7 @@ fn enumerate_shard(
         let state = Rc::clone(&state);
         let seed = config.seed;
         let profile = config.profile.into();
-        let disk_sectors = config.image.size_bytes / SECTOR;
+        let disk_sectors = config.image.size_bytes / SECTOR_BYTES;
         let base_bytes = config.image.base_bytes;
         let format = config.format;
         Box::new(move |rig: &Rig, driver: &Shared| {
@@ -418,7 +418,7 @@ fn recover_and_verify(
         result.map_err(|error| format!("verification read failed: {error}"))?;
         for i in 0..count {
             let sector = first + i;
-            let bytes = &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize];
+            let bytes = &buf[(i * SECTOR_BYTES) as usize..((i + 1) * SECTOR_BYTES) as usize];
             let allowed = d.oracle.allowed_after_crash(sector);
             if let Err(failure) = d.judge(sector, bytes, &allowed)
                 && !(torn_allowed && is_byte_mix(&d, sector, bytes, &allowed))

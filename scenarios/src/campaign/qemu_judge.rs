@@ -30,7 +30,7 @@ use super::workload::Shared;
 use crate::host::{FileDevice, HostExecutor};
 use crate::qemu::{QemuCheck, QemuImg};
 use crate::rig::Rig;
-use crate::stamp::SECTOR;
+use crate::stamp::SECTOR_BYTES;
 
 /// Disks up to this size have every sector judged; larger ones the written sectors and a sample.
 const JUDGE_ALL_BYTES: u64 = 256 << 20;
@@ -290,7 +290,7 @@ impl QemuJudge {
     fn sectors_to_judge(&mut self, driver: &Shared) -> Vec<u64> {
         let d = driver.borrow();
         let disk_sectors = d.disk_sectors;
-        if disk_sectors * SECTOR <= JUDGE_ALL_BYTES {
+        if disk_sectors * SECTOR_BYTES <= JUDGE_ALL_BYTES {
             return (0..disk_sectors).collect();
         }
         let mut chosen: BTreeSet<u64> = d.oracle.touched_sectors().collect();
@@ -312,7 +312,7 @@ impl QemuJudge {
         let mut file = std::fs::File::open(raw).map_err(|e| host_error("open QEMU's raw image", e))?;
         let d = driver.borrow();
         let mut bad: Vec<SectorFailure> = Vec::new();
-        let mut bytes = vec![0u8; SECTOR as usize];
+        let mut bytes = vec![0u8; SECTOR_BYTES as usize];
         for &sector in sectors {
             read_sector(&mut file, sector, &mut bytes).map_err(|e| host_error("read QEMU's raw image", e))?;
             let allowed = d.oracle.allowed_after_crash(sector);
@@ -355,9 +355,9 @@ impl QemuJudge {
         let ours =
             self.read_ours(&ours_path, &judged.sectors).map_err(|e| host_error("read our recovered image", e))?;
         let mut raw = std::fs::File::open(&judged.raw).map_err(|e| host_error("open QEMU's raw image", e))?;
-        let mut theirs = vec![0u8; SECTOR as usize];
+        let mut theirs = vec![0u8; SECTOR_BYTES as usize];
         let d = driver.borrow();
-        for (&sector, our_bytes) in judged.sectors.iter().zip(ours.chunks_exact(SECTOR as usize)) {
+        for (&sector, our_bytes) in judged.sectors.iter().zip(ours.chunks_exact(SECTOR_BYTES as usize)) {
             read_sector(&mut raw, sector, &mut theirs).map_err(|e| host_error("read QEMU's raw image", e))?;
             if our_bytes != theirs.as_slice() {
                 let decode = |bytes: &[u8]| {
@@ -396,15 +396,15 @@ impl QemuJudge {
                     ParallelsImage::open(image).await.map_err(|e| e.to_string())?,
                 )),
             };
-            let mut out = vec![0u8; sectors.len() * SECTOR as usize];
+            let mut out = vec![0u8; sectors.len() * SECTOR_BYTES as usize];
             let mut i = 0;
             while i < sectors.len() {
                 let mut n = 1;
                 while i + n < sectors.len() && n < 256 && sectors[i + n] == sectors[i] + n as u64 {
                     n += 1;
                 }
-                let buf = &mut out[i * SECTOR as usize..(i + n) * SECTOR as usize];
-                reader.read(sectors[i] * SECTOR, buf).await.map_err(|e| e.to_string())?;
+                let buf = &mut out[i * SECTOR_BYTES as usize..(i + n) * SECTOR_BYTES as usize];
+                reader.read(sectors[i] * SECTOR_BYTES, buf).await.map_err(|e| e.to_string())?;
                 i += n;
             }
             Ok(out)
@@ -453,7 +453,7 @@ fn verdict_before_repair(format: FormatName, theirs: &QemuCheck, ours: OurCheck,
 }
 
 fn read_sector(file: &mut std::fs::File, sector: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(sector * SECTOR))?;
+    file.seek(SeekFrom::Start(sector * SECTOR_BYTES))?;
     file.read_exact(buf)
 }
 

@@ -15,7 +15,7 @@ use fvd_sim::{CrashPlan, DeviceProfile, FaultPlan, RunError, SimRng};
 use super::config::{CrashPoint, CrashSpec, RunConfig, WorkloadConfig, draw_schedule};
 use crate::oracle::Oracle;
 use crate::rig::{Rig, RigConfig};
-use crate::stamp::SECTOR;
+use crate::stamp::SECTOR_BYTES;
 use crate::trace::TraceRequest;
 
 use super::outcome::Stop;
@@ -155,7 +155,7 @@ fn load_requests(config: &RunConfig) -> Result<Requests, ConfigError> {
         WorkloadConfig::Trace { path, format, mode, wrap } => {
             let trace = crate::trace::load(std::path::Path::new(path), *format)
                 .map_err(|e| ConfigError(format!("trace: {e}")))?;
-            let disk_sectors = config.image.size_bytes / SECTOR;
+            let disk_sectors = config.image.size_bytes / SECTOR_BYTES;
             if !*wrap && trace.extent_sectors > disk_sectors {
                 let (index, request) = trace
                     .requests
@@ -170,16 +170,18 @@ fn load_requests(config: &RunConfig) -> Result<Requests, ConfigError> {
                     request.offset_sectors,
                     request.offset_sectors + request.len_sectors,
                     config.image.size_bytes,
-                    trace.extent_sectors * SECTOR
+                    trace.extent_sectors * SECTOR_BYTES
                 )));
             }
             let facts = TraceFacts { out_of_order: trace.out_of_order, split: trace.split, wrap: *wrap };
             Requests::Trace(Rc::new(trace.requests), *mode, facts)
         }
         WorkloadConfig::Inline { requests, mode } => {
-            let disk_sectors = config.image.size_bytes / SECTOR;
+            let disk_sectors = config.image.size_bytes / SECTOR_BYTES;
             if let Some((index, r)) = requests.iter().enumerate().find(|(_, r)| {
-                r.2 == 0 || r.2 > crate::trace::MAX_REQUEST_BYTES / SECTOR || r.1.saturating_add(r.2) > disk_sectors
+                r.2 == 0
+                    || r.2 > crate::trace::MAX_REQUEST_BYTES / SECTOR_BYTES
+                    || r.1.saturating_add(r.2) > disk_sectors
             }) {
                 return Err(ConfigError(format!(
                     "inline request {} (sectors {}..{}) is empty, too long or beyond the {}-byte disk",
@@ -254,8 +256,8 @@ pub(super) fn run_observed(
     let driver = Rc::new(RefCell::new(Driver {
         oracle: Oracle::new(),
         seed: seed.0,
-        disk_sectors: config.image.size_bytes / SECTOR,
-        base: rig.base_content.map(|c| (c, config.image.base_bytes.min(config.image.size_bytes) / SECTOR)),
+        disk_sectors: config.image.size_bytes / SECTOR_BYTES,
+        base: rig.base_content.map(|c| (c, config.image.base_bytes.min(config.image.size_bytes) / SECTOR_BYTES)),
         next_request: 0,
         total,
         flush_every: config.flush_every_requests,

@@ -7,7 +7,7 @@ use super::outcome::{FailureClass, Stop};
 use super::workload::{Driver, Shared};
 use crate::oracle::{ORIGINAL, TORN};
 use crate::rig::Rig;
-use crate::stamp::{SECTOR, original, stamp};
+use crate::stamp::{SECTOR_BYTES, original, stamp};
 
 /// Reads back every unsettled sector and a sample of the others after a recovery; returns how
 /// many were verified.
@@ -58,7 +58,7 @@ pub(super) fn verify_after_crash(
         }
         for i in 0..count {
             let sector = first + i;
-            let bytes = &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize];
+            let bytes = &buf[(i * SECTOR_BYTES) as usize..((i + 1) * SECTOR_BYTES) as usize];
             let allowed = d.oracle.allowed_after_crash(sector);
             match d.judge(sector, bytes, &allowed) {
                 Ok(value) => d.oracle.settle(sector, value),
@@ -111,8 +111,8 @@ pub(super) fn read_sectors(
     sim.run(async move {
         let mut out = Vec::with_capacity(runs.len());
         for (first, count) in runs {
-            let mut buf = vec![0u8; (count * SECTOR) as usize];
-            let result = reader.read(first * SECTOR, &mut buf).await;
+            let mut buf = vec![0u8; (count * SECTOR_BYTES) as usize];
+            let result = reader.read(first * SECTOR_BYTES, &mut buf).await;
             out.push((first, count, buf, result));
         }
         out
@@ -127,7 +127,7 @@ pub(super) fn is_byte_mix(d: &Driver, sector: u64, bytes: &[u8], allowed: &[u32]
     let contents: Vec<Vec<u8>> = allowed
         .iter()
         .map(|&v| {
-            let mut content = vec![0u8; SECTOR as usize];
+            let mut content = vec![0u8; SECTOR_BYTES as usize];
             if v == ORIGINAL {
                 original(sector, d.base.as_ref().map(|(c, n)| (c, *n)), &mut content);
             } else {

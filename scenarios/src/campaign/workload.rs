@@ -14,7 +14,7 @@ use super::config::{CrashPoint, CrashSpec, ReplayMode};
 use super::outcome::{Failure, FailureClass, PROGRESS_EVERY_REQUESTS, Progress, RunSummary, SectorFailure, Watcher};
 use crate::oracle::{ORIGINAL, Oracle, TORN};
 use crate::rig::Rig;
-use crate::stamp::{SECTOR, SectorValue, decode, stamp};
+use crate::stamp::{SECTOR_BYTES, SectorValue, decode, stamp};
 use crate::trace::{TraceOp, TraceRequest};
 
 /// The workload's requests, resolved.
@@ -307,9 +307,9 @@ pub(super) async fn perform(
                 d.in_flight.insert(lane, (first, count));
                 (d.oracle.write_submitted(first, count), d.seed)
             };
-            let mut data = vec![0u8; (count * SECTOR) as usize];
+            let mut data = vec![0u8; (count * SECTOR_BYTES) as usize];
             stamp(seed, u64::from(id), first, &mut data);
-            let result = image.write(first * SECTOR, &data).await;
+            let result = image.write(first * SECTOR_BYTES, &data).await;
             let mut d = driver.borrow_mut();
             d.in_flight.remove(&lane);
             d.oracle.write_completed(id, result.is_ok());
@@ -319,7 +319,7 @@ pub(super) async fn perform(
             match result {
                 Ok(()) => {
                     d.summary.writes += 1;
-                    d.summary.write_bytes += count * SECTOR;
+                    d.summary.write_bytes += count * SECTOR_BYTES;
                 }
                 Err(error) => unexpected(&mut d, handle, &error, "write"),
             }
@@ -330,8 +330,8 @@ pub(super) async fn perform(
                 d.in_flight.insert(lane, (first, count));
                 d.oracle.read_submitted(first, count)
             };
-            let mut buf = vec![0u8; (count * SECTOR) as usize];
-            let result = image.read(first * SECTOR, &mut buf).await;
+            let mut buf = vec![0u8; (count * SECTOR_BYTES) as usize];
+            let result = image.read(first * SECTOR_BYTES, &mut buf).await;
             let mut d = driver.borrow_mut();
             d.in_flight.remove(&lane);
             let allowed = d.oracle.read_completed(ticket);
@@ -341,13 +341,13 @@ pub(super) async fn perform(
             match result {
                 Ok(()) => {
                     d.summary.reads += 1;
-                    d.summary.read_bytes += count * SECTOR;
+                    d.summary.read_bytes += count * SECTOR_BYTES;
                     d.summary.sectors_verified += count;
                     let bad: Vec<SectorFailure> = (0..count)
                         .filter_map(|i| {
                             d.judge(
                                 first + i,
-                                &buf[(i * SECTOR) as usize..((i + 1) * SECTOR) as usize],
+                                &buf[(i * SECTOR_BYTES) as usize..((i + 1) * SECTOR_BYTES) as usize],
                                 &allowed[i as usize],
                             )
                             .err()

@@ -26,7 +26,7 @@ use fvd_sim::{Seed, SimRng};
 use serde::{Deserialize, Serialize};
 
 use crate::qemu::{QemuCheck, QemuImg};
-use crate::stamp::SECTOR;
+use crate::stamp::SECTOR_BYTES;
 use log::{LogEntry, WriteLog};
 pub use script::{Op, Script, Value};
 
@@ -245,7 +245,7 @@ fn flush_positions(log: &WriteLog, script: &Script) -> Vec<usize> {
     let markers: BTreeSet<u64> = script.markers().collect();
     for (index, entry) in log.entries.iter().enumerate() {
         let LogEntry::Write { data, .. } = entry else { continue };
-        for chunk in data.chunks_exact(SECTOR as usize) {
+        for chunk in data.chunks_exact(SECTOR_BYTES as usize) {
             if &chunk[16..24] == fvd_sim::disk::content::STAMP_MAGIC {
                 let id = u64::from_le_bytes(chunk[0..8].try_into().expect("8 bytes"));
                 if markers.contains(&id) {
@@ -308,15 +308,15 @@ fn crash_states(log: &WriteLog, rng: &mut SimRng, max: u64) -> Vec<CrashState> {
 /// The image file of `state`: the fresh image, every write before the last FLUSH, the kept
 /// pending writes (whole or by atomic unit of `unit_bytes`).
 fn build_image(initial: &[u8], log: &WriteLog, state: &CrashState, unit_bytes: u64) -> Vec<u8> {
-    assert!(unit_bytes >= SECTOR && unit_bytes.is_multiple_of(SECTOR), "atomic units are whole sectors");
+    assert!(unit_bytes >= SECTOR_BYTES && unit_bytes.is_multiple_of(SECTOR_BYTES), "atomic units are whole sectors");
     let mut image = initial.to_vec();
     let apply = |image: &mut Vec<u8>, offset: u64, data: &[u8], mask: u64| {
         let end = offset as usize + data.len();
         if image.len() < end {
             image.resize(end, 0);
         }
-        for (index, chunk) in data.chunks(SECTOR as usize).enumerate() {
-            let at = offset + index as u64 * SECTOR;
+        for (index, chunk) in data.chunks(SECTOR_BYTES as usize).enumerate() {
+            let at = offset + index as u64 * SECTOR_BYTES;
             let unit = at / unit_bytes - offset / unit_bytes;
             if mask == u64::MAX || (unit < 64 && mask & (1 << unit) != 0) {
                 image[at as usize..at as usize + chunk.len()].copy_from_slice(chunk);
@@ -483,7 +483,8 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     if options.backing && !takes_backing(&options.format) {
         bail!("--backing: {} takes no backing file here (qcow2, qed, vmdk do)", options.format);
     }
-    if options.disk_bytes < 1 << 20 || options.disk_bytes > 4 << 30 || !options.disk_bytes.is_multiple_of(SECTOR) {
+    if options.disk_bytes < 1 << 20 || options.disk_bytes > 4 << 30 || !options.disk_bytes.is_multiple_of(SECTOR_BYTES)
+    {
         // The backing file and every crash state are built in memory.
         bail!("--size {}: from 1 MiB to 4 GiB, a multiple of 512", options.disk_bytes);
     }

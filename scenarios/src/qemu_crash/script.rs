@@ -9,7 +9,7 @@ use fvd_sim::disk::content::ProceduralContent;
 use serde::{Deserialize, Serialize};
 
 use super::{FindingClass, QemuOptions};
-use crate::stamp::{SECTOR, SectorValue, decode, stamp};
+use crate::stamp::{SECTOR_BYTES, SectorValue, decode, stamp};
 
 /// Stamp ids of flush markers start here (data writes count from 1).
 const MARKER_BASE: u64 = 1 << 40;
@@ -77,7 +77,7 @@ impl Script {
     /// previous one, so they overlap), zero writes, discards (qcow2 honours them), flushes. Takes
     /// `options.script_ops` as they are when given (checked by [`validate`] first).
     pub fn generate(options: &QemuOptions) -> Script {
-        let disk_sectors = options.disk_bytes / SECTOR;
+        let disk_sectors = options.disk_bytes / SECTOR_BYTES;
         let base = options.backing.then_some(ProceduralContent { seed: options.seed.0 ^ 0xba5e });
         if let Some(ops) = &options.script_ops {
             return Script { seed: options.seed.0, disk_sectors, base, ops: ops.clone() };
@@ -122,7 +122,7 @@ impl Script {
     }
 
     fn payload(&self, id: u64, first: u64, count: u64) -> Vec<u8> {
-        let mut data = vec![0u8; (count * SECTOR) as usize];
+        let mut data = vec![0u8; (count * SECTOR_BYTES) as usize];
         stamp(self.seed, id, first, &mut data);
         data
     }
@@ -136,21 +136,25 @@ impl Script {
             match *op {
                 Op::Write { id, first, count } => {
                     std::fs::write(out.join(format!("w{id}.bin")), self.payload(id, first, count))?;
-                    lines.push(format!("write -q -s w{id}.bin {} {}", first * SECTOR, count * SECTOR));
+                    lines.push(format!("write -q -s w{id}.bin {} {}", first * SECTOR_BYTES, count * SECTOR_BYTES));
                 }
-                Op::Zero { first, count } => lines.push(format!("write -q -z {} {}", first * SECTOR, count * SECTOR)),
-                Op::Discard { first, count } => lines.push(format!("discard -q {} {}", first * SECTOR, count * SECTOR)),
+                Op::Zero { first, count } => {
+                    lines.push(format!("write -q -z {} {}", first * SECTOR_BYTES, count * SECTOR_BYTES))
+                }
+                Op::Discard { first, count } => {
+                    lines.push(format!("discard -q {} {}", first * SECTOR_BYTES, count * SECTOR_BYTES))
+                }
                 Op::Flush { marker } => {
                     let last = self.disk_sectors - 1;
                     std::fs::write(out.join(format!("m{marker}.bin")), self.payload(marker, last, 1))?;
                     lines.push("flush".into());
-                    lines.push(format!("write -q -s m{marker}.bin {} {SECTOR}", last * SECTOR));
+                    lines.push(format!("write -q -s m{marker}.bin {} {SECTOR_BYTES}", last * SECTOR_BYTES));
                 }
             }
         }
         std::fs::write(out.join("script.qemu-io"), lines.join("\n") + "\n")?;
         if let Some(base) = &self.base {
-            let mut bytes = Vec::with_capacity((self.disk_sectors * SECTOR) as usize);
+            let mut bytes = Vec::with_capacity((self.disk_sectors * SECTOR_BYTES) as usize);
             for sector in 0..self.disk_sectors {
                 bytes.extend_from_slice(&base.sector(sector));
             }
@@ -204,8 +208,8 @@ impl Script {
     fn judge_after(&self, disk: &[u8], cutoff: Option<usize>) -> Option<(FindingClass, String)> {
         let base = self.base.as_ref().map(|b| (b, self.disk_sectors));
         for (sector, history) in self.histories() {
-            let at = (sector * SECTOR) as usize;
-            let Some(bytes) = disk.get(at..at + SECTOR as usize) else {
+            let at = (sector * SECTOR_BYTES) as usize;
+            let Some(bytes) = disk.get(at..at + SECTOR_BYTES as usize) else {
                 return Some((FindingClass::WrongData, format!("sector {sector} lies beyond QEMU's read of the disk")));
             };
             let found = match decode(self.seed, sector, bytes, base) {
@@ -255,7 +259,7 @@ impl Script {
 ///
 /// Errors: the first operation that breaks a rule, by index.
 pub fn validate(ops: &[Op], disk_bytes: u64) -> Result<()> {
-    let usable = (disk_bytes / SECTOR).saturating_sub(1);
+    let usable = (disk_bytes / SECTOR_BYTES).saturating_sub(1);
     let mut ids = std::collections::BTreeSet::new();
     for (index, op) in ops.iter().enumerate() {
         match *op {
@@ -300,8 +304,8 @@ mod tests {
     }
 
     fn disk(script: &Script, fill: impl Fn(u64, &mut [u8])) -> Vec<u8> {
-        let mut bytes = vec![0u8; (script.disk_sectors * SECTOR) as usize];
-        for (sector, chunk) in bytes.chunks_mut(SECTOR as usize).enumerate() {
+        let mut bytes = vec![0u8; (script.disk_sectors * SECTOR_BYTES) as usize];
+        for (sector, chunk) in bytes.chunks_mut(SECTOR_BYTES as usize).enumerate() {
             fill(sector as u64, chunk);
         }
         bytes

@@ -12,8 +12,7 @@
 //! [`super::page::Symbol`] instead of 512 bytes: memory grows with distinct *foreign* data
 //! written, not with copies of the base or stamped writes.
 
-/// Bytes per sector.
-pub const SECTOR_BYTES: usize = 512;
+pub use fvd_contract::SECTOR_BYTES_USIZE;
 
 /// A read-only source of bytes by offset.
 pub trait ContentSource {
@@ -96,7 +95,7 @@ pub fn stamp_word(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
 
 #[inline]
 fn fill_words(out: &mut [u8], word: impl Fn(u64) -> u64) {
-    debug_assert_eq!(out.len(), SECTOR_BYTES);
+    debug_assert_eq!(out.len(), SECTOR_BYTES_USIZE);
     for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
         chunk.copy_from_slice(&word(i as u64).to_le_bytes());
     }
@@ -104,14 +103,14 @@ fn fill_words(out: &mut [u8], word: impl Fn(u64) -> u64) {
 
 #[inline]
 fn equals_words(bytes: &[u8], word: impl Fn(u64) -> u64) -> bool {
-    debug_assert_eq!(bytes.len(), SECTOR_BYTES);
+    debug_assert_eq!(bytes.len(), SECTOR_BYTES_USIZE);
     bytes.chunks_exact(8).enumerate().all(|(i, chunk)| chunk == word(i as u64).to_le_bytes())
 }
 
 /// Fills `out` (512 bytes) with procedural sector `sector` under `seed` (the hot path of every
 /// base read: the header words, then a branch-free loop the compiler can unroll).
 pub fn fill_base_sector(seed: u64, sector: u64, out: &mut [u8]) {
-    assert_eq!(out.len(), SECTOR_BYTES, "one sector");
+    assert_eq!(out.len(), SECTOR_BYTES_USIZE, "one sector");
     out[0..8].copy_from_slice(&BASE_SECTOR_MAGIC.to_le_bytes());
     out[8..16].copy_from_slice(&sector.to_le_bytes());
     out[16..24].copy_from_slice(&seed.to_le_bytes());
@@ -124,7 +123,7 @@ pub fn fill_base_sector(seed: u64, sector: u64, out: &mut [u8]) {
 
 /// True if `bytes` (512) are exactly procedural sector `sector` under `seed`.
 pub fn is_base_sector(seed: u64, sector: u64, bytes: &[u8]) -> bool {
-    assert_eq!(bytes.len(), SECTOR_BYTES, "one sector");
+    assert_eq!(bytes.len(), SECTOR_BYTES_USIZE, "one sector");
     let key = base_key(seed, sector);
     bytes[0..8] == BASE_SECTOR_MAGIC.to_le_bytes()
         && bytes[8..16] == sector.to_le_bytes()
@@ -139,8 +138,8 @@ pub fn is_base_sector(seed: u64, sector: u64, bytes: &[u8]) -> bool {
 /// sector `first_sector` under `seed`. Panics if `out` is not whole sectors (an invariant of
 /// every caller: workloads write whole sectors).
 pub fn fill_stamp(seed: u64, write_id: u64, first_sector: u64, out: &mut [u8]) {
-    assert!(out.len().is_multiple_of(SECTOR_BYTES), "stamps fill whole sectors");
-    for (i, sector_bytes) in out.chunks_exact_mut(SECTOR_BYTES).enumerate() {
+    assert!(out.len().is_multiple_of(SECTOR_BYTES_USIZE), "stamps fill whole sectors");
+    for (i, sector_bytes) in out.chunks_exact_mut(SECTOR_BYTES_USIZE).enumerate() {
         let sector = first_sector + i as u64;
         fill_words(sector_bytes, |w| stamp_word(seed, write_id, sector, w));
     }
@@ -170,12 +169,12 @@ impl ContentSource for ProceduralContent {
         let mut done = 0usize;
         while done < buf.len() {
             let at = offset_bytes + done as u64;
-            let sector = at / SECTOR_BYTES as u64;
-            let in_sector = (at % SECTOR_BYTES as u64) as usize;
-            let n = (SECTOR_BYTES - in_sector).min(buf.len() - done);
-            if n == SECTOR_BYTES {
+            let sector = at / SECTOR_BYTES_USIZE as u64;
+            let in_sector = (at % SECTOR_BYTES_USIZE as u64) as usize;
+            let n = (SECTOR_BYTES_USIZE - in_sector).min(buf.len() - done);
+            if n == SECTOR_BYTES_USIZE {
                 // Whole sectors: generated in place (the common, fast case).
-                fill_base_sector(self.seed, sector, &mut buf[done..done + SECTOR_BYTES]);
+                fill_base_sector(self.seed, sector, &mut buf[done..done + SECTOR_BYTES_USIZE]);
             } else {
                 let whole = self.sector(sector);
                 buf[done..done + n].copy_from_slice(&whole[in_sector..in_sector + n]);

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use fvd_contract::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_SIZE_BYTES, WriteFlags};
+use fvd_contract::{BlockDevice, DeviceError, IoFuture, IoKind, SECTOR_BYTES, WriteFlags};
 
 use crate::executor::{EventSink, SimHandle, WaitLabel};
 use crate::log::{Event, EventKind, FaultKind, Source};
@@ -566,15 +566,15 @@ impl DiskInner {
         let mut faults_logged = Vec::new();
         match kind {
             IoKind::Read => {
-                let first_sector = offset / SECTOR_SIZE_BYTES;
-                let end_sector = (offset + len).div_ceil(SECTOR_SIZE_BYTES);
+                let first_sector = offset / SECTOR_BYTES;
+                let end_sector = (offset + len).div_ceil(SECTOR_BYTES);
                 let latent_hit = state.latent.range(first_sector..end_sector).next().copied();
                 if fault == Some(FaultEffect::MediaError) {
                     faults_logged.push((FaultKind::Media(kind), offset, len));
                     state.requests.get_mut(&number).expect("request exists").result =
                         Err(self.error(kind, offset, len));
                 } else if let Some(sector) = latent_hit {
-                    faults_logged.push((FaultKind::LatentSector, sector * SECTOR_SIZE_BYTES, SECTOR_SIZE_BYTES));
+                    faults_logged.push((FaultKind::LatentSector, sector * SECTOR_BYTES, SECTOR_BYTES));
                     state.requests.get_mut(&number).expect("request exists").result =
                         Err(self.error(kind, offset, len));
                 } else {
@@ -605,21 +605,16 @@ impl DiskInner {
                             Err(self.error(kind, offset, len));
                     }
                     Some(FaultEffect::Misdirect) => {
-                        let sectors = (state.len_bytes - len) / SECTOR_SIZE_BYTES;
-                        let target = state.faults_rng.range_inclusive(0, sectors) * SECTOR_SIZE_BYTES;
+                        let sectors = (state.len_bytes - len) / SECTOR_BYTES;
+                        let target = state.faults_rng.range_inclusive(0, sectors) * SECTOR_BYTES;
                         faults_logged.push((FaultKind::Misdirected, target, len));
                         self.land(state, number, target, WriteData::Bytes(data.into_bytes()), fua);
                     }
                     Some(FaultEffect::LatentSector) => {
-                        let sector =
-                            offset / SECTOR_SIZE_BYTES + state.faults_rng.below(len.div_ceil(SECTOR_SIZE_BYTES));
+                        let sector = offset / SECTOR_BYTES + state.faults_rng.below(len.div_ceil(SECTOR_BYTES));
                         self.land(state, number, offset, data, fua);
                         state.latent.insert(sector);
-                        faults_logged.push((
-                            FaultKind::LatentSectorCreated,
-                            sector * SECTOR_SIZE_BYTES,
-                            SECTOR_SIZE_BYTES,
-                        ));
+                        faults_logged.push((FaultKind::LatentSectorCreated, sector * SECTOR_BYTES, SECTOR_BYTES));
                     }
                     None => self.land(state, number, offset, data, fua),
                 }
@@ -637,7 +632,7 @@ impl DiskInner {
                 let new_len = offset;
                 if new_len < state.len_bytes {
                     state.store.discard_from(new_len);
-                    state.latent.retain(|sector| sector * SECTOR_SIZE_BYTES < new_len);
+                    state.latent.retain(|sector| sector * SECTOR_BYTES < new_len);
                     // A shrink is durable at once (see the BlockDevice contract).
                     state.durable_len_bytes = state.durable_len_bytes.min(new_len);
                 }
@@ -670,8 +665,8 @@ impl DiskInner {
         if len == 0 {
             return;
         }
-        let first_full = offset_bytes.div_ceil(SECTOR_SIZE_BYTES);
-        let end_full = (offset_bytes + len) / SECTOR_SIZE_BYTES;
+        let first_full = offset_bytes.div_ceil(SECTOR_BYTES);
+        let end_full = (offset_bytes + len) / SECTOR_BYTES;
         if first_full < end_full && state.latent.range(first_full..end_full).next().is_some() {
             let rewritten: Vec<u64> = state.latent.range(first_full..end_full).copied().collect();
             for sector in rewritten {

@@ -11,13 +11,14 @@
 //! mixed symbols 192 bytes; a page of bytes 4 KiB.
 
 use super::content::{
-    BASE_SECTOR_MAGIC, SECTOR_BYTES, STAMP_MAGIC, base_word, fill_base_sector, fill_stamp, is_base_sector, is_stamp,
+    BASE_SECTOR_MAGIC, SECTOR_BYTES_USIZE, STAMP_MAGIC, base_word, fill_base_sector, fill_stamp, is_base_sector,
+    is_stamp,
 };
 
 /// Bytes per storage page.
 pub const PAGE_BYTES: usize = 4096;
 /// Sectors per storage page.
-pub const SECTORS_PER_PAGE: usize = PAGE_BYTES / SECTOR_BYTES;
+pub const SECTORS_PER_PAGE: usize = PAGE_BYTES / SECTOR_BYTES_USIZE;
 
 /// One 4 KiB page of bytes.
 pub type Page = [u8; PAGE_BYTES];
@@ -65,7 +66,7 @@ impl Symbol {
 
     /// Writes the sector's 512 bytes into `out`.
     pub fn fill(self, out: &mut [u8]) {
-        debug_assert_eq!(out.len(), SECTOR_BYTES);
+        debug_assert_eq!(out.len(), SECTOR_BYTES_USIZE);
         match self.kind() {
             KIND_ZERO => out.fill(0),
             KIND_BASE => fill_base_sector(self.seed, self.sector, out),
@@ -75,7 +76,7 @@ impl Symbol {
 
     /// The symbol whose sector is exactly `bytes` (512), if any. Exact: every word is compared.
     pub fn recognise(bytes: &[u8]) -> Option<Symbol> {
-        debug_assert_eq!(bytes.len(), SECTOR_BYTES);
+        debug_assert_eq!(bytes.len(), SECTOR_BYTES_USIZE);
         let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         if word(0) == BASE_SECTOR_MAGIC {
             let (sector, seed) = (word(1), word(2));
@@ -125,7 +126,7 @@ pub enum PageData {
 }
 
 fn whole_sectors(from: usize, len: usize) -> bool {
-    from.is_multiple_of(SECTOR_BYTES) && len.is_multiple_of(SECTOR_BYTES)
+    from.is_multiple_of(SECTOR_BYTES_USIZE) && len.is_multiple_of(SECTOR_BYTES_USIZE)
 }
 
 impl PageData {
@@ -156,7 +157,7 @@ impl PageData {
     /// The page holding `bytes`: symbolic when every sector is recognised, else a pooled copy.
     pub fn from_bytes(bytes: &Page, pool: &mut PagePool) -> PageData {
         let mut symbols = [Symbol::ZERO; SECTORS_PER_PAGE];
-        for (i, sector) in bytes.chunks_exact(SECTOR_BYTES).enumerate() {
+        for (i, sector) in bytes.chunks_exact(SECTOR_BYTES_USIZE).enumerate() {
             match Symbol::recognise(sector) {
                 Some(symbol) => symbols[i] = symbol,
                 None => return PageData::Bytes(pool.copy_of(bytes)),
@@ -198,12 +199,12 @@ impl PageData {
         let mut done = 0usize;
         while done < out.len() {
             let at = from + done;
-            let (sector, in_sector) = (at / SECTOR_BYTES, at % SECTOR_BYTES);
-            let n = (SECTOR_BYTES - in_sector).min(out.len() - done);
-            if n == SECTOR_BYTES {
+            let (sector, in_sector) = (at / SECTOR_BYTES_USIZE, at % SECTOR_BYTES_USIZE);
+            let n = (SECTOR_BYTES_USIZE - in_sector).min(out.len() - done);
+            if n == SECTOR_BYTES_USIZE {
                 symbols[sector].fill(&mut out[done..done + n]);
             } else {
-                let mut whole = [0u8; SECTOR_BYTES];
+                let mut whole = [0u8; SECTOR_BYTES_USIZE];
                 symbols[sector].fill(&mut whole);
                 out[done..done + n].copy_from_slice(&whole[in_sector..in_sector + n]);
             }
@@ -226,9 +227,10 @@ impl PageData {
             return;
         }
         if whole_sectors(from, data.len()) {
-            let recognised: Option<Vec<Symbol>> = data.chunks_exact(SECTOR_BYTES).map(Symbol::recognise).collect();
+            let recognised: Option<Vec<Symbol>> =
+                data.chunks_exact(SECTOR_BYTES_USIZE).map(Symbol::recognise).collect();
             if let Some(new) = recognised {
-                self.put_symbols(from / SECTOR_BYTES, &new, pool);
+                self.put_symbols(from / SECTOR_BYTES_USIZE, &new, pool);
                 return;
             }
         }
@@ -244,7 +246,7 @@ impl PageData {
         if whole_sectors(from, len)
             && let Some(symbols) = source.symbols()
         {
-            let (first, count) = (from / SECTOR_BYTES, len / SECTOR_BYTES);
+            let (first, count) = (from / SECTOR_BYTES_USIZE, len / SECTOR_BYTES_USIZE);
             self.put_symbols(first, &symbols[first..first + count], pool);
             return;
         }
@@ -263,13 +265,13 @@ impl PageData {
             None => {
                 let page = self.make_bytes(pool);
                 for (i, symbol) in new.iter().enumerate() {
-                    let at = (first + i) * SECTOR_BYTES;
-                    symbol.fill(&mut page[at..at + SECTOR_BYTES]);
+                    let at = (first + i) * SECTOR_BYTES_USIZE;
+                    symbol.fill(&mut page[at..at + SECTOR_BYTES_USIZE]);
                 }
                 // A bytes page whose foreign sectors were all overwritten becomes symbolic again.
                 let mut symbols = [Symbol::ZERO; SECTORS_PER_PAGE];
                 let all = page
-                    .chunks_exact(SECTOR_BYTES)
+                    .chunks_exact(SECTOR_BYTES_USIZE)
                     .enumerate()
                     .all(|(i, sector)| Symbol::recognise(sector).map(|s| symbols[i] = s).is_some());
                 if all {
@@ -307,7 +309,7 @@ impl PageData {
             Some(symbols) => symbols.iter().for_each(|s| s.hash_into(hash)),
             None => {
                 let PageData::Bytes(page) = self else { unreachable!("a page without symbols holds bytes") };
-                for sector in page.chunks_exact(SECTOR_BYTES) {
+                for sector in page.chunks_exact(SECTOR_BYTES_USIZE) {
                     match Symbol::recognise(sector) {
                         Some(symbol) => symbol.hash_into(hash),
                         None => {
@@ -365,7 +367,7 @@ mod tests {
     use crate::disk::content::ProceduralContent;
 
     fn stamped(seed: u64, write_id: u64, first_sector: u64, sectors: usize) -> Vec<u8> {
-        let mut out = vec![0u8; sectors * SECTOR_BYTES];
+        let mut out = vec![0u8; sectors * SECTOR_BYTES_USIZE];
         fill_stamp(seed, write_id, first_sector, &mut out);
         out
     }
