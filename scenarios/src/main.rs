@@ -281,6 +281,10 @@ struct StudyArgs {
     /// AIMD: the highest rate it may reach, KB/s.
     #[arg(long, default_value_t = 64 << 10)]
     aimd_max_kb_s: u64,
+    /// AIMD: the additive step per window without a latency breach, KB/s (default: a sixteenth
+    /// of the highest rate).
+    #[arg(long)]
+    aimd_step_kb_s: Option<u64>,
     /// Seeds per setting (seed, seed+1, …), each against its own no-prefetch baseline: the
     /// inflation is reported as a mean with its spread.
     #[arg(long, default_value_t = 1)]
@@ -1031,6 +1035,7 @@ fn main() -> ExitCode {
                     throttle_ms: args.throttle_ms,
                     aimd_target_us: args.aimd_target_us,
                     aimd_max_kb_s: args.aimd_max_kb_s,
+                    aimd_step_kb_s: args.aimd_step_kb_s,
                     ..study_v1()
                 })]
             };

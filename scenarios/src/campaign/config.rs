@@ -428,6 +428,10 @@ pub struct PrefetchSpec {
     /// AIMD: highest rate, KB/s.
     #[serde(default = "aimd_max")]
     pub aimd_max_kb_s: u64,
+    /// AIMD: the additive step per window without a latency breach, KB/s (`None`: a sixteenth
+    /// of the highest rate, at least 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aimd_step_kb_s: Option<u64>,
     /// Wait for prefetch to finish after the workload (a stall is a liveness failure); otherwise
     /// it is stopped at close.
     #[serde(default = "yes")]
@@ -459,6 +463,7 @@ impl PrefetchSpec {
             throttle_ms: v1.throttle_ms,
             aimd_target_us: None,
             aimd_max_kb_s: aimd_max(),
+            aimd_step_kb_s: None,
             wait_for_finish: true,
         }
     }
@@ -480,7 +485,7 @@ impl PrefetchSpec {
                 Some(target) => fvd_engine::PrefetchPolicy::Aimd {
                     target_guest_latency_us: target,
                     window_ms: 100,
-                    step_kb_s: (self.aimd_max_kb_s / 16).max(64),
+                    step_kb_s: self.aimd_step_kb_s.unwrap_or((self.aimd_max_kb_s / 16).max(64)),
                     min_kb_s: (self.aimd_max_kb_s / 64).max(64),
                     max_kb_s: self.aimd_max_kb_s,
                 },

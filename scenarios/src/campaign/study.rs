@@ -308,6 +308,9 @@ pub fn label_of(spec: &PrefetchSpec) -> String {
     if let Some(target) = spec.aimd_target_us {
         flags.push(format!("--aimd-target-us {target}"));
         flags.push(format!("--aimd-max-kb-s {}", spec.aimd_max_kb_s));
+        if let Some(step) = spec.aimd_step_kb_s {
+            flags.push(format!("--aimd-step-kb-s {step}"));
+        }
     }
     if spec.alpha_percent != base.alpha_percent {
         flags.push(format!("--alpha {}", spec.alpha_percent));
@@ -351,6 +354,7 @@ pub fn default_sweep() -> Vec<StudySetting> {
         PrefetchSpec { aimd_target_us: Some(10_000), aimd_max_kb_s: 64 << 10, ..base },
         PrefetchSpec { aimd_target_us: Some(10_000), aimd_max_kb_s: 128 << 10, ..base },
         PrefetchSpec { aimd_target_us: Some(2_000), aimd_max_kb_s: 256 << 10, ..base },
+        PrefetchSpec { aimd_target_us: Some(2_000), aimd_max_kb_s: 256 << 10, aimd_step_kb_s: Some(128 << 10), ..base },
     ]
     .into_iter()
     .map(StudySetting::new)
