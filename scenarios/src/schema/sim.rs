@@ -135,8 +135,8 @@ pub struct FaultPlanV1 {
     pub rules: Vec<FaultRuleV1>,
 }
 
-impl From<&FaultPlan> for FaultPlanV1 {
-    fn from(plan: &FaultPlan) -> FaultPlanV1 {
+impl From<FaultPlan> for FaultPlanV1 {
+    fn from(plan: FaultPlan) -> FaultPlanV1 {
         let FaultPlan {
             read_error_per_million,
             write_error_per_million,
@@ -145,7 +145,7 @@ impl From<&FaultPlan> for FaultPlanV1 {
             latent_sectors,
             misdirect_per_million,
             rules,
-        } = plan.clone();
+        } = plan;
         let rules = rules
             .into_iter()
             .map(|FaultRule { op, request_range, offset_range_bytes, effect }| FaultRuleV1 {
@@ -259,20 +259,29 @@ pub mod write_fates {
     }
 }
 
-/// `#[serde(with = "crate::schema::sim::atomic_unit")]`.
-pub mod atomic_unit {
-    use super::*;
+/// `#[serde(with = "crate::schema::sim::MODULE")]` for a simulator type written as its mirror.
+macro_rules! written_as {
+    ($module:ident, $ty:ty, $mirror:ty) => {
+        #[doc = concat!("`#[serde(with = \"crate::schema::sim::", stringify!($module), "\")]`: [`", stringify!($ty), "`] as [`", stringify!($mirror), "`].")]
+        pub mod $module {
+            use super::*;
 
-    /// Writes the mirror.
-    pub fn serialize<S: Serializer>(unit: &AtomicUnit, s: S) -> Result<S::Ok, S::Error> {
-        AtomicUnitV1::from(*unit).serialize(s)
-    }
+            /// Writes the mirror.
+            pub fn serialize<S: Serializer>(value: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                <$mirror>::from(<$ty as Clone>::clone(value)).serialize(s)
+            }
 
-    /// Reads the mirror.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AtomicUnit, D::Error> {
-        AtomicUnitV1::deserialize(d).map(AtomicUnit::from)
-    }
+            /// Reads the mirror.
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                <$mirror>::deserialize(d).map(<$ty>::from)
+            }
+        }
+    };
 }
+
+written_as!(atomic_unit, AtomicUnit, AtomicUnitV1);
+written_as!(crash_strategy, CrashStrategy, CrashStrategyV1);
+written_as!(fault_plan, FaultPlan, FaultPlanV1);
 
 /// `#[serde(with = "crate::schema::sim::atomic_units")]` (a list).
 pub mod atomic_units {
@@ -286,36 +295,6 @@ pub mod atomic_units {
     /// Reads the mirrors.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AtomicUnit>, D::Error> {
         Vec::<AtomicUnitV1>::deserialize(d).map(|v| v.into_iter().map(AtomicUnit::from).collect())
-    }
-}
-
-/// `#[serde(with = "crate::schema::sim::crash_strategy")]`.
-pub mod crash_strategy {
-    use super::*;
-
-    /// Writes the mirror.
-    pub fn serialize<S: Serializer>(strategy: &CrashStrategy, s: S) -> Result<S::Ok, S::Error> {
-        CrashStrategyV1::from(*strategy).serialize(s)
-    }
-
-    /// Reads the mirror.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CrashStrategy, D::Error> {
-        CrashStrategyV1::deserialize(d).map(CrashStrategy::from)
-    }
-}
-
-/// `#[serde(with = "crate::schema::sim::fault_plan")]`.
-pub mod fault_plan {
-    use super::*;
-
-    /// Writes the mirror.
-    pub fn serialize<S: Serializer>(plan: &FaultPlan, s: S) -> Result<S::Ok, S::Error> {
-        FaultPlanV1::from(plan).serialize(s)
-    }
-
-    /// Reads the mirror.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FaultPlan, D::Error> {
-        FaultPlanV1::deserialize(d).map(FaultPlan::from)
     }
 }
 
@@ -353,7 +332,7 @@ mod tests {
             }],
             ..FaultPlan::default()
         };
-        let ours = serde_json::to_value(FaultPlanV1::from(&plan)).unwrap();
+        let ours = serde_json::to_value(FaultPlanV1::from(plan.clone())).unwrap();
         assert_eq!(ours, serde_json::to_value(&plan).unwrap());
         assert_eq!(FaultPlan::from(serde_json::from_value::<FaultPlanV1>(ours).unwrap()), plan);
     }
