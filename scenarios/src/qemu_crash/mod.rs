@@ -204,11 +204,13 @@ pub struct QemuReport {
 }
 
 fn qemu_io(format: &str, image: &Path, log: &Path, script: &Path) -> Result<()> {
+    // QEMU's option syntax separates options with commas; a comma inside a value is doubled.
+    let escape = |path: &Path| path.display().to_string().replace(',', ",,");
     let opts = format!(
         "driver={format},file.driver=blklogwrites,file.file.filename={},file.log.filename={},file.log-sector-size=512,\
          file.log-super-update-interval=1",
-        image.display(),
-        log.display()
+        escape(image),
+        escape(log)
     );
     let output = Command::new("qemu-io")
         .arg("--image-opts")
