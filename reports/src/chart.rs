@@ -475,17 +475,6 @@ where
     Ok(())
 }
 
-/// One labelled point of a scatter chart.
-#[derive(Debug, Clone)]
-pub struct LabelledPoint {
-    /// X value.
-    pub x: f64,
-    /// Y value.
-    pub y: f64,
-    /// Label drawn beside the point.
-    pub label: String,
-}
-
 /// One point of a trade-off chart.
 #[derive(Debug, Clone)]
 pub struct TradeoffPoint {
@@ -641,43 +630,6 @@ pub fn render_tradeoff(chart: &TradeoffChart, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Renders a scatter chart with one labelled point per setting.
-pub fn render_scatter(title: &str, x_label: &str, y_label: &str, points: &[LabelledPoint], path: &Path) -> Result<()> {
-    let root = SVGBackend::new(path, (960, 620)).into_drawing_area();
-    root.fill(&WHITE).context("chart background")?;
-    let chart = LineChart {
-        title: title.into(),
-        x_label: x_label.into(),
-        y_label: y_label.into(),
-        series: vec![Series {
-            label: String::new(),
-            points: points.iter().map(|p| (p.x, p.y)).collect(),
-            ..Series::default()
-        }],
-        ..LineChart::default()
-    };
-    let (x0, x1, y0, y1) = bounds(&chart);
-    let pad = (x1 - x0) * 0.08;
-    let mut ctx = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(72)
-        .build_cartesian_2d((x0 - pad)..(x1 + pad * 3.0), y0..y1)
-        .context("chart axes")?;
-    ctx.configure_mesh().x_desc(x_label).y_desc(y_label).draw().context("chart mesh")?;
-    ctx.draw_series(points.iter().map(|p| Circle::new((p.x, p.y), 5, COLORS[0].filled()))).context("points")?;
-    // Labels sit beside their point, staggered vertically so neighbours in a cluster stay legible.
-    const STAGGER_PX: [i32; 5] = [-14, 2, 18, -30, 34];
-    ctx.draw_series(points.iter().enumerate().map(|(i, p)| {
-        EmptyElement::at((p.x, p.y))
-            + Text::new(p.label.clone(), (8, STAGGER_PX[i % STAGGER_PX.len()]), ("sans-serif", 13).into_font())
-    }))
-    .context("labels")?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,16 +731,34 @@ mod tests {
         assert!(has_text(&svg, "10 µs"), "{svg}");
         // 14 px tick labels (within rounding).
         assert!(svg.contains("font-size=\"14\""), "{svg}");
-        let scatter = dir.join("s.svg");
-        render_scatter(
-            "Trade-off",
-            "time to finish (s)",
-            "p99 inflation (%)",
-            &[LabelledPoint { x: 1.0, y: 2.0, label: "alpha=0.8".into() }],
-            &scatter,
-        )
-        .unwrap();
-        assert!(std::fs::read_to_string(&scatter).unwrap().contains("alpha=0.8"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tradeoff_chart_shows_groups_the_front_the_goal_and_names_what_lies_beyond_its_axes() {
+        let dir = temp_dir("tradeoff");
+        let path = dir.join("t.svg");
+        let point = |x: f64, y: f64, label: &str, group: &str| TradeoffPoint {
+            x,
+            y,
+            y_spread: Some((y - 1.0, y + 1.0)),
+            label: label.into(),
+            group: group.into(),
+        };
+        let chart = TradeoffChart {
+            title: "Trade-off".into(),
+            x_label: "finish ratio".into(),
+            y_label: "p99 inflation (%)".into(),
+            points: vec![point(1.2, 30.0, "1", "v1"), point(2.0, 4.0, "2", "AIMD"), point(15.0, 27.0, "3", "v1")],
+            goal: Some((1.5, 10.0, "goal".into())),
+        };
+        render_tradeoff(&chart, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for text in ["1", "2", "3", "v1", "AIMD", "goal", "Pareto front (no other setting is better on both axes)"] {
+            assert!(has_text(&svg, text), "missing {text:?}");
+        }
+        // Point 3 lies beyond 4x the goal's finish ratio: drawn at the edge and named.
+        assert!(has_text(&svg, "hollow: beyond the axes, drawn at the edge: 3 (15.0, 27)"), "{svg}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

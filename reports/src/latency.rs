@@ -230,6 +230,16 @@ mod tests {
     }
 
     #[test]
+    fn past_the_sample_cap_interval_percentiles_are_refused_not_made_up() {
+        let mut recorder = LatencyRecorder::new(1_000_000_000);
+        for i in 0..=MAX_SAMPLES as u64 {
+            recorder.record(SAMPLED_KIND, i, 1_000);
+        }
+        assert_eq!(recorder.percentiles_between(0, u64::MAX), None);
+        assert_eq!(recorder.percentiles()[SAMPLED_KIND].count, MAX_SAMPLES as u64 + 1, "the whole run still counts");
+    }
+
+    #[test]
     fn only_the_newest_windows_hold_histograms() {
         let mut recorder = LatencyRecorder::new(1_000_000_000);
         for second in 0..10_000u64 {

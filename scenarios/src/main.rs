@@ -1390,7 +1390,7 @@ fn qemu_command(args: &QemuArgs) -> ExitCode {
         say!("  qemu-img check      exit codes {}", codes.join(", "));
         let classes: Vec<String> = report.findings_by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
         say!("  findings            {}", if classes.is_empty() { "none".into() } else { classes.join(", ") });
-        for finding in report.findings.iter().take(if report.findings.len() > 3 { 3 } else { 5 }) {
+        for finding in report.findings.iter().take(3) {
             say!("  state {}: {:?}: {}", finding.state, finding.class, finding.message);
             say!("    reproduce with: {}", finding.repro_command);
         }

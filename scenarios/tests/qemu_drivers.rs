@@ -69,6 +69,7 @@ fn a_log_without_its_flushes_is_caught_as_lost_flushed_data() {
     );
     let first = &report.findings[0];
     assert!(first.repro_command.contains("--state"), "{first:?}");
+    assert!(first.repro_command.contains("--mutate drop-flushes"), "the repro breaks the log too: {first:?}");
     assert!(dir.path().join(format!("finding-state-{}.json", first.state)).exists());
 }
 

@@ -116,6 +116,11 @@ const MB_S_TO_MIB_S: f64 = 1e6 / MIB;
 const MIB: f64 = 1_048_576.0;
 
 impl PrefetchReport {
+    /// Seconds from prefetch's start to its finish; `None` if it did not finish.
+    pub fn time_to_finish_s(&self) -> Option<f64> {
+        Some(self.finished_s? - self.started_s?)
+    }
+
     /// From the engine's telemetry.
     pub fn from_telemetry(t: &fvd_engine::PrefetchTelemetry) -> PrefetchReport {
         PrefetchReport {

@@ -382,11 +382,7 @@ pub fn run_study(
         .map(|seed| {
             let idle =
                 run(&study_config(options, *seed, Some(idle_reference()), 1)).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(idle
-                .prefetch
-                .as_ref()
-                .map(PrefetchReport::from_telemetry)
-                .and_then(|p| Some(p.finished_s? - p.started_s?)))
+            Ok(idle.prefetch.as_ref().map(PrefetchReport::from_telemetry).and_then(|p| p.time_to_finish_s()))
         })
         .collect::<Result<_>>()?;
     let mut results = Vec::new();
@@ -396,16 +392,23 @@ pub fn run_study(
             let outcome = run(&study_config(options, *seed, Some(setting.spec), options.requests))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let prefetch = outcome.prefetch.as_ref().map(PrefetchReport::from_telemetry);
-            let finish = |p: &PrefetchReport| Some(p.finished_s? - p.started_s?);
-            let (from_s, to_s) = prefetch
-                .as_ref()
-                .map_or((0.0, 0.0), |p| (p.started_s.unwrap_or(0.0), p.finished_s.unwrap_or(f64::MAX / 4e9)));
-            let interval = ((from_s * 1e9) as u64, (to_s * 1e9) as u64);
-            let with = outcome.latency.percentiles_between(interval.0, interval.1).unwrap_or_default();
-            let without = baseline.latency.percentiles_between(interval.0, interval.1).unwrap_or_default();
+            // While prefetch ran: from its start to its finish, or to the end of the run.
+            let ns = |s: f64| (s * 1e9) as u64;
+            let (from_ns, to_ns) =
+                prefetch.as_ref().map_or((0, 0), |p| (p.started_s.map_or(0, ns), p.finished_s.map_or(u64::MAX, ns)));
+            let between = |latency: &fvd_reports::latency::LatencyRecorder| {
+                latency.percentiles_between(from_ns, to_ns).with_context(|| {
+                    format!(
+                        "seed {seed}: more than {} foreground requests, too many to measure one by one: use fewer --requests",
+                        fvd_reports::latency::MAX_SAMPLES
+                    )
+                })
+            };
+            let with = between(&outcome.latency)?;
+            let without = between(&baseline.latency)?;
             per_seed.push(SeedResult {
                 seed: *seed,
-                time_to_finish_s: prefetch.as_ref().and_then(finish),
+                time_to_finish_s: prefetch.as_ref().and_then(PrefetchReport::time_to_finish_s),
                 idle_time_to_finish_s: *idle_time,
                 requests_during_prefetch: with.0,
                 p50_us: with.1,

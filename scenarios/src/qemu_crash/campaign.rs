@@ -13,6 +13,8 @@ use fvd_sim::{Seed, SimRng};
 use serde::{Deserialize, Serialize};
 
 use super::{FORMATS, QemuOptions, QemuReport, cluster_option, takes_backing};
+use crate::campaign::swarm::without_numbers;
+use crate::img::human_size;
 
 /// What a campaign runs.
 #[derive(Debug, Clone)]
@@ -108,22 +110,13 @@ pub fn plan(options: &CampaignOptions) -> Result<Vec<QemuOptions>> {
     Ok(runs)
 }
 
-/// `qcow2-seed1-cluster64K`.
+/// `qcow2-seed1-cluster64KiB`.
 fn run_dir_name(format: &str, seed: Seed, cluster_bytes: Option<u64>) -> String {
     let mut name = format!("{format}-seed{}", seed.0);
     if let Some(bytes) = cluster_bytes {
-        name += &format!("-cluster{}", human_size(bytes));
+        name += &format!("-cluster{}", human_size(bytes).replace(' ', ""));
     }
     name
-}
-
-/// `4K`, `2M`, `1536` (exact only).
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 && b.is_multiple_of(1 << 20) => format!("{}M", b >> 20),
-        b if b >= 1 << 10 && b.is_multiple_of(1 << 10) => format!("{}K", b >> 10),
-        b => b.to_string(),
-    }
 }
 
 /// Runs every run of `options` in order, writing `campaign.json` and `index.html` into the
@@ -178,23 +171,9 @@ fn short_seed(seed: &str) -> String {
     seed.parse::<Seed>().map_or_else(|_| seed.to_string(), |s| format!("{:#x}", s.0))
 }
 
-/// A finding's message with its numbers taken out, so that states failing the same way in
-/// different places group together.
-fn signature_text(message: &str) -> String {
-    let mut text = String::new();
-    let mut in_number = false;
-    for c in message.chars().take(160) {
-        if c.is_ascii_digit() {
-            if !in_number {
-                text.push('N');
-            }
-            in_number = true;
-        } else {
-            in_number = false;
-            text.push(c);
-        }
-    }
-    text
+/// The first `n` characters of `text` (a finding's message holds `qemu-img`'s whole stderr).
+fn first_chars(text: &str, n: usize) -> String {
+    text.chars().take(n).collect()
 }
 
 /// The campaign's page.
@@ -286,8 +265,12 @@ pub fn page(report: &CampaignReport) -> CampaignPage {
         let mut seen_in_run = std::collections::BTreeSet::new();
         for finding in &run.report.findings {
             let class = serde_json::to_value(finding.class).ok().and_then(|v| v.as_str().map(String::from));
-            let signature =
-                format!("{} {}: {}", run.report.format, class.unwrap_or_default(), signature_text(&finding.message));
+            let signature = format!(
+                "{} {}: {}",
+                run.report.format,
+                class.unwrap_or_default(),
+                without_numbers(&first_chars(&finding.message, 160))
+            );
             let (row, states) = failures.entry(signature.clone()).or_insert_with(|| {
                 let row = FailureRow {
                     signature: signature.clone(),
@@ -375,9 +358,9 @@ mod tests {
     #[test]
     fn messages_that_differ_only_in_numbers_share_a_signature() {
         assert_eq!(
-            signature_text("ERROR: allocated blocks mismatch, is 0, should be 1"),
-            signature_text("ERROR: allocated blocks mismatch, is 12, should be 13")
+            without_numbers("ERROR: allocated blocks mismatch, is 0, should be 1"),
+            without_numbers("ERROR: allocated blocks mismatch, is 12, should be 13")
         );
-        assert_ne!(signature_text("sector 1 lost"), signature_text("sector 1 garbage"));
+        assert_ne!(without_numbers("sector 1 lost"), without_numbers("sector 1 garbage"));
     }
 }

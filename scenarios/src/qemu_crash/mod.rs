@@ -657,10 +657,6 @@ pub fn run(options: &QemuOptions, mut progress: impl FnMut(u64, u64)) -> Result<
     Ok(report)
 }
 
-fn finding_version_1() -> u32 {
-    1
-}
-
 /// The `kind` of a finding file.
 pub const FINDING_KIND: &str = "fvdsim-qemu-finding";
 
@@ -724,7 +720,6 @@ pub struct FindingFile {
     /// [`FINDING_KIND`].
     pub kind: String,
     /// [`crate::schema::QEMU_FINDING`].
-    #[serde(default = "finding_version_1")]
     pub schema_version: u32,
     /// `qemu-img --version`, first line.
     pub qemu_version: String,
@@ -801,6 +796,9 @@ pub fn repro_command(options: &QemuOptions, number: u64, out: &Path) -> String {
     }
     if options.atomic_unit_bytes != 512 {
         command += &format!(" --atomic-unit {}", options.atomic_unit_bytes);
+    }
+    if let Some(name) = options.mutation.and_then(|m| clap::ValueEnum::to_possible_value(&m)) {
+        command += &format!(" --mutate {}", name.get_name());
     }
     command + &format!(" --state {number}")
 }
