@@ -23,11 +23,21 @@ pub struct SimBenchOptions {
     pub writes_per_flush: u64,
     /// Crash-plus-reopen cycles in the crash figure.
     pub crash_cycles: u64,
+    /// Measure only random writes of this payload on a device of this many bytes (no figures by
+    /// device size): for profiling one case.
+    pub only: Option<(u64, BenchPayload)>,
 }
 
 impl Default for SimBenchOptions {
     fn default() -> SimBenchOptions {
-        SimBenchOptions { seed: Seed(1), writes: 2_000_000, writers: 32, writes_per_flush: 64, crash_cycles: 2_000 }
+        SimBenchOptions {
+            seed: Seed(1),
+            writes: 2_000_000,
+            writers: 32,
+            writes_per_flush: 64,
+            crash_cycles: 2_000,
+            only: None,
+        }
     }
 }
 
@@ -89,6 +99,15 @@ pub struct SimBenchReport {
 
 /// Runs the sim benchmark.
 pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
+    if let Some((device_bytes, data)) = options.only {
+        return SimBenchReport {
+            schema_version: crate::schema::BENCH,
+            seed: options.seed.to_string(),
+            random_write: random_writes(options, device_bytes, options.writes, data),
+            random_write_by_device_size: Vec::new(),
+            crash_cycles: crash_cycles(options),
+        };
+    }
     SimBenchReport {
         schema_version: crate::schema::BENCH,
         seed: options.seed.to_string(),
@@ -111,7 +130,7 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
 const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
 
 /// What the random-write figure writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum BenchPayload {
     /// Stamped sectors, as every fvdsim workload writes (held as symbols by the disk).
@@ -248,7 +267,11 @@ impl std::fmt::Display for SimBenchReport {
         writeln!(f, "sim benchmark (seed {})", self.seed)?;
         writeln!(
             f,
-            "  random 4 KiB writes (a constant byte per writer: foreign data), crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer",
+            "  random 4 KiB writes ({}), crash model on, nvme profile, {} MiB device, {} writers, a flush every {} writes per writer",
+            match w.data {
+                BenchPayload::Stamped => "stamped sectors, as workloads write: generated and recognised",
+                BenchPayload::Foreign => "a constant byte per writer: foreign data",
+            },
             w.device_bytes >> 20,
             SimBenchOptions::default().writers,
             SimBenchOptions::default().writes_per_flush

@@ -102,6 +102,13 @@ enum Command {
         /// Crash-plus-reopen cycles.
         #[arg(long, default_value_t = SimBenchOptions::default().crash_cycles)]
         crash_cycles: u64,
+        /// `sim` only: measure random writes on a device of this many MiB only (with `--payload`),
+        /// instead of the headline and every size.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        device_mib: Option<u64>,
+        /// `sim` only, with `--device-mib`: what the writes carry.
+        #[arg(long, value_enum, default_value = "foreign", requires = "device_mib")]
+        payload: fvd_scenarios::bench::BenchPayload,
         /// `scale` only: run one part in this process and print its JSON (what the parent runs).
         #[arg(long, hide = true)]
         part: Option<String>,
@@ -1257,8 +1264,10 @@ fn main() -> ExitCode {
                 Err(error) => usage(format!("bench crash-states: {error:#}")),
             }
         }
-        Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles, .. } => {
-            let report = run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, ..SimBenchOptions::default() });
+        Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles, device_mib, payload, .. } => {
+            let only = device_mib.map(|mib| (mib << 20, payload));
+            let report =
+                run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, only, ..SimBenchOptions::default() });
             if json {
                 say!("{}", serde_json::to_string(&report).expect("bench report serialises"));
             } else {

@@ -3,7 +3,8 @@
 //! `fvd-v1.md` §5.3, with the sector number added).
 //!
 //! Layout of a stamped 512-byte sector (little-endian): `u64 write_id`, `u64 sector`,
-//! `8 bytes "FVDSIMv1"`, `u64 seed`, then 60 words of `mix(seed, write_id, sector, i)`.
+//! `8 bytes "FVDSIMv2"`, `u64 seed`, then 60 body words `key + i * step` (the key a full mix of
+//! seed, write and sector; see `fvd_sim::disk::content`).
 
 use fvd_sim::ProceduralContent;
 use fvd_sim::disk::content::BASE_SECTOR_MAGIC;

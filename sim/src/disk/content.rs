@@ -30,11 +30,13 @@ pub trait ContentSource {
 /// The first 8 bytes of every procedural base sector (little-endian), `"BASE-SEC"` in ASCII.
 pub const BASE_SECTOR_MAGIC: u64 = u64::from_le_bytes(*b"BASE-SEC");
 
-/// The stamp magic at bytes 16..24 of a stamped sector.
-pub const STAMP_MAGIC: &[u8; 8] = b"FVDSIMv1";
+/// The stamp magic at bytes 16..24 of a stamped sector (v2: body words `key + word * step`; v1
+/// mixed every word separately, which made stamps slow to generate and to recognise).
+pub const STAMP_MAGIC: &[u8; 8] = b"FVDSIMv2";
 
-/// Procedural content: sector `s` holds `[BASE_SECTOR_MAGIC, s, seed, mix(seed, s, 3), …]` as
-/// little-endian u64 words (64 words per 512-byte sector).
+/// Procedural content: sector `s` holds `[BASE_SECTOR_MAGIC, s, seed]` then 61 body words
+/// (`key + word * step`, the key a mix of seed and `s`) as little-endian u64 words (64 words per
+/// 512-byte sector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProceduralContent {
     /// The content seed (usually drawn from the run's `workload` stream).
@@ -48,15 +50,30 @@ fn finalise(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The part of a base word that depends on the seed and the sector.
+/// The step between consecutive body words (the golden-ratio constant, odd: 64 steps never
+/// repeat a word).
+const BODY_STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Body word `word` of a sector whose body key is `key`: `key + word * BODY_STEP`. The key is a
+/// full mix of everything the sector names, so bodies of different sectors, writes and seeds
+/// differ in every word; the words themselves are one add each, so generating and recognising
+/// a sector run at memory speed (the simulator recognises every sector written, see
+/// [`super::page::Symbol::recognise`]).
 #[inline]
-fn base_key(seed: u64, sector: u64) -> u64 {
-    seed ^ sector.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+fn body_word(key: u64, word: u64) -> u64 {
+    key.wrapping_add(word.wrapping_mul(BODY_STEP))
 }
 
+/// The body key of procedural sector `sector` under `seed`.
 #[inline]
-fn mix(seed: u64, sector: u64, word: u64) -> u64 {
-    finalise(base_key(seed, sector) ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+fn base_key(seed: u64, sector: u64) -> u64 {
+    finalise(seed ^ sector.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ BASE_SECTOR_MAGIC)
+}
+
+/// The body key of the stamp of `write_id` for `sector` under `seed`.
+#[inline]
+fn stamp_key(seed: u64, write_id: u64, sector: u64) -> u64 {
+    finalise(finalise(seed ^ write_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)) ^ sector.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
 }
 
 /// Word `word` (0..64) of procedural sector `sector` under `seed`.
@@ -66,22 +83,13 @@ pub fn base_word(seed: u64, sector: u64, word: u64) -> u64 {
         0 => BASE_SECTOR_MAGIC,
         1 => sector,
         2 => seed,
-        _ => mix(seed, sector, word),
+        _ => body_word(base_key(seed, sector), word),
     }
 }
 
-fn stamp_mix(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
-    let mut z = seed
-        ^ write_id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ sector.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
-        ^ word.rotate_left(29);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Word `word` (0..64) of the stamp of write `write_id` for sector `sector` under `seed`:
-/// `write_id`, `sector`, `"FVDSIMv1"`, `seed`, then 60 words of a mix of all four.
+/// `write_id`, `sector`, `"FVDSIMv2"`, `seed`, then 60 body words (`key + word * step`, the key
+/// a mix of all four).
 #[inline]
 pub fn stamp_word(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
     match word {
@@ -89,49 +97,54 @@ pub fn stamp_word(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
         1 => sector,
         2 => u64::from_le_bytes(*STAMP_MAGIC),
         3 => seed,
-        _ => stamp_mix(seed, write_id, sector, word),
+        _ => body_word(stamp_key(seed, write_id, sector), word),
     }
 }
 
+/// Writes `header` into the first words of `out` (one sector) and the body of `key` into the
+/// rest. Fixed-size arrays and one add per word, so the compiler vectorises the loop without
+/// bounds checks (generating a sector is one of the simulator's hottest loops).
 #[inline]
-fn fill_words(out: &mut [u8], word: impl Fn(u64) -> u64) {
-    debug_assert_eq!(out.len(), SECTOR_BYTES_USIZE);
-    for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
-        chunk.copy_from_slice(&word(i as u64).to_le_bytes());
+fn fill_sector<const N: usize>(out: &mut [u8], header: [u64; N], key: u64) {
+    let out: &mut [u8; SECTOR_BYTES_USIZE] = out.try_into().expect("one sector");
+    let (words, _) = out.as_chunks_mut::<8>();
+    let mut word = key;
+    for chunk in words.iter_mut() {
+        *chunk = word.to_le_bytes();
+        word = word.wrapping_add(BODY_STEP);
+    }
+    for (chunk, word) in words.iter_mut().zip(header) {
+        *chunk = word.to_le_bytes();
     }
 }
 
+/// True if `bytes` (one sector) start with `header` and carry the body of `key` in every other
+/// word: every word compared, in a branch-free reduction.
 #[inline]
-fn equals_words(bytes: &[u8], word: impl Fn(u64) -> u64) -> bool {
-    debug_assert_eq!(bytes.len(), SECTOR_BYTES_USIZE);
-    bytes.chunks_exact(8).enumerate().all(|(i, chunk)| chunk == word(i as u64).to_le_bytes())
+fn sector_matches<const N: usize>(bytes: &[u8], header: [u64; N], key: u64) -> bool {
+    let bytes: &[u8; SECTOR_BYTES_USIZE] = bytes.try_into().expect("one sector");
+    let (words, _) = bytes.as_chunks::<8>();
+    let mut diff = 0u64;
+    let mut expected = key.wrapping_add((N as u64).wrapping_mul(BODY_STEP));
+    for chunk in &words[N..] {
+        diff |= u64::from_le_bytes(*chunk) ^ expected;
+        expected = expected.wrapping_add(BODY_STEP);
+    }
+    for (chunk, expected) in words.iter().zip(header) {
+        diff |= u64::from_le_bytes(*chunk) ^ expected;
+    }
+    diff == 0
 }
 
 /// Fills `out` (512 bytes) with procedural sector `sector` under `seed` (the hot path of every
-/// base read: the header words, then a branch-free loop the compiler can unroll).
+/// base read).
 pub fn fill_base_sector(seed: u64, sector: u64, out: &mut [u8]) {
-    assert_eq!(out.len(), SECTOR_BYTES_USIZE, "one sector");
-    out[0..8].copy_from_slice(&BASE_SECTOR_MAGIC.to_le_bytes());
-    out[8..16].copy_from_slice(&sector.to_le_bytes());
-    out[16..24].copy_from_slice(&seed.to_le_bytes());
-    let key = base_key(seed, sector);
-    for (i, chunk) in out[24..].chunks_exact_mut(8).enumerate() {
-        let word = i as u64 + 3;
-        chunk.copy_from_slice(&finalise(key ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).to_le_bytes());
-    }
+    fill_sector(out, [BASE_SECTOR_MAGIC, sector, seed], base_key(seed, sector));
 }
 
 /// True if `bytes` (512) are exactly procedural sector `sector` under `seed`.
 pub fn is_base_sector(seed: u64, sector: u64, bytes: &[u8]) -> bool {
-    assert_eq!(bytes.len(), SECTOR_BYTES_USIZE, "one sector");
-    let key = base_key(seed, sector);
-    bytes[0..8] == BASE_SECTOR_MAGIC.to_le_bytes()
-        && bytes[8..16] == sector.to_le_bytes()
-        && bytes[16..24] == seed.to_le_bytes()
-        && bytes[24..].chunks_exact(8).enumerate().fold(true, |same, (i, chunk)| {
-            let word = i as u64 + 3;
-            same & (chunk == finalise(key ^ word.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).to_le_bytes())
-        })
+    sector_matches(bytes, [BASE_SECTOR_MAGIC, sector, seed], base_key(seed, sector))
 }
 
 /// Fills `out` (a whole number of sectors) with the stamps of write `write_id` starting at
@@ -141,13 +154,15 @@ pub fn fill_stamp(seed: u64, write_id: u64, first_sector: u64, out: &mut [u8]) {
     assert!(out.len().is_multiple_of(SECTOR_BYTES_USIZE), "stamps fill whole sectors");
     for (i, sector_bytes) in out.chunks_exact_mut(SECTOR_BYTES_USIZE).enumerate() {
         let sector = first_sector + i as u64;
-        fill_words(sector_bytes, |w| stamp_word(seed, write_id, sector, w));
+        let header = [write_id, sector, u64::from_le_bytes(*STAMP_MAGIC), seed];
+        fill_sector(sector_bytes, header, stamp_key(seed, write_id, sector));
     }
 }
 
 /// True if `bytes` (512) are exactly the stamp of `write_id` for `sector` under `seed`.
 pub fn is_stamp(seed: u64, write_id: u64, sector: u64, bytes: &[u8]) -> bool {
-    equals_words(bytes, |w| stamp_word(seed, write_id, sector, w))
+    let header = [write_id, sector, u64::from_le_bytes(*STAMP_MAGIC), seed];
+    sector_matches(bytes, header, stamp_key(seed, write_id, sector))
 }
 
 impl ProceduralContent {
@@ -223,5 +238,44 @@ mod tests {
         assert!(is_stamp(9, 42, 100, &out[..512]));
         assert!(is_stamp(9, 42, 101, &out[512..]));
         assert!(!is_stamp(9, 43, 100, &out[..512]));
+    }
+
+    #[test]
+    fn recognition_compares_every_word_of_the_body() {
+        let mut a = [0u8; 512];
+        fill_stamp(9, 42, 100, &mut a);
+        // Every single word changed, anywhere, is seen.
+        for word in 0..64 {
+            let mut changed = a;
+            changed[word * 8 + 3] ^= 0x10;
+            assert!(!is_stamp(9, 42, 100, &changed), "word {word}");
+        }
+        // A torn mix of two writes to the same sector is neither (their bodies differ in every
+        // word, not only in the header).
+        let mut b = [0u8; 512];
+        fill_stamp(9, 43, 100, &mut b);
+        assert!((4..64).all(|w| stamp_word(9, 42, 100, w) != stamp_word(9, 43, 100, w)));
+        let mut torn = a;
+        torn[256..].copy_from_slice(&b[256..]);
+        assert!(!is_stamp(9, 42, 100, &torn) && !is_stamp(9, 43, 100, &torn));
+        // Base sectors likewise.
+        let mut base = [0u8; 512];
+        fill_base_sector(7, 5, &mut base);
+        assert!(is_base_sector(7, 5, &base));
+        for word in 0..64 {
+            let mut changed = base;
+            changed[word * 8] ^= 1;
+            assert!(!is_base_sector(7, 5, &changed), "word {word}");
+        }
+        assert_eq!(
+            (0..64).map(|w| base_word(7, 5, w).to_le_bytes()).collect::<Vec<_>>().concat(),
+            base.to_vec(),
+            "base_word agrees with fill_base_sector"
+        );
+        assert_eq!(
+            (0..64).map(|w| stamp_word(9, 42, 100, w).to_le_bytes()).collect::<Vec<_>>().concat(),
+            a.to_vec(),
+            "stamp_word agrees with fill_stamp"
+        );
     }
 }
