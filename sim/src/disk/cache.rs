@@ -21,7 +21,10 @@
 //! exactly the pending writes touching it, in execution order; only the newest entry lacks
 //! content.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
+
+use smallvec::{SmallVec, smallvec};
 
 use super::content::ContentSource;
 use super::crash::{CrashPlan, UnitFate, WriteFate, choose_fates, fate_letter, unit_pieces};
@@ -35,7 +38,7 @@ const PAGE: u64 = PAGE_BYTES as u64;
 #[derive(Debug)]
 pub(crate) enum WriteData {
     /// Page-aligned data, one page each.
-    Pages(Vec<PageData>),
+    Pages(SmallVec<[PageData; 1]>),
     /// Any other data.
     Bytes(Vec<u8>),
 }
@@ -135,8 +138,9 @@ struct ShadowPage {
     /// Durable content (`None`: never written, reads as zeros or the content source).
     durable: Option<PageData>,
     /// `(seq, content right after that write)`, oldest first; the newest content is `None`
-    /// while it lives in the store.
-    versions: VecDeque<(u64, Option<PageData>)>,
+    /// while it lives in the store. Inline for the common single version (no allocation per
+    /// page written); chains are short, so taking the oldest shifts a few entries.
+    versions: SmallVec<[(u64, Option<PageData>); 1]>,
 }
 
 /// What a crash left behind.
@@ -215,7 +219,9 @@ impl VolatileCache {
     ) {
         let len = data.len_bytes();
         let pages = page_span(offset_bytes, len);
-        let touches_unflushed = pages.clone().any(|page| self.shadow.contains_key(&page));
+        // Only a FUA write asks (it is simply durable unless it shares a page with an unflushed
+        // write, whose order it must keep).
+        let touches_unflushed = fua && pages.clone().any(|page| self.shadow.contains_key(&page));
         let seq = self.next_seq;
         if !fua || touches_unflushed {
             self.next_seq += 1;
@@ -224,17 +230,17 @@ impl VolatileCache {
                 // The content before this write: moved out of the store if the write covers the
                 // page (it installs a fresh buffer), copied otherwise.
                 let before = if covered { store.replace_page(page, None) } else { store.copy_of_page(page) };
-                match self.shadow.get_mut(&page) {
-                    None => {
-                        let durable = before;
-                        self.shadow.insert(page, ShadowPage { durable, versions: VecDeque::from([(seq, None)]) });
+                match self.shadow.entry(page) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(ShadowPage { durable: before, versions: smallvec![(seq, None)] });
                     }
-                    Some(shadow) => {
-                        let newest = shadow.versions.back_mut().expect("a shadow page has versions");
+                    Entry::Occupied(mut occupied) => {
+                        let shadow = occupied.get_mut();
+                        let newest = shadow.versions.last_mut().expect("a shadow page has versions");
                         debug_assert!(newest.1.is_none(), "only the newest version lives in the store");
                         let before = before.unwrap_or_else(|| blank_page(page, content, &mut store.pool));
                         newest.1 = Some(before);
-                        shadow.versions.push_back((seq, None));
+                        shadow.versions.push((seq, None));
                     }
                 }
             }
@@ -264,7 +270,8 @@ impl VolatileCache {
         self.pending_bytes -= write.len_bytes;
         for page in page_span(write.offset_bytes, write.len_bytes) {
             let shadow = self.shadow.get_mut(&page).expect("every pending page has a shadow");
-            let (seq, after) = shadow.versions.pop_front().expect("the chain lists every pending write");
+            assert!(!shadow.versions.is_empty(), "the chain lists every pending write");
+            let (seq, after) = shadow.versions.remove(0);
             assert_eq!(seq, write.seq, "the oldest pending write heads every chain it is in");
             if shadow.versions.is_empty() {
                 // No unflushed write touches the page any more: the store page is durable.
@@ -337,7 +344,7 @@ impl VolatileCache {
         for (&page, entry) in &mut shadow {
             let newest = store.replace_page(page, entry.durable.take());
             let newest = newest.unwrap_or_else(|| blank_page(page, content, &mut store.pool));
-            entry.versions.back_mut().expect("a shadow page has versions").1 = Some(newest);
+            entry.versions.last_mut().expect("a shadow page has versions").1 = Some(newest);
         }
         let executed: Vec<PendingWrite> = self.pending.drain(..).collect();
         self.pending_bytes = 0;
@@ -411,7 +418,7 @@ impl VolatileCache {
                 "page {page}: an older version lost its content"
             );
             assert!(
-                chain.back().is_some_and(|v| v.1.is_none()),
+                chain.last().is_some_and(|v| v.1.is_none()),
                 "page {page}: the newest version must live in the store"
             );
         }

@@ -101,17 +101,28 @@ pub fn stamp_word(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
     }
 }
 
+/// `word * BODY_STEP` for every word of a sector: body word `i` is `key + BODY_OFFSETS[i]`, so
+/// generating and recognising a body are element-wise passes over two arrays, which the
+/// compiler vectorises (these are the simulator's hottest loops: every sector a workload writes
+/// is generated, and every sector a disk receives is recognised).
+const BODY_OFFSETS: [u64; SECTOR_BYTES_USIZE / 8] = {
+    let mut offsets = [0u64; SECTOR_BYTES_USIZE / 8];
+    let mut i = 0;
+    while i < offsets.len() {
+        offsets[i] = (i as u64).wrapping_mul(BODY_STEP);
+        i += 1;
+    }
+    offsets
+};
+
 /// Writes `header` into the first words of `out` (one sector) and the body of `key` into the
-/// rest. Fixed-size arrays and one add per word, so the compiler vectorises the loop without
-/// bounds checks (generating a sector is one of the simulator's hottest loops).
+/// rest.
 #[inline]
 fn fill_sector<const N: usize>(out: &mut [u8], header: [u64; N], key: u64) {
     let out: &mut [u8; SECTOR_BYTES_USIZE] = out.try_into().expect("one sector");
     let (words, _) = out.as_chunks_mut::<8>();
-    let mut word = key;
-    for chunk in words.iter_mut() {
-        *chunk = word.to_le_bytes();
-        word = word.wrapping_add(BODY_STEP);
+    for (chunk, offset) in words.iter_mut().zip(BODY_OFFSETS) {
+        *chunk = key.wrapping_add(offset).to_le_bytes();
     }
     for (chunk, word) in words.iter_mut().zip(header) {
         *chunk = word.to_le_bytes();
@@ -125,10 +136,8 @@ fn sector_matches<const N: usize>(bytes: &[u8], header: [u64; N], key: u64) -> b
     let bytes: &[u8; SECTOR_BYTES_USIZE] = bytes.try_into().expect("one sector");
     let (words, _) = bytes.as_chunks::<8>();
     let mut diff = 0u64;
-    let mut expected = key.wrapping_add((N as u64).wrapping_mul(BODY_STEP));
-    for chunk in &words[N..] {
-        diff |= u64::from_le_bytes(*chunk) ^ expected;
-        expected = expected.wrapping_add(BODY_STEP);
+    for (chunk, offset) in words[N..].iter().zip(&BODY_OFFSETS[N..]) {
+        diff |= u64::from_le_bytes(*chunk).wrapping_sub(key) ^ offset;
     }
     for (chunk, expected) in words.iter().zip(header) {
         diff |= u64::from_le_bytes(*chunk) ^ expected;
