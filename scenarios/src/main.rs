@@ -96,9 +96,12 @@ enum Command {
         /// Master seed.
         #[arg(long, default_value = "1")]
         seed: Seed,
-        /// 4 KiB writes in the random-write figure.
-        #[arg(long, default_value_t = SimBenchOptions::default().writes)]
+        /// `sim`: 4 KiB writes in each run of a random-write figure.
+        #[arg(long, default_value_t = SimBenchOptions::default().writes, value_parser = clap::value_parser!(u64).range(1..))]
         writes: u64,
+        /// `sim`: runs of each random-write figure (the fastest is reported, the slowest beside).
+        #[arg(long, default_value_t = SimBenchOptions::default().repeats, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeats: u32,
         /// Crash-plus-reopen cycles.
         #[arg(long, default_value_t = SimBenchOptions::default().crash_cycles)]
         crash_cycles: u64,
@@ -1264,10 +1267,26 @@ fn main() -> ExitCode {
                 Err(error) => usage(format!("bench crash-states: {error:#}")),
             }
         }
-        Command::Bench { which: BenchKind::Sim, json, seed, writes, crash_cycles, device_mib, payload, .. } => {
+        Command::Bench {
+            which: BenchKind::Sim,
+            json,
+            seed,
+            writes,
+            crash_cycles,
+            device_mib,
+            payload,
+            repeats,
+            ..
+        } => {
             let only = device_mib.map(|mib| (mib << 20, payload));
-            let report =
-                run_sim_bench(SimBenchOptions { seed, writes, crash_cycles, only, ..SimBenchOptions::default() });
+            let report = run_sim_bench(SimBenchOptions {
+                seed,
+                writes,
+                crash_cycles,
+                only,
+                repeats,
+                ..SimBenchOptions::default()
+            });
             if json {
                 say!("{}", serde_json::to_string(&report).expect("bench report serialises"));
             } else {

@@ -24,8 +24,9 @@ pub const STUDY: u32 = 2;
 /// ([`crate::campaign::swarm::FailureDb`]).
 pub const SWARM_FAILURE_DB: u32 = 1;
 
-/// `fvdsim bench --json` ([`crate::bench`]).
-pub const BENCH: u32 = 2;
+/// `fvdsim bench --json` ([`crate::bench`]). 3: `bench sim` reports every size and payload as
+/// the fastest of repeated runs, and the copy floor.
+pub const BENCH: u32 = 3;
 
 /// `report.json` of one `fvdsim qemu` run ([`crate::qemu_crash::QemuReport`]).
 pub const QEMU_REPORT: u32 = 1;
