@@ -331,6 +331,11 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
     }
     state.borrow_mut().moments += 1;
     let writes = context.image.unflushed_writes() + context.data.as_ref().map_or(0, SimDisk::unflushed_writes);
+    // What the oracle says is the same for every state of the moment: listed once.
+    let sectors = {
+        let d = driver.borrow();
+        MomentSectors { unsettled: d.oracle.unsettled_sectors(), touched: d.oracle.touched_sectors().collect() }
+    };
     for (order, strategy) in strategies(writes, context.atomic_unit, rng).into_iter().enumerate() {
         let plan = CrashPlan { strategy, atomic_unit: context.atomic_unit };
         let world = Sim::with_options(
@@ -364,7 +369,7 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
             atomic_unit: context.atomic_unit,
         };
         // Sampling draws from a fork, so every worker's enumeration stream stays in step.
-        let verdict = recover_and_verify(context, driver, &world, image, data, &mut rng.fork(key_hash));
+        let verdict = recover_and_verify(context, driver, &sectors, &world, image, data, &mut rng.fork(key_hash));
         let mut s = state.borrow_mut();
         s.crash_states += 1;
         match verdict {
@@ -377,11 +382,20 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
     }
 }
 
+/// The oracle's sectors at one moment (the same for every crash state derived from it).
+struct MomentSectors {
+    /// Sectors an unflushed write may have changed: every one is read back.
+    unsettled: Vec<u64>,
+    /// Every sector written so far: a sample is read back.
+    touched: Vec<u64>,
+}
+
 /// Opens the crash state (recovery), reads back every unsettled sector, a sample of the other
 /// written sectors and a few unwritten ones, and runs `check`.
 fn recover_and_verify(
     context: &Context,
     driver: &Shared,
+    moment: &MomentSectors,
     world: &Sim,
     image: SimDisk,
     data: Option<SimDisk>,
@@ -400,9 +414,8 @@ fn recover_and_verify(
     let env: Rc<dyn Env> = Rc::new(SimEnv::new(&handle));
     let image = open_recovered(context, world, &devices, env)?;
     let sectors: Vec<u64> = {
-        let d = driver.borrow();
-        let mut chosen: BTreeSet<u64> = d.oracle.unsettled_sectors().into_iter().collect();
-        let touched: Vec<u64> = d.oracle.touched_sectors().collect();
+        let mut chosen: BTreeSet<u64> = moment.unsettled.iter().copied().collect();
+        let touched = &moment.touched;
         if !touched.is_empty() {
             chosen.extend((0..SAMPLED_SECTORS).map(|_| touched[rng.below(touched.len() as u64) as usize]));
         }
