@@ -63,7 +63,11 @@ impl Bitmap {
         } else {
             u64::from((on_disk[needed - 1] & !((1u8 << (blocks % 8)) - 1)).count_ones())
         };
-        partial + on_disk.get(needed..).unwrap_or(&[]).iter().map(|b| u64::from(b.count_ones())).sum::<u64>()
+        // Eight bytes at a time (the padding is most of a large bitmap's sectors).
+        let (words, tail) = on_disk.get(needed..).unwrap_or(&[]).as_chunks::<8>();
+        partial
+            + words.iter().map(|w| u64::from(u64::from_le_bytes(*w).count_ones())).sum::<u64>()
+            + tail.iter().map(|b| u64::from(b.count_ones())).sum::<u64>()
     }
 
     /// The set blocks, ascending (skipping zero bytes: cheap on a sparse bitmap).
@@ -131,7 +135,15 @@ impl Bitmap {
 
     /// True if every bit set here is also set in `other` (`stale ⊆ fresh`).
     pub fn is_subset_of(&self, other: &Bitmap) -> bool {
-        self.blocks == other.blocks && self.bytes.iter().zip(&other.bytes).all(|(a, b)| a & !b == 0)
+        if self.blocks != other.blocks {
+            return false;
+        }
+        debug_assert_eq!(self.bytes.len(), other.bytes.len(), "same blocks, same length");
+        // Eight bytes at a time, branch-free (check compares the whole bitmap).
+        let ((mine, my_tail), (theirs, their_tail)) = (self.bytes.as_chunks::<8>(), other.bytes.as_chunks::<8>());
+        let words = mine.iter().zip(theirs).fold(0, |extra, (a, b)| extra | (u64::from_le_bytes(*a) & !u64::from_le_bytes(*b)));
+        let tail = my_tail.iter().zip(their_tail).fold(0, |extra, (a, b)| extra | (a & !b));
+        words == 0 && tail == 0
     }
 }
 
