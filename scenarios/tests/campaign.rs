@@ -203,6 +203,34 @@ fn enumeration_catches_v1_and_its_crash_state_replays_through_the_runner() {
 }
 
 #[test]
+fn enumeration_finds_the_same_states_and_the_same_first_failure_with_any_number_of_workers() {
+    // Workers take whole moments; a state derived at moments of two workers is verified by
+    // both in a world seeded by its content, so counts, sectors judged and the first failure
+    // (in enumeration order) do not depend on --jobs.
+    use fvd_scenarios::campaign::enumerate::run_enumerated;
+    let scenario = SCENARIOS.iter().find(|s| s.name == "exhaustive-torn").unwrap();
+    let config = (scenario.build)(Seed(2));
+    let figures = |jobs: usize| {
+        let outcome = run_enumerated(&config, jobs, |_, _| {}).unwrap();
+        assert!(outcome.failure.is_none());
+        (outcome.moments, outcome.crash_states, outcome.duplicate_states, outcome.sectors_verified)
+    };
+    let one = figures(1);
+    assert!(one.1 > 1_000, "{one:?}");
+    assert_eq!(figures(2), one);
+    assert_eq!(figures(3), one);
+    let mut v1 = (SCENARIOS.iter().find(|s| s.name == "exhaustive").unwrap().build)(Seed(2));
+    v1.profile = fvd_scenarios::campaign::config::ProfileName::V1;
+    let first = |jobs: usize| {
+        let found = run_enumerated(&v1, jobs, |_, _| {}).unwrap().failure.expect("v1 fails some crash state");
+        (found.spec, found.message)
+    };
+    let alone = first(1);
+    assert_eq!(first(2), alone);
+    assert_eq!(first(3), alone);
+}
+
+#[test]
 fn prefetch_scenarios_pass_with_the_hardened_engine() {
     for name in ["prefetch", "prefetch-dense", "prefetch-stall", "prefetch-faults"] {
         for seed in 1..3 {

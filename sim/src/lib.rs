@@ -21,7 +21,7 @@ pub use disk::content::{ContentSource, ProceduralContent};
 pub use disk::crash::{AtomicUnit, CrashPlan, CrashRecord, CrashStrategy, WriteFate};
 pub use disk::fault::{FaultEffect, FaultOp, FaultPlan, FaultRule};
 pub use disk::profile::{Contention, DeviceProfile, LatencyRange};
-pub use disk::{DiskConfig, DiskStats, SimDisk};
+pub use disk::{CrashImage, DiskConfig, DiskStats, SimDisk};
 pub mod env;
 
 pub use env::SimEnv;

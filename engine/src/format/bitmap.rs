@@ -141,7 +141,8 @@ impl Bitmap {
         debug_assert_eq!(self.bytes.len(), other.bytes.len(), "same blocks, same length");
         // Eight bytes at a time, branch-free (check compares the whole bitmap).
         let ((mine, my_tail), (theirs, their_tail)) = (self.bytes.as_chunks::<8>(), other.bytes.as_chunks::<8>());
-        let words = mine.iter().zip(theirs).fold(0, |extra, (a, b)| extra | (u64::from_le_bytes(*a) & !u64::from_le_bytes(*b)));
+        let words =
+            mine.iter().zip(theirs).fold(0, |extra, (a, b)| extra | (u64::from_le_bytes(*a) & !u64::from_le_bytes(*b)));
         let tail = my_tail.iter().zip(their_tail).fold(0, |extra, (a, b)| extra | (a & !b));
         words == 0 && tail == 0
     }

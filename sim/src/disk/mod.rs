@@ -272,13 +272,7 @@ impl SimDisk {
     /// A hash of the visible image (every written page, in address order, and the length).
     pub fn image_hash(&self) -> u64 {
         let state = self.inner.state.borrow();
-        let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ state.len_bytes;
-        for page_index in state.store.page_indices() {
-            let page = state.store.page(page_index).expect("listed pages exist");
-            hash = (hash ^ page_index).wrapping_mul(0x0100_0000_01b3);
-            page.hash_into(&mut hash);
-        }
-        hash
+        image_hash(&state.store, state.len_bytes)
     }
 
     /// Power loss: resolves every unflushed and in-flight write per `plan`, forgets every
@@ -333,6 +327,15 @@ impl SimDisk {
     ///
     /// The copy costs a few bytes per symbolic page and 4 KiB per byte page.
     pub fn crash_state(&self, world: &SimHandle, plan: CrashPlan) -> (SimDisk, CrashRecord) {
+        let image = self.crash_image(plan);
+        let record = image.record.clone();
+        (image.into_disk(world), record)
+    }
+
+    /// The crash state `plan` would leave, resolved but not yet a disk (see
+    /// [`SimDisk::crash_state`]): its content can be hashed, to tell it from states already
+    /// seen, before a world is chosen for it ([`CrashImage::into_disk`]).
+    pub fn crash_image(&self, plan: CrashPlan) -> CrashImage {
         let inner = &self.inner;
         let state = inner.state.borrow();
         let content = inner.content.as_deref();
@@ -363,14 +366,15 @@ impl SimDisk {
             len_bytes_after: len_bytes,
             writes: outcome.fates,
         };
-        let disk = SimDisk::build(world, &inner.name, len_bytes, inner.config.borrow().clone(), inner.content.clone());
-        {
-            let mut copy = disk.inner.state.borrow_mut();
-            copy.store = store;
-            copy.latent = state.latent.clone();
+        CrashImage {
+            name: Rc::clone(&inner.name),
+            config: inner.config.borrow().clone(),
+            content: inner.content.clone(),
+            store,
+            len_bytes,
+            latent: state.latent.clone(),
+            record,
         }
-        disk.inner.log(EventKind::Crash, 0, 0, record.writes.len() as u64);
-        (disk, record)
     }
 
     /// Writes a crash now would resolve: unflushed executed writes plus writes in flight.
@@ -384,6 +388,56 @@ impl SimDisk {
     /// of one run mean the same crash states.
     pub fn crash_generation(&self) -> u64 {
         self.inner.crash_generation.get()
+    }
+}
+
+/// A hash of an image: every written page, in address order, and the length (the same for the
+/// same content however its pages are held).
+fn image_hash(store: &SparseStore, len_bytes: u64) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ len_bytes;
+    for page_index in store.page_indices() {
+        let page = store.page(page_index).expect("listed pages exist");
+        hash = (hash ^ page_index).wrapping_mul(0x0100_0000_01b3);
+        page.hash_into(&mut hash);
+    }
+    hash
+}
+
+/// A crash state resolved from a disk ([`SimDisk::crash_image`]), not yet in any world.
+pub struct CrashImage {
+    name: Rc<str>,
+    config: DiskConfig,
+    content: Option<Rc<dyn ContentSource>>,
+    store: SparseStore,
+    len_bytes: u64,
+    latent: BTreeSet<u64>,
+    /// What the crash did to each unflushed write.
+    pub record: CrashRecord,
+}
+
+impl std::fmt::Debug for CrashImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashImage").field("name", &self.name).field("len_bytes", &self.len_bytes).finish()
+    }
+}
+
+impl CrashImage {
+    /// The hash [`SimDisk::image_hash`] of the disk this becomes will give.
+    pub fn image_hash(&self) -> u64 {
+        image_hash(&self.store, self.len_bytes)
+    }
+
+    /// The crash state as a disk in the world of `world` (its streams drawn from that world's
+    /// seed), a crash logged there.
+    pub fn into_disk(self, world: &SimHandle) -> SimDisk {
+        let disk = SimDisk::build(world, &self.name, self.len_bytes, self.config, self.content);
+        {
+            let mut state = disk.inner.state.borrow_mut();
+            state.store = self.store;
+            state.latent = self.latent;
+        }
+        disk.inner.log(EventKind::Crash, 0, 0, self.record.writes.len() as u64);
+        disk
     }
 }
 
