@@ -7,7 +7,7 @@
 //! seed, write and sector; see `fvd_sim::disk::content`).
 
 use fvd_sim::ProceduralContent;
-use fvd_sim::disk::content::{BASE_SECTOR_MAGIC, is_base_sector, is_stamp};
+use fvd_sim::disk::content::{BASE_SECTOR_MAGIC, is_base_sector, is_stamp, is_zero_sector};
 
 pub use fvd_engine::SECTOR_BYTES;
 pub use fvd_sim::disk::content::STAMP_MAGIC;
@@ -79,7 +79,7 @@ pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralCon
     let inside_base = base.filter(|(_, base_sectors)| sector < *base_sectors);
     let original = match inside_base {
         Some((content, _)) => is_base_sector(content.seed, sector, bytes),
-        None => bytes.iter().all(|b| *b == 0),
+        None => is_zero_sector(bytes),
     };
     if original {
         return SectorValue::Original;
@@ -95,7 +95,7 @@ pub fn decode(seed: u64, sector: u64, bytes: &[u8], base: Option<(&ProceduralCon
             return SectorValue::OtherBaseSector { sector: other };
         }
     }
-    if bytes.iter().all(|b| *b == 0) {
+    if is_zero_sector(bytes) {
         return SectorValue::Zeros;
     }
     SectorValue::Garbage

@@ -145,6 +145,13 @@ fn sector_matches<const N: usize>(bytes: &[u8], header: [u64; N], key: u64) -> b
     diff == 0
 }
 
+/// True if `bytes` (one sector) are all zeros: eight bytes at a time, without an early exit
+/// (every sector held as bytes is asked when its page is hashed or written).
+pub fn is_zero_sector(bytes: &[u8]) -> bool {
+    let bytes: &[u8; SECTOR_BYTES_USIZE] = bytes.try_into().expect("one sector");
+    bytes.as_chunks::<8>().0.iter().fold(0, |any, word| any | u64::from_le_bytes(*word)) == 0
+}
+
 /// Fills `out` (512 bytes) with procedural sector `sector` under `seed` (the hot path of every
 /// base read).
 pub fn fill_base_sector(seed: u64, sector: u64, out: &mut [u8]) {

@@ -12,7 +12,7 @@
 
 use super::content::{
     BASE_SECTOR_MAGIC, SECTOR_BYTES_USIZE, STAMP_MAGIC, base_word, fill_base_sector, fill_stamp, is_base_sector,
-    is_stamp,
+    is_stamp, is_zero_sector,
 };
 
 /// Bytes per storage page.
@@ -90,7 +90,7 @@ impl Symbol {
                 return Symbol::stamp(seed, write_id, sector);
             }
         }
-        if bytes.iter().all(|b| *b == 0) {
+        if is_zero_sector(bytes) {
             return Some(Symbol::ZERO);
         }
         None
