@@ -92,8 +92,8 @@ impl QedImage {
         }
     }
 
-    async fn write_header(&self) -> Result<(), QedError> {
-        let bytes = self.header.borrow().encode();
+    async fn write_header(&self, header: &QedHeader) -> Result<(), QedError> {
+        let bytes = header.encode();
         self.image.write_at(0, &bytes, WriteFlags::NONE).await.map_err(io("write header"))
     }
 
@@ -183,12 +183,21 @@ impl QedImage {
         // both the header and the file's growth: an entry beyond the end of the file in an image
         // that says it needs no check. Found by `fvdsim swarm --seed 7` (seed
         // 0xe6baa4db2acc66ce, docs/qed.md); this flush is the fix, once per clean period.
+        //
+        // Memory says NEED_CHECK only once the header saying it is durable: with memory
+        // updated first, a failed header write (or flush) left every later allocation believing
+        // the flag was on disk, and a crash then kept an L2 entry beyond the end of the file in
+        // an image no repair would look at. Found by the swarm (`fvdsim run --swarm-seed
+        // 0xc9362beda7950804`, an injected media error on the header write).
         if !has_backing && !header.needs_check() {
-            self.header.borrow_mut().features |= F_NEED_CHECK;
-            self.write_header().await?;
+            let mut flagged = header.clone();
+            flagged.features |= F_NEED_CHECK;
+            self.write_header(&flagged).await?;
             self.progress(ProgressPoint::NeedCheckWritten, 1);
             self.image.flush().await.map_err(io("flush NEED_CHECK"))?;
+            self.header.borrow_mut().features |= F_NEED_CHECK;
         }
+        debug_assert!(has_backing || self.header.borrow().needs_check(), "NEED_CHECK is durable before allocating");
         // The clusters' whole content: the rest from the backing file (or zeros), then the data.
         let first_guest = at / cluster * cluster;
         let mut content = vec![0u8; (clusters * cluster) as usize];
@@ -264,8 +273,11 @@ impl QedImage {
         }
         self.flush().await?;
         if self.header.borrow().needs_check() {
+            // Memory clears the flag first: if the write fails, the disk still says NEED_CHECK,
+            // the safe side.
             self.header.borrow_mut().features &= !F_NEED_CHECK;
-            self.write_header().await?;
+            let header = self.header();
+            self.write_header(&header).await?;
             self.progress(ProgressPoint::NeedCheckWritten, 0);
             self.flush().await?;
         }

@@ -196,3 +196,41 @@ fn every_sector_holds_a_legal_value_after_a_crash_at_any_point_of_allocating_wri
         assert!(dirty > 0, "no compared crash state had leaks or corruptions: the comparison proved nothing");
     }
 }
+
+#[test]
+fn a_failed_need_check_write_is_written_again_before_the_next_allocation() {
+    // Found by a 10-minute swarm (`fvdsim run --swarm-seed 0xc9362beda7950804`, and
+    // 0x14af9d8dbacd3362): the header write setting NEED_CHECK failed (an injected media error)
+    // after memory had taken the flag, so every later allocation skipped it, and a crash kept an
+    // L2 entry beyond the end of the file in an image that no repair looked at.
+    use fvd_sim::{FaultEffect, FaultOp, FaultPlan, FaultRule};
+    let sim = Sim::new(Seed(1));
+    let handle = sim.handle();
+    let image = SimDisk::new(&handle, "image", 0, DiskConfig::new(DeviceProfile::ssd()));
+    let device: Rc<dyn BlockDevice> = Rc::new(image.clone());
+    let header_fails = FaultPlan {
+        rules: vec![FaultRule {
+            op: Some(FaultOp::Write),
+            request_range: None,
+            offset_range_bytes: Some((0, 512)),
+            effect: FaultEffect::MediaError,
+        }],
+        ..FaultPlan::default()
+    };
+    let durable_needs_check = |image: &SimDisk| {
+        let mut bytes = vec![0u8; 512];
+        image.peek_durable(0, &mut bytes);
+        fvd_qed::QedHeader::decode(&bytes, image.len_bytes()).expect("a valid header").needs_check()
+    };
+    let (d, disk) = (Rc::clone(&device), image.clone());
+    sim.run(async move {
+        create(&*d, &QedCreateOptions { cluster_bytes: CLUSTER, ..QedCreateOptions::new(DISK) }).await.expect("create");
+        let qed = QedImage::open_writable(Rc::clone(&d), None).await.expect("open");
+        disk.set_faults(header_fails);
+        qed.write(0, &[1u8; 4096]).await.expect_err("the header write fails, so does the allocation");
+        disk.set_faults(FaultPlan::default());
+        qed.write(CLUSTER * 7, &[2u8; 4096]).await.expect("the next allocation");
+    })
+    .expect("no stall");
+    assert!(durable_needs_check(&image), "NEED_CHECK is durable before the next allocation's L2 update");
+}

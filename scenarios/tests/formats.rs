@@ -124,6 +124,20 @@ fn qed_need_check_is_durable_before_the_allocation_it_covers() {
 }
 
 #[test]
+fn a_failed_qed_need_check_write_does_not_leave_the_flag_in_memory_only() {
+    // Found by a 10-minute swarm: an injected media error on the header write that sets
+    // NEED_CHECK, after memory had taken the flag; later allocations skipped the header, and a
+    // crash kept an L2 entry beyond the end of the file in an image no repair looked at
+    // (unexpected error on the verification read). Memory now takes the flag once it is durable.
+    use fvd_scenarios::campaign::swarm::{SwarmProfiles, swarm_config};
+    let config = swarm_config(Seed(0x14af_9d8d_bacd_3362), SwarmProfiles::Hardened);
+    assert_eq!(config.format, FormatName::Qed);
+    assert!(config.faults.write_error_per_million > 0, "the seed injects write errors");
+    let outcome = run(&config).unwrap();
+    assert!(outcome.failure.is_none(), "{:?}", outcome.failure.map(|f| f.message));
+}
+
+#[test]
 fn a_failed_qed_l1_write_leaves_the_l1_table_in_memory_as_on_disk() {
     // Found by a 600-seed swarm: an injected media error on the write of an L1 entry, after the
     // entry had been set in memory; later allocations went into the new L2 table, which no
