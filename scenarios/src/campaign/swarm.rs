@@ -217,17 +217,30 @@ pub fn signature(outcome: &RunOutcome) -> Option<String> {
     Some(format!("{class} after {last_crash}: {shape}{first_sector}"))
 }
 
-/// `text` with every run of digits taken out (runs that stood between words leave one `#`), so
-/// that messages differing only in sectors, counts or offsets compare equal: the shape part of a
-/// failure [`signature`] (persisted in failing-seed databases: changing it splits known failures).
+/// `text` with every number taken out (a run of digits, or a `0x` hexadecimal literal, which
+/// would otherwise leave its letters: `0x2ff0000` and `0x5f0000` are one shape), runs that stood
+/// between words leaving one `#`, so that messages differing only in sectors, counts or offsets
+/// compare equal: the shape part of a failure [`signature`] (persisted in failing-seed
+/// databases: changing it splits known failures. Hexadecimal literals are taken out since
+/// December 2026, when a 10-minute swarm listed one QED bug twice).
 pub fn without_numbers(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-        .collect::<String>()
-        .split('#')
-        .filter(|piece| !piece.is_empty())
-        .collect::<Vec<_>>()
-        .join("#")
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let hex = c == '0'
+            && chars.peek() == Some(&'x')
+            && chars.clone().nth(1).is_some_and(|after| after.is_ascii_hexdigit());
+        if hex {
+            chars.next();
+            while chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) {
+                chars.next();
+            }
+            out.push('#');
+        } else {
+            out.push(if c.is_ascii_digit() { '#' } else { c });
+        }
+    }
+    out.split('#').filter(|piece| !piece.is_empty()).collect::<Vec<_>>().join("#")
 }
 
 /// One distinct failure in the database.

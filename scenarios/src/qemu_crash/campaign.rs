@@ -362,5 +362,12 @@ mod tests {
             without_numbers("ERROR: allocated blocks mismatch, is 12, should be 13")
         );
         assert_ne!(without_numbers("sector 1 lost"), without_numbers("sector 1 garbage"));
+        // Hexadecimal literals are numbers too, whatever their letters.
+        assert_eq!(
+            without_numbers("L2[0][3187] = 0x2ff0000: beyond the 50266112-byte file"),
+            without_numbers("L2[75][1961] = 0x5f0000: beyond the 6205440-byte file")
+        );
+        assert_eq!(without_numbers("L2[0] = 0xab here"), "L#[#] = # here");
+        assert_eq!(without_numbers("a 0x, 0xg and box"), "a #x, #xg and box", "not literals");
     }
 }
