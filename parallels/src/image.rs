@@ -199,15 +199,26 @@ impl ParallelsImage {
         // a flushed write was lost at the next crash).
         self.bat_dirty.set(false);
         let bytes: Vec<u8> = self.bat.borrow().iter().flat_map(|e| e.to_le_bytes()).collect();
+        let written = self.write_bat_snapshot(&bytes).await;
+        if written.is_err() {
+            // The snapshot may not be on disk: keep the BAT dirty so the next flush (or close)
+            // writes it again. Left clean, every later flush skipped it and completed, and a
+            // write acknowledged before one of them lost its cluster's entry (swarm seed
+            // 0x2a39cbbee3ee015c: the flush before the BAT failed).
+            self.bat_dirty.set(true);
+        }
+        written
+    }
+
+    async fn write_bat_snapshot(&self, bytes: &[u8]) -> Result<(), ParallelsError> {
         // Every cluster this snapshot names was grown into the file before its entry was set:
         // make that growth durable before the BAT can name it. QEMU's driver does not order the
         // two, and a crash between them leaves entries beyond the end of the file, a corruption
         // on which QEMU 10.0.2's `qemu-img check` aborts (docs/parallels.md, "BAT after growth").
         self.image.flush().await.map_err(io("flush before the BAT"))?;
-        let write = self.image.write_at(HEADER_BYTES, &bytes, WriteFlags::NONE);
+        let write = self.image.write_at(HEADER_BYTES, bytes, WriteFlags::NONE);
         self.progress(ProgressPoint::BatWriteSubmitted, bytes.len() as u64 / 4);
-        write.await.map_err(io("write BAT"))?;
-        Ok(())
+        write.await.map_err(io("write BAT"))
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), ParallelsError> {

@@ -243,3 +243,49 @@ fn qemu_img_check_aborts_on_a_crash_state_that_our_repair_handles() {
         Err(_) => eprintln!("NOTICE: qemu-img is not installed: QEMU's side of this finding was not run"),
     }
 }
+
+#[test]
+fn a_failed_bat_write_leaves_the_bat_dirty_for_the_next_flush() {
+    // Found by a 10-minute swarm (`fvdsim run --swarm-seed 0x2a39cbbee3ee015c`): the flush
+    // before the BAT write failed (an injected media error) after the BAT had been marked clean,
+    // so every later guest flush skipped the BAT and completed, and a write acknowledged before
+    // one of them lost its cluster's entry at the next crash.
+    use fvd_sim::{FaultEffect, FaultOp, FaultPlan, FaultRule};
+    let sim = Sim::new(Seed(1));
+    let handle = sim.handle();
+    let image = SimDisk::new(&handle, "image", 0, DiskConfig::new(DeviceProfile::ssd()));
+    let device: Rc<dyn BlockDevice> = Rc::new(image.clone());
+    let flushes_fail = FaultPlan {
+        rules: vec![FaultRule {
+            op: Some(FaultOp::Flush),
+            request_range: None,
+            offset_range_bytes: None,
+            effect: FaultEffect::MediaError,
+        }],
+        ..FaultPlan::default()
+    };
+    let (d, disk) = (Rc::clone(&device), image.clone());
+    sim.run(async move {
+        create(&*d, DISK, CLUSTER).await.expect("create");
+        let prl = ParallelsImage::open_writable(Rc::clone(&d)).await.expect("open");
+        prl.write(CLUSTER * 5, &[7u8; 4096]).await.expect("an allocating write");
+        disk.set_faults(flushes_fail);
+        prl.flush().await.expect_err("the flush before the BAT fails");
+        disk.set_faults(FaultPlan::default());
+        prl.flush().await.expect("a guest flush that completes");
+    })
+    .expect("no stall");
+    // Power loss: only what the completed flush made durable is left.
+    sim.abort_all_tasks();
+    image.crash(CrashPlan { strategy: CrashStrategy::Prefix, atomic_unit: AtomicUnit::Sector });
+    let mut back = vec![0u8; 4096];
+    let d = Rc::clone(&device);
+    let back = sim
+        .run(async move {
+            let prl = ParallelsImage::open_writable(d).await.expect("open after the crash");
+            prl.read(CLUSTER * 5, &mut back).await.expect("read");
+            back
+        })
+        .expect("no stall");
+    assert!(back.iter().all(|b| *b == 7), "a write acknowledged before a completed flush survives the crash");
+}
