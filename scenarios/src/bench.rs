@@ -172,7 +172,7 @@ fn best_of(options: SimBenchOptions, device_bytes: u64, writes: u64, data: Bench
 fn copy_floor(bytes: u64, copies: u64) -> f64 {
     let pages = (bytes / 4096).max(1) as usize;
     let mut memory: Vec<Box<[u8; 4096]>> = (0..pages).map(|i| Box::new([i as u8; 4096])).collect();
-    let mut rng = fvd_sim::SimRng::stream(Seed(1), "bench/copy-floor");
+    let mut rng = fvd_sim::SimRng::stream(Seed(1), fvd_sim::streams::BENCH_COPY_FLOOR);
     let source = [0x5au8; 4096];
     let started = Instant::now();
     for _ in 0..copies {

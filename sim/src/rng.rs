@@ -85,6 +85,8 @@ pub mod streams {
     pub const QEMU_JUDGE: &str = "qemu-judge";
     /// Crash points chosen by the simulator benchmark.
     pub const BENCH_CRASH_POINTS: &str = "crash-points";
+    /// The pages the simulator benchmark's copy floor copies into (no simulation).
+    pub const BENCH_COPY_FLOOR: &str = "bench/copy-floor";
 
     /// A simulated disk's completion timing: `disk/<name>`.
     pub fn disk(name: &str) -> String {
