@@ -129,7 +129,7 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
             .flat_map(|&size| [(size, BenchPayload::Stamped), (size, BenchPayload::Foreign)])
             .collect(),
     };
-    let random_write = cases.into_iter().map(|(size, data)| best_of(options, size, options.writes, data)).collect();
+    let random_write = cases.into_iter().map(|(size, data)| best_of(options, size, data)).collect();
     let copy_floor = match options.only {
         Some(_) => Vec::new(),
         None => DEVICE_SIZES_BYTES
@@ -153,9 +153,9 @@ pub fn run_sim_bench(options: SimBenchOptions) -> SimBenchReport {
 
 /// The fastest of `options.repeats` runs of one random-write figure (the simulated run is the
 /// same each time: only the wall clock differs).
-fn best_of(options: SimBenchOptions, device_bytes: u64, writes: u64, data: BenchPayload) -> RandomWriteFigures {
+fn best_of(options: SimBenchOptions, device_bytes: u64, data: BenchPayload) -> RandomWriteFigures {
     let runs: Vec<RandomWriteFigures> =
-        (0..options.repeats.max(1)).map(|_| random_writes(options, device_bytes, writes, data)).collect();
+        (0..options.repeats.max(1)).map(|_| random_writes(options, device_bytes, data)).collect();
     let slowest = runs.iter().map(|r| r.writes_per_wall_second).fold(f64::INFINITY, f64::min);
     let count = runs.len() as u32;
     let mut best = runs
@@ -185,7 +185,7 @@ fn copy_floor(bytes: u64, copies: u64) -> f64 {
 }
 
 /// Device size of the crash-cycle figure.
-const HEADLINE_DEVICE_BYTES: u64 = 64 << 20;
+const CRASH_CYCLE_DEVICE_BYTES: u64 = 64 << 20;
 
 /// What the random-write figure writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -197,18 +197,13 @@ pub enum BenchPayload {
     Foreign,
 }
 
-fn random_writes(
-    options: SimBenchOptions,
-    device_bytes: u64,
-    total_writes: u64,
-    data: BenchPayload,
-) -> RandomWriteFigures {
+fn random_writes(options: SimBenchOptions, device_bytes: u64, data: BenchPayload) -> RandomWriteFigures {
     let seed = options.seed;
     let sim = Sim::new(options.seed);
     let disk = SimDisk::new(&sim.handle(), "image", device_bytes, DiskConfig::new(DeviceProfile::nvme()));
     let rng = Rc::new(RefCell::new(sim.stream(fvd_sim::streams::WORKLOAD)));
     let flushes = Rc::new(RefCell::new(0u64));
-    let per_writer = total_writes / options.writers;
+    let per_writer = options.writes / options.writers;
     let handle = sim.handle();
     let started = Instant::now();
     let tasks_disk = disk.clone();
@@ -262,7 +257,7 @@ fn random_writes(
 }
 
 fn crash_cycles(options: SimBenchOptions) -> CrashCycleFigures {
-    const DEVICE_BYTES: u64 = HEADLINE_DEVICE_BYTES;
+    const DEVICE_BYTES: u64 = CRASH_CYCLE_DEVICE_BYTES;
     let sim = Sim::new(options.seed);
     let disk = SimDisk::new(&sim.handle(), "image", DEVICE_BYTES, DiskConfig::new(DeviceProfile::ssd()));
     let mut control = sim.stream(fvd_sim::streams::BENCH_CRASH_POINTS);

@@ -106,7 +106,7 @@ enum Command {
         #[arg(long, default_value_t = SimBenchOptions::default().crash_cycles)]
         crash_cycles: u64,
         /// `sim` only: measure random writes on a device of this many MiB only (with `--payload`),
-        /// instead of the headline and every size.
+        /// instead of every size and payload with the copy floor.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
         device_mib: Option<u64>,
         /// `sim` only, with `--device-mib`: what the writes carry.

@@ -129,12 +129,7 @@ fn a_failed_qed_need_check_write_does_not_leave_the_flag_in_memory_only() {
     // NEED_CHECK, after memory had taken the flag; later allocations skipped the header, and a
     // crash kept an L2 entry beyond the end of the file in an image no repair looked at
     // (unexpected error on the verification read). Memory now takes the flag once it is durable.
-    use fvd_scenarios::campaign::swarm::{SwarmProfiles, swarm_config};
-    let config = swarm_config(Seed(0x14af_9d8d_bacd_3362), SwarmProfiles::Hardened);
-    assert_eq!(config.format, FormatName::Qed);
-    assert!(config.faults.write_error_per_million > 0, "the seed injects write errors");
-    let outcome = run(&config).unwrap();
-    assert!(outcome.failure.is_none(), "{:?}", outcome.failure.map(|f| f.message));
+    replay_qed_swarm_seed_with_write_errors(Seed(0x14af_9d8d_bacd_3362));
 }
 
 #[test]
@@ -143,10 +138,16 @@ fn a_failed_qed_l1_write_leaves_the_l1_table_in_memory_as_on_disk() {
     // entry had been set in memory; later allocations went into the new L2 table, which no
     // on-disk L1 entry reached, and a crash after a guest flush lost them (wrong data: base
     // content where flushed writes were). Memory now takes the entry once the write succeeded.
+    replay_qed_swarm_seed_with_write_errors(Seed(0x3096_19aa_82b4_790c));
+}
+
+/// Runs the swarm configuration of `seed` (a QED run with injected write errors, as the seed
+/// that found the bug drew) and wants it to pass.
+fn replay_qed_swarm_seed_with_write_errors(seed: Seed) {
     use fvd_scenarios::campaign::swarm::{SwarmProfiles, swarm_config};
-    let config = swarm_config(Seed(0x3096_19aa_82b4_790c), SwarmProfiles::Hardened);
-    assert_eq!(config.format, FormatName::Qed);
-    assert!(config.faults.write_error_per_million > 0, "the seed injects write errors");
+    let config = swarm_config(seed, SwarmProfiles::Hardened);
+    assert_eq!(config.format, FormatName::Qed, "{seed}");
+    assert!(config.faults.write_error_per_million > 0, "{seed}: the seed injects write errors");
     let outcome = run(&config).unwrap();
-    assert!(outcome.failure.is_none(), "{:?}", outcome.failure.map(|f| f.message));
+    assert!(outcome.failure.is_none(), "{seed}: {:?}", outcome.failure.map(|f| f.message));
 }

@@ -139,7 +139,7 @@ struct ShadowPage {
     durable: Option<PageData>,
     /// `(seq, content right after that write)`, oldest first; the newest content is `None`
     /// while it lives in the store. Inline for the common single version (no allocation per
-    /// page written); chains are short, so taking the oldest shifts a few entries.
+    /// page written); taking the oldest (a destage under cache pressure) shifts the rest.
     versions: SmallVec<[(u64, Option<PageData>); 1]>,
 }
 

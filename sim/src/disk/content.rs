@@ -56,9 +56,7 @@ const BODY_STEP: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Body word `word` of a sector whose body key is `key`: `key + word * BODY_STEP`. The key is a
 /// full mix of everything the sector names, so bodies of different sectors, writes and seeds
-/// differ in every word; the words themselves are one add each, so generating and recognising
-/// a sector run at memory speed (the simulator recognises every sector written, see
-/// [`super::page::Symbol::recognise`]).
+/// differ in every word (whole sectors are generated and compared with [`BODY_OFFSETS`]).
 #[inline]
 fn body_word(key: u64, word: u64) -> u64 {
     key.wrapping_add(word.wrapping_mul(BODY_STEP))
@@ -79,12 +77,13 @@ fn stamp_key(seed: u64, write_id: u64, sector: u64) -> u64 {
 /// Word `word` (0..64) of procedural sector `sector` under `seed`.
 #[inline]
 pub fn base_word(seed: u64, sector: u64, word: u64) -> u64 {
-    match word {
-        0 => BASE_SECTOR_MAGIC,
-        1 => sector,
-        2 => seed,
-        _ => body_word(base_key(seed, sector), word),
-    }
+    base_header(seed, sector).get(word as usize).copied().unwrap_or_else(|| body_word(base_key(seed, sector), word))
+}
+
+/// The first words of procedural sector `sector` under `seed`: magic, sector, seed.
+#[inline]
+fn base_header(seed: u64, sector: u64) -> [u64; 3] {
+    [BASE_SECTOR_MAGIC, sector, seed]
 }
 
 /// Word `word` (0..64) of the stamp of write `write_id` for sector `sector` under `seed`:
@@ -92,13 +91,16 @@ pub fn base_word(seed: u64, sector: u64, word: u64) -> u64 {
 /// a mix of all four).
 #[inline]
 pub fn stamp_word(seed: u64, write_id: u64, sector: u64, word: u64) -> u64 {
-    match word {
-        0 => write_id,
-        1 => sector,
-        2 => u64::from_le_bytes(*STAMP_MAGIC),
-        3 => seed,
-        _ => body_word(stamp_key(seed, write_id, sector), word),
-    }
+    stamp_header(seed, write_id, sector)
+        .get(word as usize)
+        .copied()
+        .unwrap_or_else(|| body_word(stamp_key(seed, write_id, sector), word))
+}
+
+/// The first words of the stamp of `write_id` for `sector` under `seed`.
+#[inline]
+fn stamp_header(seed: u64, write_id: u64, sector: u64) -> [u64; 4] {
+    [write_id, sector, u64::from_le_bytes(*STAMP_MAGIC), seed]
 }
 
 /// `word * BODY_STEP` for every word of a sector: body word `i` is `key + BODY_OFFSETS[i]`, so
@@ -155,12 +157,12 @@ pub fn is_zero_sector(bytes: &[u8]) -> bool {
 /// Fills `out` (512 bytes) with procedural sector `sector` under `seed` (the hot path of every
 /// base read).
 pub fn fill_base_sector(seed: u64, sector: u64, out: &mut [u8]) {
-    fill_sector(out, [BASE_SECTOR_MAGIC, sector, seed], base_key(seed, sector));
+    fill_sector(out, base_header(seed, sector), base_key(seed, sector));
 }
 
 /// True if `bytes` (512) are exactly procedural sector `sector` under `seed`.
 pub fn is_base_sector(seed: u64, sector: u64, bytes: &[u8]) -> bool {
-    sector_matches(bytes, [BASE_SECTOR_MAGIC, sector, seed], base_key(seed, sector))
+    sector_matches(bytes, base_header(seed, sector), base_key(seed, sector))
 }
 
 /// Fills `out` (a whole number of sectors) with the stamps of write `write_id` starting at
@@ -170,15 +172,13 @@ pub fn fill_stamp(seed: u64, write_id: u64, first_sector: u64, out: &mut [u8]) {
     assert!(out.len().is_multiple_of(SECTOR_BYTES_USIZE), "stamps fill whole sectors");
     for (i, sector_bytes) in out.chunks_exact_mut(SECTOR_BYTES_USIZE).enumerate() {
         let sector = first_sector + i as u64;
-        let header = [write_id, sector, u64::from_le_bytes(*STAMP_MAGIC), seed];
-        fill_sector(sector_bytes, header, stamp_key(seed, write_id, sector));
+        fill_sector(sector_bytes, stamp_header(seed, write_id, sector), stamp_key(seed, write_id, sector));
     }
 }
 
 /// True if `bytes` (512) are exactly the stamp of `write_id` for `sector` under `seed`.
 pub fn is_stamp(seed: u64, write_id: u64, sector: u64, bytes: &[u8]) -> bool {
-    let header = [write_id, sector, u64::from_le_bytes(*STAMP_MAGIC), seed];
-    sector_matches(bytes, header, stamp_key(seed, write_id, sector))
+    sector_matches(bytes, stamp_header(seed, write_id, sector), stamp_key(seed, write_id, sector))
 }
 
 impl ProceduralContent {
