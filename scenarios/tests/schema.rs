@@ -27,7 +27,7 @@ fn every_example_is_of_the_version_this_build_writes() {
         ("run-report-v1.json", schema::RUN_REPORT),
         ("study-v2.json", schema::STUDY),
         ("swarm-failures-v1.json", schema::SWARM_FAILURE_DB),
-        ("bench-sim-v3.json", schema::BENCH),
+        ("bench-sim-v4.json", schema::BENCH),
         ("qemu-report-v1.json", schema::QEMU_REPORT),
         ("qemu-campaign-v1.json", schema::QEMU_CAMPAIGN),
         ("qemu-finding-v1.json", schema::QEMU_FINDING),
@@ -79,7 +79,7 @@ fn a_swarm_failure_database_loads() {
 
 #[test]
 fn a_bench_report_loads() {
-    let bench: fvd_scenarios::bench::SimBenchReport = load("bench-sim-v3.json");
+    let bench: fvd_scenarios::bench::SimBenchReport = load("bench-sim-v4.json");
     assert_eq!(bench.schema_version, schema::BENCH);
     assert_eq!(bench.random_write.len(), 6, "three sizes, two payloads");
     assert_eq!(bench.copy_floor.len(), 3);

@@ -23,5 +23,6 @@ pub use disk::fault::{FaultEffect, FaultOp, FaultPlan, FaultRule};
 pub use disk::profile::{Contention, DeviceProfile, LatencyRange};
 pub use disk::{CrashImage, DiskConfig, DiskStats, SimDisk};
 pub mod env;
+mod hint;
 
 pub use env::SimEnv;

@@ -25,8 +25,9 @@ pub const STUDY: u32 = 2;
 pub const SWARM_FAILURE_DB: u32 = 1;
 
 /// `fvdsim bench --json` ([`crate::bench`]). 3: `bench sim` reports every size and payload as
-/// the fastest of repeated runs, and the copy floor.
-pub const BENCH: u32 = 3;
+/// the fastest of repeated runs, and the copy floor; 4: random writes are measured after a fill
+/// of every page (`fill_writes`, `fill_wall_seconds`).
+pub const BENCH: u32 = 4;
 
 /// `report.json` of one `fvdsim qemu` run ([`crate::qemu_crash::QemuReport`]).
 pub const QEMU_REPORT: u32 = 1;

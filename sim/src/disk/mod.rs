@@ -542,6 +542,13 @@ impl DiskInner {
             IoKind::Flush => state.stats.flushes += 1,
             IoKind::SetLen => {}
         }
+        if kind == IoKind::Write && len_bytes > 0 {
+            for page in
+                offset_bytes / store::PAGE_BYTES as u64..=(offset_bytes + len_bytes - 1) / store::PAGE_BYTES as u64
+            {
+                state.store.prefetch_slot(page);
+            }
+        }
         let write = write.map(|data| WriteData::copy_from(offset_bytes, data, &mut state.store.pool));
         state.requests.insert(
             number,
