@@ -131,6 +131,8 @@ struct Context {
     /// Forked by a state's content hash to sample the sectors read back (never drawn from
     /// itself: a state's sample does not depend on when it is derived).
     sampling: SimRng,
+    /// The buffer verification reads go into, reused from state to state.
+    read_buffer: RefCell<Vec<u8>>,
 }
 
 /// The strategies tried at a moment with `writes` unflushed writes.
@@ -316,6 +318,7 @@ fn enumerate_shard(
                 shard,
                 format,
                 sampling: SimRng::stream(seed, fvd_sim::streams::CRASH_STATES).fork(u64::MAX),
+                read_buffer: RefCell::new(Vec::new()),
             });
             let driver = Rc::clone(driver);
             let mut progress = progress;
@@ -453,12 +456,16 @@ fn recover_and_verify(
     let env: Rc<dyn Env> = Rc::new(SimEnv::new(&handle));
     let image = open_recovered(context, world, &devices, env)?;
     let sectors: Vec<u64> = {
-        let mut chosen: BTreeSet<u64> = moment.unsettled.iter().copied().collect();
+        // The moment's unsettled sectors (ascending) and the state's sample, sorted and deduplicated.
+        let mut chosen: Vec<u64> = Vec::with_capacity(moment.unsettled.len() + SAMPLED_SECTORS + 16);
+        chosen.extend_from_slice(&moment.unsettled);
         let touched = &moment.touched;
         if !touched.is_empty() {
             chosen.extend((0..SAMPLED_SECTORS).map(|_| touched[rng.below(touched.len() as u64) as usize]));
         }
         chosen.extend((0..16).map(|_| rng.below(context.disk_sectors)));
+        chosen.sort_unstable();
+        chosen.dedup();
         // Sectors between two chosen ones close together are read and judged too: one read
         // instead of several costs no more, and judges more.
         let mut filled: Vec<u64> = Vec::with_capacity(chosen.len());
@@ -473,16 +480,16 @@ fn recover_and_verify(
         }
         filled
     };
-    let read = read_sectors(world, &image, &sectors);
+    let mut buf = context.read_buffer.borrow_mut();
+    let read = read_sectors(world, &image, &sectors, &mut buf);
     let results = read.map_err(|error| format!("liveness while verifying: {error}"))?;
     let d = driver.borrow();
     let torn_allowed = context.atomic_unit == AtomicUnit::None;
     let mut verified = 0;
-    for (first, count, buf, result) in results {
+    let mut runs_bytes = buf.chunks_exact(SECTOR_BYTES as usize);
+    for (first, count, result) in results {
         result.map_err(|error| format!("verification read failed: {error}"))?;
-        for i in 0..count {
-            let sector = first + i;
-            let bytes = &buf[(i * SECTOR_BYTES) as usize..((i + 1) * SECTOR_BYTES) as usize];
+        for (sector, bytes) in (first..first + count).zip(runs_bytes.by_ref()) {
             let allowed = d.oracle.allowed_after_crash(sector);
             if let Err(failure) = d.judge(sector, bytes, &allowed)
                 && !(torn_allowed && is_byte_mix(&d, sector, bytes, &allowed))
@@ -497,7 +504,7 @@ fn recover_and_verify(
             verified += 1;
         }
     }
-    drop(d);
+    drop((d, buf));
     check_devices(world, context.format, devices, context.profile, "after recovery").map_err(|(_, message)| message)?;
     Ok(verified)
 }

@@ -42,23 +42,23 @@ pub(super) fn verify_after_crash(
         }
         chosen.into_iter().collect()
     };
-    let read = read_sectors(&rig.sim, image, &sectors);
+    let mut buf = Vec::new();
+    let read = read_sectors(&rig.sim, image, &sectors, &mut buf);
     let results = read.map_err(|error| {
         Stop::fail(FailureClass::Liveness, format!("liveness while verifying after a crash: {error}"))
     })?;
     let mut d = driver.borrow_mut();
     let mut bad = Vec::new();
     let mut verified = 0u64;
-    for (first, count, buf, result) in results {
+    let mut runs_bytes = buf.chunks_exact(SECTOR_BYTES as usize);
+    for (first, count, result) in results {
         if let Err(error) = result {
             return Err(Stop::fail(
                 FailureClass::UnexpectedError,
                 format!("verification read after a crash failed: {error}"),
             ));
         }
-        for i in 0..count {
-            let sector = first + i;
-            let bytes = &buf[(i * SECTOR_BYTES) as usize..((i + 1) * SECTOR_BYTES) as usize];
+        for (sector, bytes) in (first..first + count).zip(runs_bytes.by_ref()) {
             let allowed = d.oracle.allowed_after_crash(sector);
             match d.judge(sector, bytes, &allowed) {
                 Ok(value) => d.oracle.settle(sector, value),
@@ -88,17 +88,25 @@ pub(super) fn verify_after_crash(
     Ok(verified)
 }
 
-/// One run of sectors read back: `(first sector, count, bytes, the read's result)`.
-pub(super) type SectorRun = (u64, u64, Vec<u8>, Result<(), super::guest::ImageError>);
+/// One run of sectors read back: `(first sector, count, the read's result)`; its bytes are the
+/// next `count` sectors of the buffer [`read_sectors`] filled.
+pub(super) type SectorRun = (u64, u64, Result<(), super::guest::ImageError>);
+
+/// What [`read_sectors`] fills a buffer with before reading: a byte no stamp, base sector or zero
+/// sector is made of, so a read that leaves part of its buffer unwritten shows as wrong data
+/// instead of as whatever the buffer held before (zeros, or an earlier state's sector).
+pub(super) const POISON: u8 = 0xa5;
 
 /// Reads `sectors` (ascending) through `image` in `sim`, grouped into runs of consecutive sectors
-/// of at most 256.
+/// of at most 256, into `buffer` (reused across calls: grown as needed and poisoned first; run
+/// `i`'s bytes follow run `i - 1`'s).
 ///
-/// Errors: the world's [`fvd_sim::RunError`] (a liveness failure).
+/// Errors: the world's [`fvd_sim::RunError`] (a liveness failure; `buffer` is then left empty).
 pub(super) fn read_sectors(
     sim: &fvd_sim::Sim,
     image: &GuestImage,
     sectors: &[u64],
+    buffer: &mut Vec<u8>,
 ) -> Result<Vec<SectorRun>, fvd_sim::RunError> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for &sector in sectors {
@@ -107,16 +115,24 @@ pub(super) fn read_sectors(
             _ => runs.push((sector, 1)),
         }
     }
+    let total = (sectors.len() as u64 * SECTOR_BYTES) as usize;
+    let mut bytes = std::mem::take(buffer);
+    bytes.clear();
+    bytes.resize(total, POISON);
     let reader = image.clone();
-    sim.run(async move {
+    let (out, bytes) = sim.run(async move {
         let mut out = Vec::with_capacity(runs.len());
+        let mut at = 0usize;
         for (first, count) in runs {
-            let mut buf = vec![0u8; (count * SECTOR_BYTES) as usize];
-            let result = reader.read(first * SECTOR_BYTES, &mut buf).await;
-            out.push((first, count, buf, result));
+            let len = (count * SECTOR_BYTES) as usize;
+            let result = reader.read(first * SECTOR_BYTES, &mut bytes[at..at + len]).await;
+            at += len;
+            out.push((first, count, result));
         }
-        out
-    })
+        (out, bytes)
+    })?;
+    *buffer = bytes;
+    Ok(out)
 }
 
 /// True if every byte of `bytes` equals the same byte of some allowed value's content.
@@ -165,4 +181,25 @@ pub(super) fn check_devices(
 pub(super) fn check_image(rig: &Rig, profile: fvd_engine::Profile, when: &str) -> Result<(), Stop> {
     check_devices(&rig.sim, rig.format, rig.devices(), profile, when)
         .map_err(|(class, message)| Stop::fail(class, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::{SectorValue, decode};
+
+    #[test]
+    fn a_poisoned_sector_is_garbage_whatever_the_seed_sector_and_base() {
+        // A read that leaves its buffer (or part of it) unwritten must fail the judge: the
+        // poison decodes as no value any rule allows, with or without a base image.
+        let poisoned = [POISON; SECTOR_BYTES as usize];
+        for seed in [0, 1, 0x5eed, u64::MAX] {
+            let base = fvd_sim::ProceduralContent { seed };
+            for sector in [0, 1, 4095, 1 << 30] {
+                for with_base in [None, Some((&base, 1u64 << 40))] {
+                    assert_eq!(decode(seed, sector, &poisoned, with_base), SectorValue::Garbage);
+                }
+            }
+        }
+    }
 }
