@@ -104,7 +104,7 @@ fn rerun_every_event(config: &RunConfig, events: u64) -> anyhow::Result<u64> {
 /// The table's header.
 pub fn header(jobs: usize) -> String {
     format!(
-        "crash-state benchmark: exhaustive workloads (48 requests); enumeration vs one re-run per event\n  {:<16} {:>4} {:>6} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}",
+        "crash-state benchmark: exhaustive workloads (48 requests); enumeration vs one re-run per event (on one core, this build)\n  {:<16} {:>4} {:>6} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>7}",
         "scenario",
         "seed",
         "events",
@@ -115,14 +115,15 @@ pub fn header(jobs: usize) -> String {
         "rerun",
         "rerun s",
         "x states",
-        "x time"
+        "x time 1",
+        &format!("x time {jobs}")
     )
 }
 
 /// One row of the table.
 pub fn row_line(row: &CrashStateRow) -> String {
     format!(
-        "  {:<16} {:>4} {:>6} {:>9} {:>8.2} {:>9.0} {:>8.2} {:>8} {:>9.2} {:>7.1} {:>7.2}",
+        "  {:<16} {:>4} {:>6} {:>9} {:>8.2} {:>9.0} {:>8.2} {:>8} {:>9.2} {:>7.1} {:>9.2} {:>7.2}",
         row.scenario,
         row.seed,
         row.events,
@@ -133,6 +134,7 @@ pub fn row_line(row: &CrashStateRow) -> String {
         row.rerun_states,
         row.rerun_seconds,
         row.enumerated_states as f64 / row.rerun_states.max(1) as f64,
+        row.enumerated_seconds / row.rerun_seconds.max(1e-9),
         row.enumerated_parallel_seconds / row.rerun_seconds.max(1e-9)
     )
 }

@@ -1256,10 +1256,16 @@ fn main() -> ExitCode {
                         let seconds: f64 = rows.iter().map(|r| r.enumerated_seconds).sum();
                         let rerun: u64 = rows.iter().map(|r| r.rerun_states).sum();
                         let rerun_seconds: f64 = rows.iter().map(|r| r.rerun_seconds).sum();
+                        let parallel_seconds: f64 = rows.iter().map(|r| r.enumerated_parallel_seconds).sum();
+                        let rerun_rate = rerun as f64 / rerun_seconds.max(1e-9);
                         say!(
-                            "  total: {states} distinct crash states in {seconds:.2} s on one core ({:.0} states/s; target 5,000); re-run: {rerun} in {rerun_seconds:.2} s ({:.0}/s)",
+                            "  total: {states} distinct crash states in {seconds:.2} s on one core ({:.0} states/s; target 5,000); re-run: {rerun} in {rerun_seconds:.2} s ({rerun_rate:.0}/s)",
                             states as f64 / seconds.max(1e-9),
-                            rerun as f64 / rerun_seconds.max(1e-9)
+                        );
+                        say!(
+                            "  per wall second, enumeration verifies {:.1}x the re-run's distinct states on one core and {:.1}x with {jobs} workers (target: 20x the states per seed in no more wall time)",
+                            states as f64 / seconds.max(1e-9) / rerun_rate.max(1e-9),
+                            states as f64 / parallel_seconds.max(1e-9) / rerun_rate.max(1e-9),
                         );
                     }
                     ExitCode::SUCCESS

@@ -167,7 +167,7 @@ fn campaigns() -> Result<()> {
             )?;
         }
     }
-    // Crash-state enumeration: every moment of a short run, many crash states each (~0.3 s a seed).
+    // Crash-state enumeration: every moment of a short run, many crash states each (~0.6 s a seed with two workers).
     for scenario in ["exhaustive", "exhaustive-torn"] {
         for seed in 1..=10 {
             let seed = seed.to_string();
