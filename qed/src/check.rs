@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use fvd_contract::WriteFlags;
 
-use crate::format::{F_NEED_CHECK, QedError, ZERO_CLUSTER, table_entries};
+use crate::format::{F_NEED_CHECK, QedError, ZERO_CLUSTER, table_entries_into};
 use crate::image::{QedImage, io};
 
 /// What a check found.
@@ -60,6 +60,9 @@ impl QedImage {
         };
         let l1: Vec<u64> = self.l1.borrow().clone();
         let mut l1_fixed = false;
+        // One buffer and one entry list for every L2 table read, not two allocations per table.
+        let mut bytes = vec![0u8; header.table_bytes() as usize];
+        let mut table: Vec<u64> = Vec::new();
         for (l1_index, &l2_offset) in l1.iter().enumerate() {
             if l2_offset == 0 {
                 continue;
@@ -79,32 +82,39 @@ impl QedImage {
                 report.messages.push(format!("L1[{l1_index}] = {l2_offset:#x}: clusters already in use"));
                 continue;
             }
-            let mut bytes = vec![0u8; header.table_bytes() as usize];
             self.image.read_at(l2_offset, &mut bytes).await.map_err(io("check: read L2 table"))?;
-            let mut table = table_entries(&bytes);
+            table_entries_into(&bytes, &mut table);
             let mut l2_fixed = false;
-            for (l2_index, entry) in table.iter_mut().enumerate() {
-                if *entry == 0 || *entry == ZERO_CLUSTER {
+            // Most entries are unallocated (0) or zero clusters (1): eight at a time are passed
+            // over when none is anything else (`entry & !ZERO_CLUSTER` is 0 for 0 and 1 only).
+            for (chunk_index, chunk) in table.chunks_mut(8).enumerate() {
+                if chunk.iter().fold(0, |any, entry| any | (entry & !ZERO_CLUSTER)) == 0 {
                     continue;
                 }
-                report.allocated_clusters += 1;
-                if !valid(*entry, 1) {
-                    report.corruptions += 1;
-                    report
-                        .messages
-                        .push(format!("L2[{l1_index}][{l2_index}] = {:#x}: not a valid cluster offset", *entry));
-                    if fix {
-                        *entry = 0;
-                        report.corruptions_fixed += 1;
-                        l2_fixed = true;
+                for (in_chunk, entry) in chunk.iter_mut().enumerate() {
+                    let l2_index = chunk_index * 8 + in_chunk;
+                    if *entry == 0 || *entry == ZERO_CLUSTER {
+                        continue;
                     }
-                    continue;
-                }
-                if !mark(*entry / cluster, 1, &mut used) {
-                    report.corruptions += 1;
-                    report
-                        .messages
-                        .push(format!("L2[{l1_index}][{l2_index}] = {:#x}: cluster referenced twice", *entry));
+                    report.allocated_clusters += 1;
+                    if !valid(*entry, 1) {
+                        report.corruptions += 1;
+                        report
+                            .messages
+                            .push(format!("L2[{l1_index}][{l2_index}] = {:#x}: not a valid cluster offset", *entry));
+                        if fix {
+                            *entry = 0;
+                            report.corruptions_fixed += 1;
+                            l2_fixed = true;
+                        }
+                        continue;
+                    }
+                    if !mark(*entry / cluster, 1, &mut used) {
+                        report.corruptions += 1;
+                        report
+                            .messages
+                            .push(format!("L2[{l1_index}][{l2_index}] = {:#x}: cluster referenced twice", *entry));
+                    }
                 }
             }
             if l2_fixed {

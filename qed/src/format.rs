@@ -198,7 +198,15 @@ impl QedHeader {
 
 /// The little-endian u64 entries of a table.
 pub fn table_entries(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes"))).collect()
+    let mut entries = Vec::with_capacity(bytes.len() / 8);
+    table_entries_into(bytes, &mut entries);
+    entries
+}
+
+/// [`table_entries`] into `entries` (cleared first), reusing its allocation.
+pub fn table_entries_into(bytes: &[u8], entries: &mut Vec<u64>) {
+    entries.clear();
+    entries.extend(bytes.chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes"))));
 }
 
 #[cfg(test)]
