@@ -55,7 +55,8 @@ pub struct RandomWriteFigures {
     /// Untimed 4 KiB writes before the measured ones, every page once (so the measured writes
     /// replace resident pages, as in a long run, instead of paying the first touch of memory).
     pub fill_writes: u64,
-    /// Wall time of the fill, seconds (first touch of the device's memory included).
+    /// Wall time of the fill, seconds (in the reported run, which may reuse memory an earlier
+    /// repeat freed: the first run's fill includes the first touch of the device's memory).
     pub fill_wall_seconds: f64,
     /// 4 KiB writes completed in the measured phase.
     pub writes: u64,

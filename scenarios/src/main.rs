@@ -106,8 +106,9 @@ enum Command {
         #[arg(long, default_value_t = SimBenchOptions::default().crash_cycles)]
         crash_cycles: u64,
         /// `sim` only: measure random writes on a device of this many MiB only (with `--payload`),
-        /// instead of every size and payload with the copy floor.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        /// instead of every size and payload with the copy floor. Every page is written before
+        /// timing, so foreign data holds about this much memory (hence at most 4 GiB).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
         device_mib: Option<u64>,
         /// `sim` only, with `--device-mib`: what the writes carry.
         #[arg(long, value_enum, default_value = "foreign", requires = "device_mib")]

@@ -23,8 +23,8 @@ pub(crate) fn prefetch_bytes(bytes: &[u8]) {
 #[allow(unsafe_code)]
 fn prefetch_line(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults, never reads into the program and never
-    // changes memory; `address` comes from a live reference besides.
+    // SAFETY: a prefetch is a hint that does not access memory as far as the program can tell:
+    // it never faults and never changes anything; `address` comes from a live reference anyway.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
     }

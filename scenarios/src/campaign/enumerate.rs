@@ -488,10 +488,10 @@ fn recover_and_verify(
     let d = driver.borrow();
     let torn_allowed = context.atomic_unit == AtomicUnit::None;
     let mut verified = 0;
-    let mut runs_bytes = buf.chunks_exact(SECTOR_BYTES as usize);
+    let mut sector_slices = buf.chunks_exact(SECTOR_BYTES as usize);
     for (first, count, result) in results {
         result.map_err(|error| format!("verification read failed: {error}"))?;
-        for (sector, bytes) in (first..first + count).zip(runs_bytes.by_ref()) {
+        for (sector, bytes) in (first..first + count).zip(sector_slices.by_ref()) {
             let allowed = d.oracle.allowed_after_crash(sector);
             if let Err(failure) = d.judge(sector, bytes, &allowed)
                 && !(torn_allowed && is_byte_mix(&d, sector, bytes, &allowed))
@@ -506,6 +506,7 @@ fn recover_and_verify(
             verified += 1;
         }
     }
+    debug_assert_eq!(verified as usize, sectors.len(), "every sector read back is judged, none twice");
     drop((d, buf));
     check_devices(world, context.format, devices, context.profile, "after recovery").map_err(|(_, message)| message)?;
     Ok(verified)

@@ -50,7 +50,7 @@ pub(super) fn verify_after_crash(
     let mut d = driver.borrow_mut();
     let mut bad = Vec::new();
     let mut verified = 0u64;
-    let mut runs_bytes = buf.chunks_exact(SECTOR_BYTES as usize);
+    let mut sector_slices = buf.chunks_exact(SECTOR_BYTES as usize);
     for (first, count, result) in results {
         if let Err(error) = result {
             return Err(Stop::fail(
@@ -58,7 +58,7 @@ pub(super) fn verify_after_crash(
                 format!("verification read after a crash failed: {error}"),
             ));
         }
-        for (sector, bytes) in (first..first + count).zip(runs_bytes.by_ref()) {
+        for (sector, bytes) in (first..first + count).zip(sector_slices.by_ref()) {
             let allowed = d.oracle.allowed_after_crash(sector);
             match d.judge(sector, bytes, &allowed) {
                 Ok(value) => d.oracle.settle(sector, value),
@@ -72,6 +72,7 @@ pub(super) fn verify_after_crash(
             verified += 1;
         }
     }
+    debug_assert_eq!(verified as usize, sectors.len(), "every sector read back is judged, none twice");
     d.summary.sectors_verified += verified;
     d.oracle.settled_all();
     if !bad.is_empty() {

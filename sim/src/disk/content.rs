@@ -16,7 +16,8 @@ pub use fvd_contract::SECTOR_BYTES_USIZE;
 
 /// A read-only source of bytes by offset.
 pub trait ContentSource {
-    /// Fills `buf` with the bytes at `offset_bytes..offset_bytes + buf.len()`.
+    /// Fills `buf` with the bytes at `offset_bytes..offset_bytes + buf.len()`: every byte of it
+    /// (a disk's reads stage their bytes in reused buffers and rely on it).
     fn fill(&self, offset_bytes: u64, buf: &mut [u8]);
 
     /// The symbol of sector `sector`, if the source's sectors are regenerable (procedural). A
