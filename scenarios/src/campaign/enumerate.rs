@@ -14,8 +14,9 @@
 //! States whose devices hold the same bytes as one already verified against the same oracle
 //! state are counted once. Each state is recovered in a world seeded by its content. Every state
 //! is named by a [`CrashSpec`] (a crash at event `occurrence` of the workload with an enumerated
-//! strategy), so a failing one replays through the ordinary runner: [`run_enumerated`] does that replay itself and returns its outcome, whose
-//! failure file and repro command are the usual ones.
+//! strategy), so a failing one replays through the ordinary runner: [`run_enumerated`] does that
+//! replay itself and returns its outcome, whose failure file and repro command are the usual
+//! ones.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};

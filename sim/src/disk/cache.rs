@@ -120,7 +120,8 @@ struct PendingWrite {
     forced: bool,
 }
 
-fn page_span(offset_bytes: u64, len_bytes: u64) -> std::ops::RangeInclusive<u64> {
+/// The pages `[offset, offset + len)` touches (not empty).
+pub(crate) fn page_span(offset_bytes: u64, len_bytes: u64) -> std::ops::RangeInclusive<u64> {
     debug_assert!(len_bytes > 0, "empty writes never reach the cache");
     offset_bytes / PAGE..=(offset_bytes + len_bytes - 1) / PAGE
 }

@@ -21,7 +21,7 @@ pub mod store;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 
-use cache::{VolatileCache, WriteData};
+use cache::{VolatileCache, WriteData, page_span};
 use requests::RequestTable;
 use std::future::Future;
 use std::pin::Pin;
@@ -553,9 +553,7 @@ impl DiskInner {
             IoKind::SetLen => {}
         }
         if kind == IoKind::Write && len_bytes > 0 {
-            for page in
-                offset_bytes / store::PAGE_BYTES as u64..=(offset_bytes + len_bytes - 1) / store::PAGE_BYTES as u64
-            {
+            for page in page_span(offset_bytes, len_bytes) {
                 state.store.prefetch_slot(page);
             }
         }
