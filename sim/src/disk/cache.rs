@@ -183,6 +183,11 @@ impl VolatileCache {
         }
     }
 
+    /// Pages an unflushed executed write touches, ascending.
+    pub(crate) fn shadow_pages(&self) -> impl Iterator<Item = u64> + '_ {
+        self.shadow.keys().copied()
+    }
+
     /// Unflushed executed writes.
     pub(crate) fn pending_writes(&self) -> usize {
         self.pending.len()

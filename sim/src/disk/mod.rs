@@ -36,6 +36,7 @@ use crate::rng::SimRng;
 use content::ContentSource;
 use crash::{CrashPlan, CrashRecord, unit_pieces};
 use fault::{FaultEffect, FaultOp, FaultPlan};
+use page::PageData;
 use profile::{DeviceProfile, LatencyRange};
 use store::SparseStore;
 
@@ -145,6 +146,9 @@ struct DiskInner {
     state: RefCell<DiskState>,
     /// See [`SimDisk::crash_generation`].
     crash_generation: Cell<u64>,
+    /// `(crash generation, sum of the store's page terms)`: the store's hash terms, kept while
+    /// the generation stands (crash-state enumeration hashes many states of one moment).
+    page_term_sum: Cell<Option<(u64, u64)>>,
 }
 
 /// A simulated disk. Cloning gives another handle on the same disk.
@@ -230,6 +234,7 @@ impl SimDisk {
             content,
             state: RefCell::new(state),
             crash_generation: Cell::new(0),
+            page_term_sum: Cell::new(None),
         });
         let weak: std::rc::Weak<dyn EventSink> = Rc::downgrade(&inner) as std::rc::Weak<dyn EventSink>;
         inner.sink.set(sim.register_sink(weak));
@@ -345,29 +350,45 @@ impl SimDisk {
     /// The crash state `plan` would leave, resolved but not yet a disk (see
     /// [`SimDisk::crash_state`]): its content can be hashed, to tell it from states already
     /// seen, before a world is chosen for it ([`CrashImage::into_disk`]).
+    ///
+    /// Only the pages a crash can change (those of unflushed and in-flight writes) are copied
+    /// and resolved here, and the hash is this disk's (kept per crash generation) with their
+    /// terms replaced: a state is known for a duplicate before anything else is copied. The
+    /// rest of the store is copied by [`CrashImage::into_disk`], which must therefore run
+    /// before this disk changes (panics otherwise: a broken invariant).
     pub fn crash_image(&self, plan: CrashPlan) -> CrashImage {
         let inner = &self.inner;
         let state = inner.state.borrow();
         let content = inner.content.as_deref();
-        let mut store = state.store.deep_clone();
-        let mut cache = state.cache.deep_clone(&mut store.pool);
+        let mut changed = SparseStore::new();
+        let mut cache = state.cache.deep_clone(&mut changed.pool);
         let in_flight: Vec<(u64, u64, WriteData)> = state
             .requests
             .iter()
             .filter(|(_, r)| may_land(r))
             .filter_map(|(number, r)| {
-                r.write.as_ref().map(|data| (number, r.offset_bytes, data.clone_in(&mut store.pool)))
+                r.write.as_ref().map(|data| (number, r.offset_bytes, data.clone_in(&mut changed.pool)))
             })
             .collect();
-        let mut rng = state.crash_rng.clone();
-        let outcome = cache.crash(&mut store, content, plan, &mut rng, in_flight);
-        let mut len_bytes = state.len_bytes;
-        if !keep_length(plan, outcome.all_kept, state.durable_len_bytes == state.len_bytes, &mut rng) {
-            if state.durable_len_bytes < state.len_bytes {
-                store.discard_from(state.durable_len_bytes);
+        // The pages the crash can change, each copied as it stands now.
+        let mut pages: Vec<u64> = cache.shadow_pages().collect();
+        for (_, offset_bytes, data) in &in_flight {
+            if data.len_bytes() > 0 {
+                pages.extend(page_span(*offset_bytes, data.len_bytes()));
             }
-            len_bytes = state.durable_len_bytes;
         }
+        pages.sort_unstable();
+        pages.dedup();
+        for &page in &pages {
+            if let Some(now) = state.store.page(page) {
+                let copy = now.clone_in(&mut changed.pool);
+                changed.replace_page(page, Some(copy));
+            }
+        }
+        let mut rng = state.crash_rng.clone();
+        let outcome = cache.crash(&mut changed, content, plan, &mut rng, in_flight);
+        let length_kept = keep_length(plan, outcome.all_kept, state.durable_len_bytes == state.len_bytes, &mut rng);
+        let len_bytes = if length_kept { state.len_bytes } else { state.durable_len_bytes };
         let record = CrashRecord {
             device: inner.name.to_string(),
             at_ns: inner.sim.now_ns(),
@@ -376,15 +397,39 @@ impl SimDisk {
             len_bytes_after: len_bytes,
             writes: outcome.fates,
         };
-        CrashImage {
+        let mut sum = inner.page_term_sum(&state.store);
+        let mut delta = Vec::with_capacity(pages.len());
+        for page in pages {
+            if let Some(now) = state.store.page(page) {
+                sum = sum.wrapping_sub(page_term(page, now));
+            }
+            let after = changed.replace_page(page, None);
+            if let Some(after) = &after {
+                sum = sum.wrapping_add(page_term(page, after));
+            }
+            delta.push((page, after));
+        }
+        let latent = state.latent.clone();
+        drop(state);
+        let mut image = CrashImage {
             name: Rc::clone(&inner.name),
             config: inner.config.borrow().clone(),
             content: inner.content.clone(),
-            store,
+            store: StateStore::Delta { source: Rc::clone(inner), generation: inner.crash_generation.get(), delta },
+            hash: finish_image_hash(sum, len_bytes),
             len_bytes,
-            latent: state.latent.clone(),
+            latent,
             record,
+        };
+        if !length_kept && len_bytes < image.record.len_bytes_before {
+            // A grow lost: the pages beyond the durable length go too (rare: built and hashed
+            // whole).
+            let mut store = image.store.materialise();
+            store.discard_from(len_bytes);
+            image.hash = image_hash(&store, len_bytes);
+            image.store = StateStore::Whole(store);
         }
+        image
     }
 
     /// Writes a crash now would resolve: unflushed executed writes plus writes in flight.
@@ -401,16 +446,76 @@ impl SimDisk {
     }
 }
 
-/// A hash of an image: every written page, in address order, and the length (the same for the
-/// same content however its pages are held).
+/// The SplitMix64 finaliser: a 64-bit mix.
+fn mix64(word: u64) -> u64 {
+    let mut z = word.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One written page's term of an image hash: its index and content (the same for the same
+/// content however the page is held), mixed.
+fn page_term(page_index: u64, page: &PageData) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ page_index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    page.hash_into(&mut hash);
+    mix64(hash ^ page_index)
+}
+
+/// An image hash from the sum of its pages' terms and its length.
+fn finish_image_hash(term_sum: u64, len_bytes: u64) -> u64 {
+    mix64(term_sum ^ mix64(len_bytes ^ 0x6a09_e667_f3bc_c908))
+}
+
+/// A hash of an image: the sum of every written page's term ([`page_term`]) and the length (the
+/// same for the same content however its pages are held). A sum, so a crash state's hash is its
+/// disk's with the terms of the pages the crash changed replaced ([`SimDisk::crash_image`]).
 fn image_hash(store: &SparseStore, len_bytes: u64) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ len_bytes;
-    for page_index in store.page_indices() {
+    finish_image_hash(page_term_sum(store), len_bytes)
+}
+
+fn page_term_sum(store: &SparseStore) -> u64 {
+    store.page_indices().fold(0u64, |sum, page_index| {
         let page = store.page(page_index).expect("listed pages exist");
-        hash = (hash ^ page_index).wrapping_mul(0x0100_0000_01b3);
-        page.hash_into(&mut hash);
+        sum.wrapping_add(page_term(page_index, page))
+    })
+}
+
+/// A crash state's pages: the changed ones over a disk's store (copied whole when the state
+/// becomes a disk), or a whole store.
+enum StateStore {
+    /// The pages a crash changed (`None`: unwritten), over `source`'s store as it stands at
+    /// crash generation `generation`.
+    Delta { source: Rc<DiskInner>, generation: u64, delta: Vec<(u64, Option<PageData>)> },
+    /// Every page.
+    Whole(SparseStore),
+}
+
+impl StateStore {
+    /// The whole store: `source`'s copied with the delta applied.
+    ///
+    /// Panics if `source` changed since the delta was taken (the delta is only valid over the
+    /// store it was resolved from).
+    fn materialise(&mut self) -> SparseStore {
+        match std::mem::replace(self, StateStore::Whole(SparseStore::new())) {
+            StateStore::Whole(store) => store,
+            StateStore::Delta { source, generation, delta } => {
+                assert_eq!(
+                    source.crash_generation.get(),
+                    generation,
+                    "a crash image of {} became a disk after its disk changed",
+                    source.name
+                );
+                let mut store = source.state.borrow().store.deep_clone();
+                for (page, after) in delta {
+                    if let Some(old) = store.replace_page(page, after) {
+                        old.recycle(&mut store.pool);
+                    }
+                }
+                store
+            }
+        }
     }
-    hash
 }
 
 /// A crash state resolved from a disk ([`SimDisk::crash_image`]), not yet in any world.
@@ -418,7 +523,8 @@ pub struct CrashImage {
     name: Rc<str>,
     config: DiskConfig,
     content: Option<Rc<dyn ContentSource>>,
-    store: SparseStore,
+    store: StateStore,
+    hash: u64,
     len_bytes: u64,
     latent: BTreeSet<u64>,
     /// What the crash did to each unflushed write.
@@ -434,16 +540,24 @@ impl std::fmt::Debug for CrashImage {
 impl CrashImage {
     /// The hash [`SimDisk::image_hash`] of the disk this becomes will give.
     pub fn image_hash(&self) -> u64 {
-        image_hash(&self.store, self.len_bytes)
+        self.hash
     }
 
     /// The crash state as a disk in the world of `world` (its streams drawn from that world's
     /// seed), a crash logged there.
-    pub fn into_disk(self, world: &SimHandle) -> SimDisk {
+    ///
+    /// Panics if the disk it was resolved from changed since [`SimDisk::crash_image`].
+    pub fn into_disk(mut self, world: &SimHandle) -> SimDisk {
+        let store = self.store.materialise();
+        // One state in 16 (hashing the whole store costs what the delta saves): the delta's hash
+        // is the whole store's, so the store did not change without its generation moving.
+        if cfg!(debug_assertions) && self.hash.is_multiple_of(16) {
+            assert_eq!(image_hash(&store, self.len_bytes), self.hash, "the delta's hash is the whole store's");
+        }
         let disk = SimDisk::build(world, &self.name, self.len_bytes, self.config, self.content);
         {
             let mut state = disk.inner.state.borrow_mut();
-            state.store = self.store;
+            state.store = store;
             state.latent = self.latent;
         }
         disk.inner.log(EventKind::Crash, 0, 0, self.record.writes.len() as u64);
@@ -482,6 +596,20 @@ fn sample(rng: &mut SimRng, range: LatencyRange) -> u64 {
 }
 
 impl DiskInner {
+    /// The sum of `store`'s page terms (`store` is this disk's), computed once per crash
+    /// generation: every change to the store is logged as an event that moves it.
+    fn page_term_sum(&self, store: &SparseStore) -> u64 {
+        let generation = self.crash_generation.get();
+        if let Some((at, sum)) = self.page_term_sum.get()
+            && at == generation
+        {
+            return sum;
+        }
+        let sum = page_term_sum(store);
+        self.page_term_sum.set(Some((generation, sum)));
+        sum
+    }
+
     fn log(&self, kind: EventKind, request: u64, offset_bytes: u64, len_bytes: u64) {
         let changes_crash_state = match kind {
             EventKind::Submit(kind) | EventKind::Execute(kind) => kind != IoKind::Read,
