@@ -2,8 +2,6 @@
 //! an option (in the spirit of `qemu-img check`). Check never writes unless asked to repair, and
 //! never writes to an image whose header it cannot decode.
 
-use std::collections::BTreeMap;
-
 use super::lifecycle::replay_record;
 use super::{Devices, Profile};
 use crate::device::{BlockDevice, WriteFlags};
@@ -234,7 +232,31 @@ pub async fn check(devices: &Devices, profile: Profile, repair: bool) -> Result<
 }
 
 fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, what: &str) {
-    let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+    // Chunks mapping a physical chunk an earlier chunk already maps, each with that earlier one
+    // (found by sorting the valid mappings: a sort costs less than a map insert per entry, and
+    // check runs after every crash state's recovery), in chunk order.
+    let mut mappings: Vec<(u32, usize)> = table
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| **entry != EMPTY_TABLE_ENTRY)
+        .map(|(chunk, entry)| (*entry & !DIRTY_TABLE_BIT, chunk))
+        .filter(|(physical, _)| u64::from(*physical) < storage_chunks)
+        .collect();
+    mappings.sort_unstable();
+    let mut shared: Vec<(usize, usize)> = mappings
+        .windows(2)
+        .scan(None, |owner: &mut Option<(u32, usize)>, pair| {
+            let (earlier, later) = (pair[0], pair[1]);
+            if owner.is_none_or(|(physical, _)| physical != earlier.0) {
+                *owner = Some(earlier);
+            }
+            let first = owner.expect("set above").1;
+            Some((earlier.0 == later.0).then_some((later.1, first)))
+        })
+        .flatten()
+        .collect();
+    shared.sort_unstable();
+    let mut shared = shared.into_iter().peekable();
     for (chunk, entry) in table.iter_mut().enumerate() {
         if *entry == EMPTY_TABLE_ENTRY {
             continue;
@@ -252,7 +274,8 @@ fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, w
             *entry = EMPTY_TABLE_ENTRY;
             continue;
         }
-        if let Some(first) = owner.insert(*entry, chunk) {
+        if let Some((_, first)) = shared.next_if(|(later, _)| *later == chunk) {
+            debug_assert!(first < chunk, "the owner is an earlier chunk");
             report
                 .corruptions
                 .push(format!("{what}[{chunk}] = {entry}: physical chunk already used by {what}[{first}]"));
@@ -260,6 +283,7 @@ fn fix_table(table: &mut [u32], storage_chunks: u64, report: &mut CheckReport, w
             *entry = EMPTY_TABLE_ENTRY;
         }
     }
+    debug_assert!(shared.next().is_none(), "every chunk sharing a physical chunk was met");
 }
 
 /// Blocks whose bit is set in `bitmap` while a chunk they overlap is unmapped in `table`, each with
@@ -276,4 +300,44 @@ fn blocks_in_unmapped_chunks(bitmap: &Bitmap, table: &[u32], layout: &Layout) ->
                 .map(|chunk| (block, chunk))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fix_table_unmaps_later_sharers_strays_and_dirty_bits_in_chunk_order() {
+        const E: u32 = EMPTY_TABLE_ENTRY;
+        // Physical 2 mapped by chunks 1, 4 and 6 (one with its dirty bit), 9 beyond 8 chunks of
+        // storage, 5 mapped once.
+        let mut table = vec![E, 2, 5, E, 2 | DIRTY_TABLE_BIT, 9, 2, E];
+        let mut report = CheckReport::default();
+        fix_table(&mut table, 8, &mut report, "table");
+        assert_eq!(table, vec![E, 2, 5, E, E, E, E, E]);
+        assert_eq!(
+            report.corruptions,
+            vec![
+                "table[4] = 0x80000002: the dirty bit never reaches the disk",
+                "table[4] = 2: physical chunk already used by table[1]",
+                "table[5] = 9: beyond the data storage (8 chunks)",
+                "table[6] = 2: physical chunk already used by table[1]",
+            ]
+        );
+        assert_eq!(
+            report.fixes,
+            vec![
+                "clear the dirty bit of table[4]",
+                "unmap table[4]",
+                "unmap table[5] (its data is lost)",
+                "unmap table[6]",
+            ]
+        );
+        // A clean table is left alone.
+        let mut clean = vec![3, E, 0, 1];
+        let mut report = CheckReport::default();
+        fix_table(&mut clean, 4, &mut report, "table");
+        assert_eq!(clean, vec![3, E, 0, 1]);
+        assert!(report.corruptions.is_empty() && report.fixes.is_empty());
+    }
 }
