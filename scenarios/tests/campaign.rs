@@ -350,3 +350,38 @@ fn prefetch_finishing_while_guest_writes_commit_keeps_their_stale_bits() {
     let outcome = run(&(scenario.build)(Seed(22))).unwrap();
     assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
 }
+
+#[test]
+fn a_runs_crash_state_key_names_the_state_its_crash_left() {
+    // The re-run baseline of `fvdsim bench crash-states` counts distinct states by this key, as
+    // enumeration does: the same crash gives the same key, crashes at events that change nothing
+    // a crash could leave give the same key, and a crash that drops unflushed writes gives
+    // another key than one that keeps them.
+    use fvd_scenarios::campaign::config::{CrashPoint, CrashSpec};
+    use fvd_sim::CrashStrategy;
+    let scenario = SCENARIOS.iter().find(|s| s.name == "exhaustive").unwrap();
+    let config = (scenario.build)(Seed(1));
+    let key_at = |occurrence: u64, strategy: CrashStrategy| {
+        let mut at = config.clone();
+        at.crashes.schedule = Some(vec![CrashSpec {
+            after_request: 0,
+            point: CrashPoint::RandomEvent,
+            occurrence,
+            strategy,
+            atomic_unit: fvd_sim::AtomicUnit::Sector,
+        }]);
+        let outcome = run(&at).unwrap();
+        assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
+        assert_eq!(outcome.crash_state_keys.len(), 1, "one crash, one key");
+        outcome.crash_state_keys[0]
+    };
+    let events = 80u64;
+    let kept: Vec<_> = (1..=events).map(|k| key_at(k, CrashStrategy::Clean)).collect();
+    assert_eq!(key_at(7, CrashStrategy::Clean), kept[6], "the same crash, the same key");
+    let distinct: std::collections::BTreeSet<_> = kept.iter().collect();
+    assert!(distinct.len() > 5, "the state moves as the workload runs: {} keys", distinct.len());
+    assert!(distinct.len() < kept.len(), "some events change nothing a crash could leave");
+    let dropped_differs =
+        (1..=events).any(|k| key_at(k, CrashStrategy::Subset { keep_mask: 0 }) != kept[(k - 1) as usize]);
+    assert!(dropped_differs, "dropping the unflushed writes leaves another state somewhere");
+}

@@ -87,9 +87,8 @@ pub struct EnumeratedFailure {
     pub replay: RunOutcome,
 }
 
-/// What tells crash states apart: the image's and the data file's content hashes and the
-/// oracle's generation (what the oracle allows at that moment).
-type StateKey = (u64, u64, u64);
+/// What tells crash states apart (the runner's key for the crashes it applies too).
+type StateKey = super::outcome::CrashStateKey;
 
 /// Mutable enumeration state shared with the step hook.
 struct State {
@@ -136,10 +135,12 @@ struct Context {
     sampling: SimRng,
     /// The buffer verification reads go into, reused from state to state.
     read_buffer: RefCell<Vec<u8>>,
+    /// Seeded random subsets per moment beyond the subset limit ([`SAMPLES`] unless told).
+    samples: u32,
 }
 
 /// The strategies tried at a moment with `writes` unflushed writes.
-fn strategies(writes: usize, atomic_unit: AtomicUnit, rng: &mut SimRng) -> Vec<CrashStrategy> {
+fn strategies(writes: usize, atomic_unit: AtomicUnit, samples: u32, rng: &mut SimRng) -> Vec<CrashStrategy> {
     let mut out = Vec::new();
     // Prefixes (and torn cuts below) at most MAX_PREFIXES apart from each other, the last included.
     let step = writes.div_ceil(MAX_PREFIXES).max(1);
@@ -154,7 +155,7 @@ fn strategies(writes: usize, atomic_unit: AtomicUnit, rng: &mut SimRng) -> Vec<C
     }
     // Unit-level random subsets: writes landing in part, in any order.
     // The variant is drawn, so moments with the same unflushed writes sample different subsets.
-    out.extend((0..SAMPLES).map(|_| CrashStrategy::Sampled {
+    out.extend((0..samples).map(|_| CrashStrategy::Sampled {
         variant: rng.next_u64() as u32,
         keep_per_mille: 500,
         tear_per_mille: 200,
@@ -192,6 +193,21 @@ pub fn run_enumerated(
     jobs: usize,
     progress: impl FnMut(u64, u64) + Send + 'static,
 ) -> Result<EnumerationOutcome, ConfigError> {
+    run_enumerated_sampled(config, jobs, SAMPLES, progress)
+}
+
+/// [`run_enumerated`] with `samples` seeded random subsets per moment instead of [`SAMPLES`]
+/// (fewer states per seed in less time: `fvdsim bench crash-states` matches the re-run's wall
+/// time this way). A failing state replays the same whatever `samples` was: its
+/// [`CrashStrategy::Sampled`] names it.
+///
+/// Errors: [`ConfigError`] for a configuration the runner refuses.
+pub fn run_enumerated_sampled(
+    config: &RunConfig,
+    jobs: usize,
+    samples: u32,
+    progress: impl FnMut(u64, u64) + Send + 'static,
+) -> Result<EnumerationOutcome, ConfigError> {
     let jobs = jobs.max(1) as u64;
     let mut progress = Some(progress);
     let shards: Vec<Result<(RunOutcome, State), ConfigError>> = std::thread::scope(|scope| {
@@ -203,7 +219,7 @@ pub fn run_enumerated(
                         Some(tell) => Box::new(tell),
                         None => Box::new(|_, _| {}),
                     };
-                    enumerate_shard(config, (index, jobs), tell)
+                    enumerate_shard(config, (index, jobs), samples, tell)
                 })
             })
             .collect();
@@ -285,6 +301,7 @@ pub fn run_enumerated_as_run(config: &RunConfig) -> Result<(RunOutcome, u64), Co
 fn enumerate_shard(
     config: &RunConfig,
     shard: (u64, u64),
+    samples: u32,
     progress: Box<dyn FnMut(u64, u64)>,
 ) -> Result<(RunOutcome, State), ConfigError> {
     let mut clean_config = config.clone();
@@ -322,6 +339,7 @@ fn enumerate_shard(
                 format,
                 sampling: SimRng::stream(seed, fvd_sim::streams::CRASH_STATES).fork(u64::MAX),
                 read_buffer: RefCell::new(Vec::new()),
+                samples,
             });
             let driver = Rc::clone(driver);
             let mut progress = progress;
@@ -366,7 +384,7 @@ fn observe(context: &Context, driver: &Shared, state: &Rc<RefCell<State>>, rng: 
     };
     let writes = context.image.unflushed_writes() + context.data.as_ref().map_or(0, SimDisk::unflushed_writes);
     // Drawn by every worker, so the enumeration stream stays in step whichever moments it takes.
-    let strategies = strategies(writes, context.atomic_unit, rng);
+    let strategies = strategies(writes, context.atomic_unit, context.samples, rng);
     let (index, count) = context.shard;
     if moment_index % count != index {
         return;

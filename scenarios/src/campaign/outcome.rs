@@ -181,6 +181,12 @@ pub struct RunSummary {
     pub qemu: Option<super::qemu_judge::QemuJudgeSummary>,
 }
 
+/// What tells one crash state from another of the same workload: the image's and the data
+/// file's content hashes right after the crash ([`fvd_sim::SimDisk::image_hash`]; 0 with no data
+/// file) and the oracle's crash generation at that moment (what it allows then). Crash-state
+/// enumeration counts distinct states by the same key.
+pub type CrashStateKey = (u64, u64, u64);
+
 /// Everything a run produced.
 pub struct RunOutcome {
     /// The configuration, with the crash schedule made explicit.
@@ -206,6 +212,9 @@ pub struct RunOutcome {
     pub summary_events: u64,
     /// Prefetch telemetry at the end of the workload, if prefetch ran.
     pub prefetch: Option<fvd_engine::PrefetchTelemetry>,
+    /// Each applied crash's state key, in order (see [`CrashStateKey`]): how
+    /// many distinct crash states a set of runs reached.
+    pub crash_state_keys: Vec<CrashStateKey>,
 }
 
 impl std::fmt::Debug for RunOutcome {

@@ -283,6 +283,7 @@ pub(super) fn run_observed(
         workload_events: 0,
         prefetch: None,
         restart_due: false,
+        crash_state_keys: Vec::new(),
     }));
     let mut crashes = Vec::new();
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -335,6 +336,7 @@ pub(super) fn run_observed(
         issued_requests: std::mem::take(&mut d.issued_requests).into_values().collect(),
         summary_events: d.workload_events,
         prefetch: d.prefetch.clone(),
+        crash_state_keys: std::mem::take(&mut d.crash_state_keys),
     })
 }
 
@@ -567,6 +569,12 @@ fn crash_and_recover(
     let (kept, dropped, torn) = record.unit_counts();
     let at_request = {
         let mut d = driver.borrow_mut();
+        let key = (
+            rig.image.image_hash(),
+            rig.data.as_ref().map_or(0, fvd_sim::SimDisk::image_hash),
+            d.oracle.crash_generation(),
+        );
+        d.crash_state_keys.push(key);
         d.oracle.crashed();
         d.in_flight.clear();
         d.drop_outstanding();

@@ -73,6 +73,8 @@ pub(super) struct Driver {
     /// The armed crash is at a point of the close or the open: the workload stops claiming
     /// requests so that the image can be closed cleanly and reopened.
     pub(super) restart_due: bool,
+    /// Each applied crash's [`super::outcome::CrashStateKey`], in order.
+    pub(super) crash_state_keys: Vec<super::outcome::CrashStateKey>,
 }
 
 /// A crash waiting for its request count, then for its point.
