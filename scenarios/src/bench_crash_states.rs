@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::campaign::config::{CrashPoint, CrashSpec, RunConfig};
 use crate::campaign::enumerate::{run_enumerated, run_enumerated_sampled};
-use crate::campaign::{run, scenario};
+use crate::campaign::run::run_recording_crash_states;
+use crate::campaign::scenario;
 
 /// One seed's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -133,7 +134,7 @@ fn rerun_every_event(config: &RunConfig, events: u64) -> anyhow::Result<u64> {
             strategy: strategies[(k % 3) as usize],
             atomic_unit: *config.crashes.atomic_units.first().unwrap_or(&fvd_sim::AtomicUnit::Sector),
         }]);
-        let outcome = run(&at)?;
+        let outcome = run_recording_crash_states(&at)?;
         anyhow::ensure!(outcome.failure.is_none(), "the crash at event {k} failed");
         anyhow::ensure!(outcome.crash_state_keys.len() == 1, "the crash at event {k} did not fire");
         states.extend(outcome.crash_state_keys);

@@ -370,7 +370,8 @@ fn a_runs_crash_state_key_names_the_state_its_crash_left() {
             strategy,
             atomic_unit: fvd_sim::AtomicUnit::Sector,
         }]);
-        let outcome = run(&at).unwrap();
+        assert!(run(&at).unwrap().crash_state_keys.is_empty(), "the plain runner records no key");
+        let outcome = fvd_scenarios::campaign::run::run_recording_crash_states(&at).unwrap();
         assert!(outcome.failure.is_none(), "{:?}", outcome.failure);
         assert_eq!(outcome.crash_state_keys.len(), 1, "one crash, one key");
         outcome.crash_state_keys[0]

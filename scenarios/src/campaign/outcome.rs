@@ -212,7 +212,8 @@ pub struct RunOutcome {
     pub summary_events: u64,
     /// Prefetch telemetry at the end of the workload, if prefetch ran.
     pub prefetch: Option<fvd_engine::PrefetchTelemetry>,
-    /// Each applied crash's state key, in order (see [`CrashStateKey`]): how
+    /// Each applied crash's state key, in order (see [`CrashStateKey`]; recorded by
+    /// [`super::run::run_recording_crash_states`] only, empty otherwise): how
     /// many distinct crash states a set of runs reached.
     pub crash_state_keys: Vec<CrashStateKey>,
 }

@@ -213,6 +213,16 @@ pub fn run(config: &RunConfig) -> Result<RunOutcome, ConfigError> {
     run_with(config, DEFAULT_LOG_TAIL)
 }
 
+/// [`run`], recording each applied crash's state key in [`RunOutcome::crash_state_keys`] (how
+/// many distinct crash states a set of runs reached: `fvdsim bench crash-states`). The same
+/// run otherwise; [`run`] leaves the keys empty, since each costs a hash of the whole image.
+///
+/// Errors: [`ConfigError`] for a configuration the runner refuses.
+pub fn run_recording_crash_states(config: &RunConfig) -> Result<RunOutcome, ConfigError> {
+    let observer: Observer = Box::new(|_: &Rig, driver: &Shared| driver.borrow_mut().record_crash_state_keys = true);
+    run_observed(config, DEFAULT_LOG_TAIL, None, Some(observer))
+}
+
 /// Events kept for failure files by default.
 pub const DEFAULT_LOG_TAIL: usize = 256;
 
@@ -284,6 +294,7 @@ pub(super) fn run_observed(
         prefetch: None,
         restart_due: false,
         crash_state_keys: Vec::new(),
+        record_crash_state_keys: false,
     }));
     let mut crashes = Vec::new();
     let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -569,12 +580,14 @@ fn crash_and_recover(
     let (kept, dropped, torn) = record.unit_counts();
     let at_request = {
         let mut d = driver.borrow_mut();
-        let key = (
-            rig.image.image_hash(),
-            rig.data.as_ref().map_or(0, fvd_sim::SimDisk::image_hash),
-            d.oracle.crash_generation(),
-        );
-        d.crash_state_keys.push(key);
+        if d.record_crash_state_keys {
+            let key = (
+                rig.image.image_hash(),
+                rig.data.as_ref().map_or(0, fvd_sim::SimDisk::image_hash),
+                d.oracle.crash_generation(),
+            );
+            d.crash_state_keys.push(key);
+        }
         d.oracle.crashed();
         d.in_flight.clear();
         d.drop_outstanding();

@@ -73,8 +73,10 @@ pub(super) struct Driver {
     /// The armed crash is at a point of the close or the open: the workload stops claiming
     /// requests so that the image can be closed cleanly and reopened.
     pub(super) restart_due: bool,
-    /// Each applied crash's [`super::outcome::CrashStateKey`], in order.
+    /// Each applied crash's [`super::outcome::CrashStateKey`], in order, when
+    /// `record_crash_state_keys` (hashing the image at every crash costs a walk over its pages).
     pub(super) crash_state_keys: Vec<super::outcome::CrashStateKey>,
+    pub(super) record_crash_state_keys: bool,
 }
 
 /// A crash waiting for its request count, then for its point.

@@ -284,7 +284,8 @@ impl SimDisk {
         state.cache.overlay_durable(offset_bytes, buf, content);
     }
 
-    /// A hash of the visible image (every written page, in address order, and the length).
+    /// A hash of the visible image: every written page (its index and content) and the length;
+    /// the same for the same content however its pages are held (see `image_hash`).
     pub fn image_hash(&self) -> u64 {
         let state = self.inner.state.borrow();
         image_hash(&state.store, state.len_bytes)
